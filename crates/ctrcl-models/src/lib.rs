@@ -1,1 +1,239 @@
-//! ctrcl-models
+//! ctrcl-models: the segmentation students (METHOD.md §2), generic over Burn's `Backend`.
+//!
+//! Every student returns full-resolution logits and its decoder feature taps keyed by stride
+//! (8 means 1/8 of the input size), which the feature-wise transfer (CFCL) aligns.
+
+pub mod batchnorm;
+pub mod swin;
+pub mod swin_unet;
+pub mod unet;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use swin_unet::{SwinUnet, SwinUnetConfig};
+pub use unet::{UNet, UNetConfig};
+
+/// A model configuration problem, with the offending key in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What a student returns.
+pub struct SegOutput<B: Backend> {
+    /// `[B, K, H, W]`, same size as the input.
+    pub logits: Tensor<B, 4>,
+    /// `(stride, [B, C_l, H/stride, W/stride])`, deepest first.
+    pub features: Vec<(usize, Tensor<B, 4>)>,
+}
+
+impl<B: Backend> SegOutput<B> {
+    /// The feature map at `stride`, if this student taps it.
+    pub fn feature(&self, stride: usize) -> Option<Tensor<B, 4>> {
+        self.features
+            .iter()
+            .find(|(s, _)| *s == stride)
+            .map(|(_, f)| f.clone())
+    }
+}
+
+/// Which architecture a student uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    Unet,
+    SwinUnet,
+}
+
+impl Architecture {
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Unet => "unet",
+            Architecture::SwinUnet => "swin-unet",
+        }
+    }
+}
+
+/// Sizes of every architecture; a student uses the section of its own.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSizes {
+    pub unet: UNetConfig,
+    pub swin_unet: SwinUnetConfig,
+}
+
+/// A student network of either family, so both students share one Rust type.
+#[derive(Module, Debug)]
+pub enum Student<B: Backend> {
+    Unet(UNet<B>),
+    SwinUnet(SwinUnet<B>),
+}
+
+impl ModelSizes {
+    /// Validates the sizes of `arch` for inputs of `image_size` and `in_channels`.
+    pub fn validate(
+        &self,
+        arch: Architecture,
+        image_size: usize,
+        in_channels: usize,
+    ) -> Result<(), ModelError> {
+        match arch {
+            Architecture::Unet => self.unet.validate(image_size),
+            Architecture::SwinUnet => {
+                if in_channels != 1 && in_channels != 3 {
+                    return Err(ModelError::Config(format!(
+                        "swin-unet takes 1- or 3-channel inputs, got {in_channels}"
+                    )));
+                }
+                self.swin_unet.validate(image_size)
+            }
+        }
+    }
+
+    /// Builds a student (validate first).
+    pub fn init<B: Backend>(
+        &self,
+        arch: Architecture,
+        image_size: usize,
+        in_channels: usize,
+        num_classes: usize,
+        device: &B::Device,
+    ) -> Student<B> {
+        match arch {
+            Architecture::Unet => Student::Unet(self.unet.init(in_channels, num_classes, device)),
+            Architecture::SwinUnet => {
+                Student::SwinUnet(self.swin_unet.init(image_size, num_classes, device))
+            }
+        }
+    }
+
+    /// `(stride, channels)` of the feature taps of `arch`.
+    pub fn tap_channels(&self, arch: Architecture) -> Vec<(usize, usize)> {
+        match arch {
+            Architecture::Unet => self.unet.tap_channels(),
+            Architecture::SwinUnet => self.swin_unet.tap_channels(),
+        }
+    }
+}
+
+impl<B: Backend> Student<B> {
+    /// # Shapes
+    /// `x`: `[B, Cin, H, W]` → logits `[B, K, H, W]` and the feature taps.
+    pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {
+        match self {
+            Student::Unet(m) => m.forward(x),
+            Student::SwinUnet(m) => m.forward(x),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_backend {
+    pub type TestBackend = burn::backend::Flex;
+    pub type TestAutodiff = burn::backend::Autodiff<TestBackend>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_backend::TestAutodiff;
+    use burn::tensor::Distribution;
+
+    fn small_sizes() -> ModelSizes {
+        ModelSizes {
+            unet: UNetConfig {
+                channels: [4, 8, 8, 16, 16],
+                ..Default::default()
+            },
+            swin_unet: SwinUnetConfig {
+                embed_dim: 12,
+                heads: [1, 2, 3, 6],
+                window: 4,
+                depths: [2, 2, 2, 2],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn unet_shapes_and_taps() {
+        let sizes = small_sizes();
+        let device = Default::default();
+        let m = sizes.init::<TestAutodiff>(Architecture::Unet, 32, 1, 4, &device);
+        let out = m.forward(Tensor::random(
+            [2, 1, 32, 32],
+            Distribution::Default,
+            &device,
+        ));
+        assert_eq!(out.logits.dims(), [2, 4, 32, 32]);
+        let taps: Vec<_> = out.features.iter().map(|(s, f)| (*s, f.dims())).collect();
+        assert_eq!(
+            taps,
+            vec![(8, [2, 16, 4, 4]), (4, [2, 8, 8, 8]), (2, [2, 8, 16, 16])]
+        );
+        let expected: Vec<_> = sizes.tap_channels(Architecture::Unet);
+        assert!(taps
+            .iter()
+            .zip(expected)
+            .all(|((s, d), (es, ec))| *s == es && d[1] == ec));
+    }
+
+    #[test]
+    fn swin_unet_shapes_and_taps_with_a_clamped_last_window() {
+        let sizes = small_sizes();
+        let device = Default::default();
+        // 64 / 4 = 16 → grids 16, 8, 4, 2; window 4 tiles the first three, is clamped at 2.
+        sizes.validate(Architecture::SwinUnet, 64, 1).unwrap();
+        let m = sizes.init::<TestAutodiff>(Architecture::SwinUnet, 64, 1, 3, &device);
+        let out = m.forward(Tensor::random(
+            [2, 1, 64, 64],
+            Distribution::Default,
+            &device,
+        ));
+        assert_eq!(out.logits.dims(), [2, 3, 64, 64]);
+        let taps: Vec<_> = out.features.iter().map(|(s, f)| (*s, f.dims())).collect();
+        assert_eq!(
+            taps,
+            vec![
+                (16, [2, 48, 4, 4]),
+                (8, [2, 24, 8, 8]),
+                (4, [2, 12, 16, 16])
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_swin_size_is_refused_with_nearest_valid_sizes() {
+        let sizes = small_sizes();
+        let msg = sizes
+            .validate(Architecture::SwinUnet, 100, 1)
+            .unwrap_err()
+            .to_string();
+        // 96 fails too: its grids 24, 12, 6, 3 include 6, neither a multiple of 4 nor ≤ 4.
+        assert!(msg.contains("100") && msg.contains("64, 128"), "{msg}");
+        let default_swin = ModelSizes::default();
+        default_swin
+            .validate(Architecture::SwinUnet, 224, 1)
+            .unwrap();
+        assert!(default_swin
+            .validate(Architecture::SwinUnet, 256, 1)
+            .is_err());
+        assert!(sizes.validate(Architecture::Unet, 40, 1).is_err());
+    }
+
+    #[test]
+    fn shifted_window_attention_is_translation_consistent_under_the_mask() {
+        // Gradient flows through every parameter of a shifted block (mask and roll are wired).
+        let device = Default::default();
+        let block = swin::SwinBlock::<TestAutodiff>::new(8, 2, [8, 8], 4, 2, 2.0, 0.0, &device);
+        let x = Tensor::<TestAutodiff, 3>::random([1, 64, 8], Distribution::Default, &device)
+            .require_grad();
+        let y = block.forward(x.clone());
+        assert_eq!(y.dims(), [1, 64, 8]);
+        let g = y.sum().backward();
+        let gx: Vec<f32> = x.grad(&g).unwrap().into_data().to_vec().unwrap();
+        assert!(gx.iter().all(|v| v.is_finite()) && gx.iter().any(|v| v.abs() > 0.0));
+    }
+}

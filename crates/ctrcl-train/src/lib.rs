@@ -1,1 +1,12 @@
-//! ctrcl-train
+//! ctrcl-train: the losses (L_seg, RLCL with the ARM, CFCL with the CPM, DML), the collaborative
+//! training loop, checkpoints, validation and testing. Generic over Burn's backends.
+
+pub mod checkpoint;
+pub mod config;
+pub mod evaluate;
+pub mod losses;
+pub mod student;
+pub mod tester;
+pub mod trainer;
+
+pub use config::TrainConfig;

@@ -1,0 +1,38 @@
+//! The compute backend, chosen at build time: the pure-Rust CPU backend `flex` by default, CUDA
+//! with `--features cuda`, Vulkan (wgpu) with `--features vulkan`.
+
+use anyhow::Result;
+use burn::backend::Autodiff;
+use ctrcl_data::split::Split;
+use ctrcl_train::student::Role;
+use ctrcl_train::tester::{test_run, TestReport};
+use ctrcl_train::trainer::{train as train_run, TrainSummary};
+use ctrcl_train::TrainConfig;
+use std::path::Path;
+
+#[cfg(feature = "cuda")]
+pub type Inner = burn::backend::Cuda;
+#[cfg(feature = "cuda")]
+pub const NAME: &str = "cuda (burn 0.21.0)";
+
+#[cfg(all(feature = "vulkan", not(feature = "cuda")))]
+pub type Inner = burn::backend::Vulkan;
+#[cfg(all(feature = "vulkan", not(feature = "cuda")))]
+pub const NAME: &str = "vulkan (burn 0.21.0 wgpu)";
+
+#[cfg(not(any(feature = "cuda", feature = "vulkan")))]
+pub type Inner = burn::backend::Flex;
+#[cfg(not(any(feature = "cuda", feature = "vulkan")))]
+pub const NAME: &str = "flex CPU (burn 0.21.0)";
+
+pub type Train = Autodiff<Inner>;
+
+pub fn train(cfg: &TrainConfig, out: &Path, progress: bool) -> Result<TrainSummary> {
+    let device = Default::default();
+    train_run::<Train>(cfg, out, &device, NAME, progress)
+}
+
+pub fn test(run: &Path, roles: &[Role], split: Split) -> Result<TestReport> {
+    let device = Default::default();
+    test_run::<Inner>(run, roles, split, &device)
+}

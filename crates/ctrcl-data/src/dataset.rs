@@ -1,0 +1,286 @@
+//! A prepared dataset (nnU-Net raw layout + `ctrcl_split.json`) opened for training and testing:
+//! validated volumes, normalised intensities, and 2D axial slices per split.
+
+use crate::error::{DataError, Result};
+use crate::nifti::{read_nifti, NiftiVolume};
+use crate::resize::{crop_from_square, pad_to_square, resize_bilinear, resize_nearest};
+use crate::split::{SlabSplit, Split, SPLIT_FILE};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Intensity normalisation applied per volume before slicing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalize {
+    /// (x − mean) / std over the whole volume (nnU-Net's non-CT default).
+    Zscore,
+    /// (x − min) / (max − min) over the whole volume.
+    Minmax,
+    /// Values as stored (after slope/intercept).
+    None,
+}
+
+#[derive(Deserialize)]
+struct DatasetJson {
+    labels: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    file_ending: Option<String>,
+}
+
+/// One labelled case: image and label volumes on the same grid.
+pub struct Case {
+    pub id: String,
+    pub image: NiftiVolume,
+    /// Label per voxel (0..num_classes), same order as `image.data`.
+    pub label: Vec<u8>,
+}
+
+/// A 2D axial slice at native resolution: `h = Y` rows of `w = X` pixels.
+#[derive(Debug, Clone)]
+pub struct Slice2d {
+    pub z: usize,
+    pub h: usize,
+    pub w: usize,
+    pub image: Vec<f32>,
+    pub label: Vec<u8>,
+}
+
+/// A slice resampled to the square training size.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Row-major `size × size` intensities.
+    pub image: Vec<f32>,
+    /// Row-major `size × size` labels.
+    pub label: Vec<u8>,
+}
+
+/// How native slices map to the network's square input and back: centred zero-padding to a
+/// square, then resizing (bilinear for images, nearest for labels).
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub h: usize,
+    pub w: usize,
+    pub size: usize,
+}
+
+impl Geometry {
+    fn side(&self) -> usize {
+        self.h.max(self.w)
+    }
+
+    /// Native `h × w` image → `size × size`, padding with `fill`.
+    pub fn image_to_input(&self, image: &[f32], fill: f32) -> Vec<f32> {
+        let sq = pad_to_square(image, self.h, self.w, self.side(), fill);
+        resize_bilinear(&sq, self.side(), self.side(), self.size, self.size)
+    }
+
+    /// Native labels → `size × size` (nearest).
+    pub fn label_to_input(&self, label: &[u8]) -> Vec<u8> {
+        let sq = pad_to_square(label, self.h, self.w, self.side(), 0);
+        resize_nearest(&sq, self.side(), self.side(), self.size, self.size)
+    }
+
+    /// A `size × size` predicted label map → native `h × w` (nearest, then crop).
+    pub fn prediction_to_native(&self, pred: &[u8]) -> Vec<u8> {
+        let sq = resize_nearest(pred, self.size, self.size, self.side(), self.side());
+        crop_from_square(&sq, self.side(), self.h, self.w)
+    }
+}
+
+/// An opened prepared dataset.
+pub struct Dataset {
+    pub root: PathBuf,
+    /// Class names by label value, background included (index = label).
+    pub class_names: Vec<String>,
+    pub split: SlabSplit,
+    pub case: Case,
+    pub normalize: Normalize,
+    /// Normalised value of the volume's minimum: the fill for padding.
+    pub background: f32,
+}
+
+impl Dataset {
+    /// Opens `root` (a `data prepare` output), validating geometry and labels.
+    pub fn open(root: &Path, normalize: Normalize) -> Result<Self> {
+        let json_path = root.join("dataset.json");
+        let text = std::fs::read_to_string(&json_path).map_err(|e| DataError::io(&json_path, e))?;
+        let meta: DatasetJson = serde_json::from_str(&text).map_err(|e| {
+            DataError::invalid(&json_path, format!("not a valid dataset.json: {e}"))
+        })?;
+        let class_names = class_names(&meta, &json_path)?;
+        let split_path = root.join(SPLIT_FILE);
+        let text =
+            std::fs::read_to_string(&split_path).map_err(|e| DataError::io(&split_path, e))?;
+        let split: SlabSplit = serde_json::from_str(&text)
+            .map_err(|e| DataError::invalid(&split_path, format!("not a valid split: {e}")))?;
+        let ending = meta.file_ending.unwrap_or_else(|| ".nii.gz".into());
+        let image_path = root
+            .join("imagesTr")
+            .join(format!("{}_0000{ending}", split.case));
+        let label_path = root
+            .join("labelsTr")
+            .join(format!("{}{ending}", split.case));
+        let mut image = read_nifti(&image_path)?;
+        let label_vol = read_nifti(&label_path)?;
+        if label_vol.dims != image.dims {
+            return Err(DataError::invalid(
+                &label_path,
+                format!(
+                    "label grid {:?} differs from image grid {:?} of {}",
+                    label_vol.dims,
+                    image.dims,
+                    image_path.display()
+                ),
+            ));
+        }
+        let label = labels_as_classes(&label_vol, class_names.len(), &label_path)?;
+        split.validate(image.dims[2], &split_path)?;
+        normalize_in_place(&mut image.data, normalize);
+        let background = image.data.iter().cloned().fold(f32::INFINITY, f32::min);
+        Ok(Dataset {
+            root: root.to_path_buf(),
+            class_names,
+            case: Case {
+                id: split.case.clone(),
+                image,
+                label,
+            },
+            split,
+            normalize,
+            background,
+        })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    /// Native slices of a split, in z order.
+    pub fn slices(&self, which: Split) -> Vec<Slice2d> {
+        let [w, h, _] = self.case.image.dims;
+        let n = w * h;
+        self.split
+            .slices(which)
+            .into_iter()
+            .map(|z| Slice2d {
+                z,
+                h,
+                w,
+                image: self.case.image.data[z * n..(z + 1) * n].to_vec(),
+                label: self.case.label[z * n..(z + 1) * n].to_vec(),
+            })
+            .collect()
+    }
+
+    /// Slice geometry for a network input of `size × size`.
+    pub fn geometry(&self, size: usize) -> Geometry {
+        let [w, h, _] = self.case.image.dims;
+        Geometry { h, w, size }
+    }
+
+    /// Slices of a split resampled to the training size.
+    pub fn samples(&self, which: Split, size: usize) -> Vec<Sample> {
+        let geo = self.geometry(size);
+        self.slices(which)
+            .iter()
+            .map(|s| Sample {
+                image: geo.image_to_input(&s.image, self.background),
+                label: geo.label_to_input(&s.label),
+            })
+            .collect()
+    }
+}
+
+fn class_names(meta: &DatasetJson, path: &Path) -> Result<Vec<String>> {
+    let mut by_value = BTreeMap::new();
+    for (name, v) in &meta.labels {
+        let value = v.as_u64().filter(|v| *v < 256).ok_or_else(|| {
+            DataError::invalid(
+                path,
+                format!("label '{name}' must map to an integer 0..255, got {v}"),
+            )
+        })?;
+        if let Some(other) = by_value.insert(value as usize, name.clone()) {
+            return Err(DataError::invalid(
+                path,
+                format!("labels '{other}' and '{name}' share value {value}"),
+            ));
+        }
+    }
+    let k = by_value.len();
+    if k < 2 || by_value.keys().copied().ne(0..k) {
+        return Err(DataError::invalid(
+            path,
+            "labels must be the consecutive values 0..K-1, K >= 2",
+        ));
+    }
+    Ok(by_value.into_values().collect())
+}
+
+fn labels_as_classes(vol: &NiftiVolume, k: usize, path: &Path) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(vol.data.len());
+    for (i, &v) in vol.data.iter().enumerate() {
+        if v.fract() != 0.0 || v < 0.0 || v >= k as f32 {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "voxel {i} has label {v}, outside the declared classes 0..{}",
+                    k - 1
+                ),
+            ));
+        }
+        out.push(v as u8);
+    }
+    Ok(out)
+}
+
+fn normalize_in_place(data: &mut [f32], how: Normalize) {
+    let n = data.len().max(1) as f64;
+    match how {
+        Normalize::None => {}
+        Normalize::Zscore => {
+            let mean = data.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let std = var.sqrt().max(1e-8);
+            data.iter_mut()
+                .for_each(|v| *v = ((*v as f64 - mean) / std) as f32);
+        }
+        Normalize::Minmax => {
+            let (lo, hi) = data
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
+            let range = (hi - lo).max(1e-8);
+            data.iter_mut().for_each(|v| *v = (*v - lo) / range);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_round_trip_restores_native_labels() {
+        let geo = Geometry {
+            h: 6,
+            w: 4,
+            size: 12,
+        };
+        let label: Vec<u8> = (0..24).map(|i| (i % 4) as u8).collect();
+        let input = geo.label_to_input(&label);
+        assert_eq!(input.len(), 144);
+        assert_eq!(geo.prediction_to_native(&input), label);
+    }
+
+    #[test]
+    fn zscore_has_zero_mean_unit_std() {
+        let mut d = vec![1.0, 2.0, 3.0, 4.0];
+        normalize_in_place(&mut d, Normalize::Zscore);
+        let mean: f32 = d.iter().sum::<f32>() / 4.0;
+        let var: f32 = d.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 4.0;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5);
+    }
+}

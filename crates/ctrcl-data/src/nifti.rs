@@ -1,0 +1,574 @@
+//! NIfTI-1 single-file (`.nii`, `.nii.gz`) reading and writing, written by hand because the
+//! `nifti` crate silently misreads files whose `vox_offset` is 0 with data at the end.
+//!
+//! Voxels are kept in file order (x fastest, then y, then z) as `f32` after applying
+//! `scl_slope`/`scl_inter` (a slope of 0 or NaN means 1, as the standard says). The 348-byte header
+//! is kept so that predictions can be written with the input's exact geometry.
+
+use crate::error::{DataError, Result};
+use flate2::read::GzDecoder;
+use std::io::Read;
+use std::path::Path;
+
+const HEADER_SIZE: usize = 348;
+const DATA_OFFSET: usize = 352;
+
+/// Element types ctrcl reads and writes (NIfTI `datatype` codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NiftiType {
+    U8,
+    I16,
+    I32,
+    F32,
+    F64,
+    I8,
+    U16,
+    U32,
+    I64,
+    U64,
+}
+
+impl NiftiType {
+    fn from_code(code: i16) -> Option<Self> {
+        Some(match code {
+            2 => Self::U8,
+            4 => Self::I16,
+            8 => Self::I32,
+            16 => Self::F32,
+            64 => Self::F64,
+            256 => Self::I8,
+            512 => Self::U16,
+            768 => Self::U32,
+            1024 => Self::I64,
+            1280 => Self::U64,
+            _ => return None,
+        })
+    }
+
+    fn code(self) -> i16 {
+        match self {
+            Self::U8 => 2,
+            Self::I16 => 4,
+            Self::I32 => 8,
+            Self::F32 => 16,
+            Self::F64 => 64,
+            Self::I8 => 256,
+            Self::U16 => 512,
+            Self::U32 => 768,
+            Self::I64 => 1024,
+            Self::U64 => 1280,
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Self::U8 | Self::I8 => 1,
+            Self::I16 | Self::U16 => 2,
+            Self::I32 | Self::U32 | Self::F32 => 4,
+            Self::F64 | Self::I64 | Self::U64 => 8,
+        }
+    }
+
+    /// Whether the stored values are integers (labels must be).
+    pub fn is_integer(self) -> bool {
+        !matches!(self, Self::F32 | Self::F64)
+    }
+}
+
+/// A 3D NIfTI volume.
+#[derive(Debug, Clone)]
+pub struct NiftiVolume {
+    /// Grid size in header order (X, Y, Z); a 2D image has Z = 1.
+    pub dims: [usize; 3],
+    /// Voxel size in mm (pixdim[1..=3]).
+    pub spacing: [f32; 3],
+    /// Voxel → world (RAS mm) affine, rows of a 3×4 matrix: sform if set, else qform, else pixdim.
+    pub affine: [[f64; 4]; 3],
+    /// Scaled voxel values, x fastest.
+    pub data: Vec<f32>,
+    /// The stored element type.
+    pub dtype: NiftiType,
+    /// The original header, for writing outputs with identical geometry.
+    pub header: Vec<u8>,
+}
+
+impl NiftiVolume {
+    /// Number of voxels in one axial (z) slice.
+    pub fn slice_len(&self) -> usize {
+        self.dims[0] * self.dims[1]
+    }
+}
+
+/// Reads a `.nii` or `.nii.gz` file (gzip detected from the content, not the name).
+pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
+    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::invalid(path, format!("corrupt gzip stream: {e}")))?;
+        out
+    } else {
+        raw
+    };
+    parse_nifti(path, &bytes)
+}
+
+/// Reads little- or big-endian header fields.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    swap: bool,
+}
+
+impl Fields<'_> {
+    fn i16(&self, at: usize) -> i16 {
+        let b = [self.bytes[at], self.bytes[at + 1]];
+        if self.swap {
+            i16::from_be_bytes(b)
+        } else {
+            i16::from_le_bytes(b)
+        }
+    }
+    fn f32(&self, at: usize) -> f32 {
+        let b: [u8; 4] = self.bytes[at..at + 4].try_into().expect("4 bytes");
+        if self.swap {
+            f32::from_be_bytes(b)
+        } else {
+            f32::from_le_bytes(b)
+        }
+    }
+}
+
+fn parse_nifti(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
+    if bytes.len() < HEADER_SIZE {
+        return Err(DataError::invalid(
+            path,
+            format!(
+                "file is {} bytes, shorter than a NIfTI-1 header (348)",
+                bytes.len()
+            ),
+        ));
+    }
+    let size_le = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let size_be = i32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let swap = match (size_le, size_be) {
+        (348, _) => false,
+        (_, 348) => true,
+        (540, _) | (_, 540) => {
+            return Err(DataError::invalid(
+                path,
+                "NIfTI-2 files are not supported yet (sizeof_hdr = 540)",
+            ))
+        }
+        _ => {
+            return Err(DataError::invalid(
+                path,
+                format!("not a NIfTI file: sizeof_hdr is {size_le}, expected 348"),
+            ))
+        }
+    };
+    let f = Fields { bytes, swap };
+    let magic = &bytes[344..348];
+    if magic == b"ni1\0" {
+        return Err(DataError::invalid(
+            path,
+            "is a header of a .hdr/.img pair; ctrcl reads single-file NIfTI (.nii, .nii.gz)",
+        ));
+    }
+    if magic != b"n+1\0" {
+        return Err(DataError::invalid(
+            path,
+            "bad NIfTI magic (expected \"n+1\")",
+        ));
+    }
+    let ndim = f.i16(40);
+    if !(1..=7).contains(&ndim) {
+        return Err(DataError::invalid(
+            path,
+            format!("dim[0] = {ndim} is not in 1..=7"),
+        ));
+    }
+    let mut dims = [1usize; 3];
+    for (axis, dim) in dims.iter_mut().enumerate().take(ndim.min(3) as usize) {
+        let d = f.i16(42 + 2 * axis as usize);
+        if d < 1 {
+            return Err(DataError::invalid(
+                path,
+                format!("dim[{}] = {d} is not positive", axis + 1),
+            ));
+        }
+        *dim = d as usize;
+    }
+    for axis in 3..ndim as usize {
+        let d = f.i16(42 + 2 * axis);
+        if d > 1 {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "dim[{}] = {d}: only 3D volumes are supported (4D and more are not)",
+                    axis + 1
+                ),
+            ));
+        }
+    }
+    let code = f.i16(70);
+    let dtype = NiftiType::from_code(code).ok_or_else(|| {
+        DataError::invalid(path, format!("unsupported NIfTI datatype code {code}"))
+    })?;
+    let bitpix = f.i16(72);
+    if bitpix as usize != dtype.size() * 8 {
+        return Err(DataError::invalid(
+            path,
+            format!("bitpix {bitpix} disagrees with datatype {dtype:?}"),
+        ));
+    }
+    let count = dims.iter().product::<usize>();
+    let nbytes = count * dtype.size();
+    let vox_offset = f.f32(108);
+    let offset = if vox_offset.is_finite() && vox_offset >= DATA_OFFSET as f32 {
+        vox_offset as usize
+    } else if vox_offset == 0.0 && bytes.len() >= nbytes + HEADER_SIZE {
+        // Known quirk: single-file images with vox_offset 0 whose data sit at the end of the file.
+        bytes.len() - nbytes
+    } else {
+        return Err(DataError::invalid(
+            path,
+            format!("vox_offset {vox_offset} is invalid (must be >= 352)"),
+        ));
+    };
+    if offset + nbytes > bytes.len() {
+        return Err(DataError::invalid(
+            path,
+            format!(
+                "truncated: header says {nbytes} bytes of voxel data at offset {offset}, but the file has {} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    let mut slope = f.f32(112);
+    let inter = f.f32(116);
+    if slope == 0.0 || !slope.is_finite() {
+        slope = 1.0;
+    }
+    let inter = if inter.is_finite() { inter } else { 0.0 };
+    let data = decode_voxels(&bytes[offset..offset + nbytes], dtype, swap, slope, inter);
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(DataError::invalid(
+            path,
+            format!("voxel {i} is not finite (NaN or infinite intensity)"),
+        ));
+    }
+    let pixdim = |i: usize| f.f32(76 + 4 * i).abs();
+    let spacing = [pixdim(1), pixdim(2), pixdim(3)].map(|s| if s > 0.0 { s } else { 1.0 });
+    let affine = header_affine(&f, spacing);
+    Ok(NiftiVolume {
+        dims,
+        spacing,
+        affine,
+        data,
+        dtype,
+        header: bytes[..HEADER_SIZE].to_vec(),
+    })
+}
+
+fn decode_voxels(raw: &[u8], dtype: NiftiType, swap: bool, slope: f32, inter: f32) -> Vec<f32> {
+    let size = dtype.size();
+    let mut buf = [0u8; 8];
+    raw.chunks_exact(size)
+        .map(|chunk| {
+            buf[..size].copy_from_slice(chunk);
+            if swap {
+                buf[..size].reverse();
+            }
+            let v = match dtype {
+                NiftiType::U8 => buf[0] as f64,
+                NiftiType::I8 => buf[0] as i8 as f64,
+                NiftiType::I16 => i16::from_le_bytes([buf[0], buf[1]]) as f64,
+                NiftiType::U16 => u16::from_le_bytes([buf[0], buf[1]]) as f64,
+                NiftiType::I32 => i32::from_le_bytes(buf[..4].try_into().unwrap()) as f64,
+                NiftiType::U32 => u32::from_le_bytes(buf[..4].try_into().unwrap()) as f64,
+                NiftiType::F32 => f32::from_le_bytes(buf[..4].try_into().unwrap()) as f64,
+                NiftiType::F64 => f64::from_le_bytes(buf),
+                NiftiType::I64 => i64::from_le_bytes(buf) as f64,
+                NiftiType::U64 => u64::from_le_bytes(buf) as f64,
+            };
+            (v * slope as f64 + inter as f64) as f32
+        })
+        .collect()
+}
+
+fn header_affine(f: &Fields, spacing: [f32; 3]) -> [[f64; 4]; 3] {
+    let qform_code = f.i16(252);
+    let sform_code = f.i16(254);
+    if sform_code > 0 {
+        let mut a = [[0.0; 4]; 3];
+        for (r, row) in a.iter_mut().enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = f.f32(280 + 16 * r + 4 * c) as f64;
+            }
+        }
+        return a;
+    }
+    let [dx, dy, dz] = spacing.map(|s| s as f64);
+    if qform_code > 0 {
+        let (b, c, d) = (f.f32(256) as f64, f.f32(260) as f64, f.f32(264) as f64);
+        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+        let qfac = if f.f32(76) < 0.0 { -1.0 } else { 1.0 };
+        let r = [
+            [
+                a * a + b * b - c * c - d * d,
+                2.0 * (b * c - a * d),
+                2.0 * (b * d + a * c),
+            ],
+            [
+                2.0 * (b * c + a * d),
+                a * a + c * c - b * b - d * d,
+                2.0 * (c * d - a * b),
+            ],
+            [
+                2.0 * (b * d - a * c),
+                2.0 * (c * d + a * b),
+                a * a + d * d - c * c - b * b,
+            ],
+        ];
+        let offs = [f.f32(268) as f64, f.f32(272) as f64, f.f32(276) as f64];
+        let mut m = [[0.0; 4]; 3];
+        for i in 0..3 {
+            m[i] = [r[i][0] * dx, r[i][1] * dy, r[i][2] * dz * qfac, offs[i]];
+        }
+        return m;
+    }
+    [
+        [dx, 0.0, 0.0, 0.0],
+        [0.0, dy, 0.0, 0.0],
+        [0.0, 0.0, dz, 0.0],
+    ]
+}
+
+/// Writes a gzip-compressed (if `path` ends in `.gz`) NIfTI-1 file atomically.
+///
+/// `template` supplies the geometry (dims are overwritten from `dims`, everything else — pixdim,
+/// qform, sform, orientation codes — is copied); without one, a header with unit-free `spacing`
+/// and the given `affine` as sform is made. Values are stored as uint8 when `labels` is true,
+/// otherwise as float32, with slope 1 and intercept 0.
+pub fn write_nifti(
+    path: &Path,
+    dims: [usize; 3],
+    data: &[f32],
+    labels: bool,
+    template: Option<&NiftiVolume>,
+    spacing: [f32; 3],
+    affine: [[f64; 4]; 3],
+) -> Result<()> {
+    use std::io::Write;
+    assert_eq!(
+        dims.iter().product::<usize>(),
+        data.len(),
+        "dims and data disagree"
+    );
+    let mut h = match template {
+        Some(t) if !needs_swap(&t.header) => t.header.clone(),
+        _ => fresh_header(spacing, affine),
+    };
+    let put_i16 =
+        |h: &mut Vec<u8>, at: usize, v: i16| h[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put_f32 =
+        |h: &mut Vec<u8>, at: usize, v: f32| h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let dtype = if labels {
+        NiftiType::U8
+    } else {
+        NiftiType::F32
+    };
+    put_i16(&mut h, 40, 3);
+    for (i, d) in dims.iter().enumerate() {
+        put_i16(&mut h, 42 + 2 * i, *d as i16);
+    }
+    for i in 4..8 {
+        put_i16(&mut h, 42 + 2 * i, 1);
+    }
+    put_i16(&mut h, 70, dtype.code());
+    put_i16(&mut h, 72, (dtype.size() * 8) as i16);
+    put_f32(&mut h, 108, DATA_OFFSET as f32);
+    put_f32(&mut h, 112, 1.0);
+    put_f32(&mut h, 116, 0.0);
+    h[344..348].copy_from_slice(b"n+1\0");
+    let mut body = h;
+    body.extend_from_slice(&[0u8; 4]);
+    if labels {
+        body.extend(data.iter().map(|v| v.round().clamp(0.0, 255.0) as u8));
+    } else {
+        for v in data {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let bytes = if path.to_string_lossy().ends_with(".gz") {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&body).map_err(|e| DataError::io(path, e))?;
+        enc.finish().map_err(|e| DataError::io(path, e))?
+    } else {
+        body
+    };
+    crate::error::write_atomic(path, &bytes)
+}
+
+fn needs_swap(header: &[u8]) -> bool {
+    i32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) != 348
+}
+
+fn fresh_header(spacing: [f32; 3], affine: [[f64; 4]; 3]) -> Vec<u8> {
+    let mut h = vec![0u8; HEADER_SIZE];
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    let pix = [
+        1.0f32, spacing[0], spacing[1], spacing[2], 1.0, 1.0, 1.0, 1.0,
+    ];
+    for (i, p) in pix.iter().enumerate() {
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&p.to_le_bytes());
+    }
+    h[123] = 10; // xyzt_units: mm + s
+    h[254..256].copy_from_slice(&1i16.to_le_bytes()); // sform_code: scanner
+    for (r, row) in affine.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            let at = 280 + 16 * r + 4 * c;
+            h[at..at + 4].copy_from_slice(&(*v as f32).to_le_bytes());
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dims: [usize; 3]) -> Vec<f32> {
+        (0..dims.iter().product::<usize>())
+            .map(|i| (i % 7) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn write_then_read_round_trips_values_and_geometry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.nii.gz");
+        let dims = [4, 3, 2];
+        let affine = [
+            [2.0, 0.0, 0.0, -10.0],
+            [0.0, 1.5, 0.0, 5.0],
+            [0.0, 0.0, 3.0, 1.0],
+        ];
+        write_nifti(
+            &path,
+            dims,
+            &sample(dims),
+            true,
+            None,
+            [2.0, 1.5, 3.0],
+            affine,
+        )
+        .unwrap();
+        let v = read_nifti(&path).unwrap();
+        assert_eq!(v.dims, dims);
+        assert_eq!(v.data, sample(dims));
+        assert_eq!(v.spacing, [2.0, 1.5, 3.0]);
+        assert_eq!(v.affine, affine);
+        assert_eq!(v.dtype, NiftiType::U8);
+    }
+
+    #[test]
+    fn zero_vox_offset_with_data_at_the_end_is_read_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.nii");
+        let dims = [3, 2, 2];
+        write_nifti(
+            &path,
+            dims,
+            &sample(dims),
+            true,
+            None,
+            [1.0; 3],
+            [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+            ],
+        )
+        .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[108..112].copy_from_slice(&0f32.to_le_bytes());
+        // Pad 16 extension bytes between header and data: only "data at the end" finds them.
+        let data = bytes.split_off(352);
+        bytes.extend_from_slice(&[0u8; 16]);
+        bytes.extend_from_slice(&data);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_nifti(&path).unwrap().data, sample(dims));
+    }
+
+    #[test]
+    fn truncated_file_is_a_clear_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.nii");
+        let dims = [8, 8, 8];
+        write_nifti(
+            &path,
+            dims,
+            &sample(dims),
+            false,
+            None,
+            [1.0; 3],
+            [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+            ],
+        )
+        .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..1000]).unwrap();
+        let msg = read_nifti(&path).unwrap_err().to_string();
+        assert!(
+            msg.contains("cut.nii") && msg.contains("truncated"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn garbage_and_missing_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.nii.gz");
+        std::fs::write(&path, [0x1f, 0x8b, 1, 2, 3]).unwrap();
+        assert!(read_nifti(&path).unwrap_err().to_string().contains("gzip"));
+        let missing = dir.path().join("none.nii");
+        assert!(read_nifti(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("none.nii"));
+    }
+
+    #[test]
+    fn zero_slope_means_one_and_intercept_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.nii");
+        let dims = [2, 2, 1];
+        write_nifti(
+            &path,
+            dims,
+            &[1.0, 2.0, 3.0, 4.0],
+            false,
+            None,
+            [1.0; 3],
+            [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+            ],
+        )
+        .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[112..116].copy_from_slice(&0f32.to_le_bytes());
+        bytes[116..120].copy_from_slice(&10f32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            read_nifti(&path).unwrap().data,
+            vec![11.0, 12.0, 13.0, 14.0]
+        );
+    }
+}

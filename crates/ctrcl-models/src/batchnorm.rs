@@ -1,0 +1,161 @@
+//! BatchNorm over the channel axis of NCHW tensors, computed without layout changes.
+//!
+//! Burn 0.21's `BatchNorm` moves channels first with `swap_dims` + `reshape` (two full copies per
+//! statistic) before reducing; here the statistics are `mean_dim` over axes 0, 2, 3 directly and
+//! the normalisation folds into one scale and one shift per channel. Running statistics follow
+//! PyTorch: `running = (1 − m)·running + m·batch` with the *unbiased* batch variance (Burn's own
+//! uses the biased one). Train mode when the backend tracks gradients, eval mode otherwise
+//! (`model.valid()`), as in Burn.
+
+use burn::module::{Param, RunningState};
+use burn::prelude::*;
+
+/// Configuration of [`BatchNorm2d`].
+#[derive(Config, Debug)]
+pub struct BatchNorm2dConfig {
+    pub num_features: usize,
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+    #[config(default = 0.1)]
+    pub momentum: f64,
+}
+
+/// Batch normalisation of `[B, C, H, W]` tensors with learnable `gamma`, `beta` of shape `[C]`.
+#[derive(Module, Debug)]
+pub struct BatchNorm2d<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+    pub beta: Param<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_var: RunningState<Tensor<B, 1>>,
+    pub momentum: f64,
+    pub epsilon: f64,
+}
+
+impl BatchNorm2dConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> BatchNorm2d<B> {
+        let c = self.num_features;
+        BatchNorm2d {
+            gamma: Param::from_tensor(Tensor::ones([c], device)),
+            beta: Param::from_tensor(Tensor::zeros([c], device)),
+            running_mean: RunningState::new(Tensor::zeros([c], device)),
+            running_var: RunningState::new(Tensor::ones([c], device)),
+            momentum: self.momentum,
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+impl<B: Backend> BatchNorm2d<B> {
+    /// # Shapes
+    /// `x`: `[B, C, H, W]` → `[B, C, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = x.device();
+        let [b, c, h, w] = x.dims();
+        if B::ad_enabled(&device) {
+            let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3); // [1, C, 1, 1]
+            let centered = x - mean.clone();
+            let var = centered
+                .clone()
+                .square()
+                .mean_dim(0)
+                .mean_dim(2)
+                .mean_dim(3);
+            let n = (b * h * w) as f64;
+            let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+            let m = self.momentum;
+            let rm = self.running_mean.value_sync().to_device(&device);
+            let rv = self.running_var.value_sync().to_device(&device);
+            self.running_mean
+                .update((rm * (1.0 - m) + mean.detach().reshape([c]) * m).detach());
+            self.running_var.update(
+                (rv * (1.0 - m) + var.clone().detach().reshape([c]) * (m * unbiased)).detach(),
+            );
+            let scale = self.gamma.val().reshape([1, c, 1, 1]) / (var + self.epsilon).sqrt();
+            centered * scale + self.beta.val().reshape([1, c, 1, 1])
+        } else {
+            let mean = self
+                .running_mean
+                .value_sync()
+                .to_device(&device)
+                .reshape([1, c, 1, 1]);
+            let var = self
+                .running_var
+                .value_sync()
+                .to_device(&device)
+                .reshape([1, c, 1, 1]);
+            let scale = self.gamma.val().reshape([1, c, 1, 1]) / (var + self.epsilon).sqrt();
+            let shift = self.beta.val().reshape([1, c, 1, 1]) - mean * scale.clone();
+            x * scale + shift
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_backend::{TestAutodiff, TestBackend};
+    use burn::module::AutodiffModule;
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn matches_burn_batchnorm_in_train_mode_values_and_gradients() {
+        let device = Default::default();
+        let x = Tensor::<TestAutodiff, 4>::random(
+            [3, 4, 5, 6],
+            Distribution::Normal(1.0, 2.0),
+            &device,
+        );
+        let ours = BatchNorm2dConfig::new(4).init::<TestAutodiff>(&device);
+        let burns = BatchNormConfig::new(4).init::<TestAutodiff>(&device);
+        let xa = x.clone().require_grad();
+        let xb = x.clone().require_grad();
+        let ya = ours.forward(xa.clone());
+        let yb = burns.forward(xb.clone());
+        ya.to_data()
+            .assert_approx_eq::<f32>(&yb.to_data(), burn::tensor::Tolerance::absolute(1e-4));
+        // Weight the outputs so the gradient is not trivially zero.
+        let wgt = Tensor::<TestAutodiff, 4>::random([3, 4, 5, 6], Distribution::Default, &device);
+        let ga = (ya * wgt.clone()).sum().backward();
+        let gb = (yb * wgt).sum().backward();
+        xa.grad(&ga).unwrap().to_data().assert_approx_eq::<f32>(
+            &xb.grad(&gb).unwrap().to_data(),
+            burn::tensor::Tolerance::absolute(1e-4),
+        );
+        // Running mean agrees; running variance is PyTorch's unbiased one: n/(n-1) times Burn's
+        // batch term (n = 3·5·6 = 90).
+        ours.running_mean
+            .value_sync()
+            .to_data()
+            .assert_approx_eq::<f32>(
+                &burns.running_mean.value_sync().to_data(),
+                burn::tensor::Tolerance::absolute(1e-5),
+            );
+        let ours_batch_term = ours.running_var.value_sync() - 0.9;
+        let burn_batch_term = (burns.running_var.value_sync() - 0.9) * (90.0 / 89.0);
+        ours_batch_term.to_data().assert_approx_eq::<f32>(
+            &burn_batch_term.to_data(),
+            burn::tensor::Tolerance::absolute(1e-5),
+        );
+    }
+
+    #[test]
+    fn eval_mode_uses_running_statistics() {
+        let device = Default::default();
+        let bn = BatchNorm2dConfig::new(2).init::<TestBackend>(&device);
+        bn.running_mean
+            .update(Tensor::from_floats([1.0, -2.0], &device));
+        bn.running_var
+            .update(Tensor::from_floats([4.0, 0.25], &device));
+        let x = Tensor::<TestBackend, 4>::from_floats([[[[3.0]], [[-1.0]]]], &device);
+        let y: Vec<f32> = bn.forward(x).into_data().to_vec().unwrap();
+        // (3 − 1)/sqrt(4 + 1e-5) ≈ 1.0, (−1 + 2)/sqrt(0.25 + 1e-5) ≈ 2.0
+        assert!(
+            (y[0] - 1.0).abs() < 1e-4 && (y[1] - 2.0).abs() < 1e-4,
+            "{y:?}"
+        );
+        let _ = BatchNorm2dConfig::new(2)
+            .init::<TestAutodiff>(&device)
+            .valid();
+    }
+}

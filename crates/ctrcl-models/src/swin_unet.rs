@@ -1,0 +1,275 @@
+//! Swin-Unet (Cao et al. 2021) as METHOD.md §2 specifies: a Swin-T-style encoder (patch 4,
+//! patch merging), a symmetric decoder with patch expanding and linear skip fusion, a final ×4
+//! expand and a 1×1 head. Feature taps: decoder outputs at 1/16, 1/8 and 1/4.
+//!
+//! Input sizes: the token grid of every stage (H/4 … H/32) must be tiled by the window, or be no
+//! larger than it (then the window is clamped to the grid and not shifted, as in Swin). Other
+//! sizes are refused with an error that lists the nearest valid ones.
+
+use crate::swin::{PatchExpand, PatchMerging, SwinBlock};
+use crate::{ModelError, SegOutput};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Sizes of a Swin-Unet (defaults: Swin-T).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwinUnetConfig {
+    pub patch_size: usize,
+    pub embed_dim: usize,
+    /// Blocks per encoder stage (strides 4, 8, 16, 32).
+    pub depths: [usize; 4],
+    /// Blocks per decoder stage at strides 16, 8, 4 (Swin-Unet mirrors the encoder).
+    pub decoder_depths: [usize; 3],
+    /// Attention heads per stage (strides 4, 8, 16, 32); the decoder reuses them per stride.
+    pub heads: [usize; 4],
+    pub window: usize,
+    pub mlp_ratio: f64,
+    /// Largest stochastic-depth rate (linearly increasing over the encoder blocks).
+    pub drop_path: f64,
+}
+
+impl Default for SwinUnetConfig {
+    fn default() -> Self {
+        SwinUnetConfig {
+            patch_size: 4,
+            embed_dim: 96,
+            depths: [2, 2, 2, 2],
+            decoder_depths: [2, 2, 2],
+            heads: [3, 6, 12, 24],
+            window: 7,
+            mlp_ratio: 4.0,
+            drop_path: 0.2,
+        }
+    }
+}
+
+/// Encoder stage: blocks, then (except the last) patch merging.
+#[derive(Module, Debug)]
+pub struct EncoderStage<B: Backend> {
+    blocks: Vec<SwinBlock<B>>,
+    merge: Option<PatchMerging<B>>,
+}
+
+/// Decoder stage: skip fusion (linear 2C → C), blocks, then (except the last) patch expanding.
+#[derive(Module, Debug)]
+pub struct DecoderStage<B: Backend> {
+    fuse: Linear<B>,
+    blocks: Vec<SwinBlock<B>>,
+    expand: Option<PatchExpand<B>>,
+}
+
+/// The Swin-Unet student.
+#[derive(Module, Debug)]
+pub struct SwinUnet<B: Backend> {
+    patch_embed: Conv2d<B>,
+    patch_norm: LayerNorm<B>,
+    encoder: Vec<EncoderStage<B>>,
+    norm: LayerNorm<B>,
+    bottleneck_expand: PatchExpand<B>,
+    decoder: Vec<DecoderStage<B>>,
+    norm_up: LayerNorm<B>,
+    final_expand: PatchExpand<B>,
+    head: Conv2d<B>,
+    /// Token grid side at stride `patch_size`.
+    grid: usize,
+}
+
+impl SwinUnetConfig {
+    /// The window used at a grid side: clamped to the grid when the grid is not larger.
+    fn window_at(&self, grid: usize) -> (usize, bool) {
+        if grid <= self.window {
+            (grid, false)
+        } else {
+            (self.window, true)
+        }
+    }
+
+    fn size_is_valid(&self, size: usize) -> bool {
+        let scale = self.patch_size * 8;
+        size > 0
+            && size % scale == 0
+            && (0..4).all(|i| {
+                let grid = size / (self.patch_size << i);
+                grid <= self.window || grid % self.window == 0
+            })
+    }
+
+    /// Checks the sizes and that `image_size` can be tiled; the error lists valid sizes near it.
+    pub fn validate(&self, image_size: usize) -> Result<(), ModelError> {
+        if self.patch_size == 0 || self.embed_dim == 0 || self.window == 0 {
+            return Err(ModelError::Config(
+                "swin: patch_size, embed_dim and window must be positive".into(),
+            ));
+        }
+        for (i, &h) in self.heads.iter().enumerate() {
+            let dim = self.embed_dim << i;
+            if h == 0 || dim % h != 0 {
+                return Err(ModelError::Config(format!(
+                    "swin: stage {i} has {dim} channels, not divisible by heads[{i}] = {h}"
+                )));
+            }
+        }
+        if !self.size_is_valid(image_size) {
+            let below = (1..image_size).rev().find(|s| self.size_is_valid(*s));
+            let above = (image_size + 1..image_size * 4 + 1024).find(|s| self.size_is_valid(*s));
+            let near: Vec<String> = below
+                .into_iter()
+                .chain(above)
+                .map(|s| s.to_string())
+                .collect();
+            return Err(ModelError::Config(format!(
+                "swin-unet cannot tile image size {image_size} with patch {} and window {}: every \
+                 stage grid (size/{}, /{}, /{}, /{}) must be divisible by the window or no larger \
+                 than it. Nearest valid sizes: {}",
+                self.patch_size,
+                self.window,
+                self.patch_size,
+                self.patch_size * 2,
+                self.patch_size * 4,
+                self.patch_size * 8,
+                near.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Feature-tap channels by stride: 16 → 4C, 8 → 2C, 4 → C.
+    pub fn tap_channels(&self) -> Vec<(usize, usize)> {
+        vec![
+            (16, 4 * self.embed_dim),
+            (8, 2 * self.embed_dim),
+            (4, self.embed_dim),
+        ]
+    }
+
+    /// Builds the model for square inputs of `image_size` (call [`Self::validate`] first).
+    pub fn init<B: Backend>(
+        &self,
+        image_size: usize,
+        num_classes: usize,
+        device: &B::Device,
+    ) -> SwinUnet<B> {
+        let c = self.embed_dim;
+        let grid = image_size / self.patch_size;
+        let total: usize = self.depths.iter().sum();
+        let rate = |i: usize| {
+            if total > 1 {
+                self.drop_path * i as f64 / (total - 1) as f64
+            } else {
+                0.0
+            }
+        };
+        let stage_blocks = |stage: usize,
+                            depth: usize,
+                            first_rate_index: usize,
+                            device: &B::Device|
+         -> Vec<SwinBlock<B>> {
+            let g = grid >> stage;
+            let (window, shifts) = self.window_at(g);
+            (0..depth)
+                .map(|j| {
+                    let shift = if shifts && j % 2 == 1 { window / 2 } else { 0 };
+                    SwinBlock::new(
+                        c << stage,
+                        self.heads[stage],
+                        [g, g],
+                        window,
+                        shift,
+                        self.mlp_ratio,
+                        rate(first_rate_index + j),
+                        device,
+                    )
+                })
+                .collect()
+        };
+        let mut encoder = Vec::with_capacity(4);
+        let mut first = 0;
+        for stage in 0..4 {
+            let g = grid >> stage;
+            encoder.push(EncoderStage {
+                blocks: stage_blocks(stage, self.depths[stage], first, device),
+                merge: (stage < 3).then(|| PatchMerging::new(c << stage, [g, g], device)),
+            });
+            first += self.depths[stage];
+        }
+        // Decoder stages at strides 16, 8, 4 = encoder stages 2, 1, 0.
+        let mut decoder = Vec::with_capacity(3);
+        for (j, stage) in [2usize, 1, 0].into_iter().enumerate() {
+            let dim = c << stage;
+            let g = grid >> stage;
+            let first: usize = self.depths[..stage].iter().sum();
+            decoder.push(DecoderStage {
+                fuse: LinearConfig::new(2 * dim, dim).init(device),
+                blocks: stage_blocks(stage, self.decoder_depths[j], first, device),
+                expand: (stage > 0).then(|| PatchExpand::new(dim, [g, g], 2, device)),
+            });
+        }
+        SwinUnet {
+            patch_embed: Conv2dConfig::new([3, c], [self.patch_size, self.patch_size])
+                .with_stride([self.patch_size, self.patch_size])
+                .init(device),
+            patch_norm: LayerNormConfig::new(c).init(device),
+            encoder,
+            norm: LayerNormConfig::new(8 * c).init(device),
+            bottleneck_expand: PatchExpand::new(8 * c, [grid >> 3, grid >> 3], 2, device),
+            decoder,
+            norm_up: LayerNormConfig::new(c).init(device),
+            final_expand: PatchExpand::new(c, [grid, grid], self.patch_size, device),
+            head: Conv2dConfig::new([c, num_classes], [1, 1])
+                .with_bias(false)
+                .init(device),
+            grid,
+        }
+    }
+}
+
+/// `[B, H·W, C]` tokens → `[B, C, H, W]` map.
+fn tokens_to_map<B: Backend>(x: Tensor<B, 3>, side: usize) -> Tensor<B, 4> {
+    let [b, _, c] = x.dims();
+    x.swap_dims(1, 2).reshape([b, c, side, side])
+}
+
+impl<B: Backend> SwinUnet<B> {
+    /// # Shapes
+    /// `x`: `[B, Cin, H, H]` → logits `[B, K, H, H]`; features at strides 16, 8, 4 with 4C, 2C, C
+    /// channels.
+    pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {
+        let [_, cin, h, _] = x.dims();
+        // 1-channel inputs are repeated to the 3 channels the ImageNet stem expects.
+        let x = if cin == 1 { x.repeat_dim(1, 3) } else { x };
+        let x = self.patch_embed.forward(x); // [B, C, g, g]
+        let mut t = self
+            .patch_norm
+            .forward(x.flatten::<3>(2, 3).swap_dims(1, 2));
+        let mut skips = Vec::with_capacity(4);
+        for stage in &self.encoder {
+            skips.push(t.clone());
+            for block in &stage.blocks {
+                t = block.forward(t);
+            }
+            if let Some(merge) = &stage.merge {
+                t = merge.forward(t);
+            }
+        }
+        t = self.bottleneck_expand.forward(self.norm.forward(t));
+        let mut features = Vec::with_capacity(3);
+        for (j, stage) in self.decoder.iter().enumerate() {
+            let skip = skips[2 - j].clone();
+            t = stage.fuse.forward(Tensor::cat(vec![t, skip], 2));
+            for block in &stage.blocks {
+                t = block.forward(t);
+            }
+            let side = self.grid >> (2 - j);
+            features.push((16 >> j, tokens_to_map(t.clone(), side)));
+            if let Some(expand) = &stage.expand {
+                t = expand.forward(t);
+            }
+        }
+        let t = self.final_expand.forward(self.norm_up.forward(t));
+        let logits = self.head.forward(tokens_to_map(t, h));
+        SegOutput { logits, features }
+    }
+}

@@ -1,0 +1,406 @@
+//! The experiment configuration: a TOML file with every key documented in `configs/*.toml`,
+//! overridable with `--set key=value`. Unknown keys are errors that name the key.
+
+use anyhow::{bail, Context, Result};
+use ctrcl_data::dataset::Normalize;
+use ctrcl_data::loader::Augment;
+use ctrcl_models::{Architecture, ModelSizes};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Training method (METHOD.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Each student with L_seg only.
+    Independent,
+    /// Deep mutual learning: L_seg + KL(sg[p_peer] ‖ p_self).
+    Dml,
+    /// CTRCL: L_seg + β_r·RLCL + β_f·CFCL.
+    #[default]
+    Ctrcl,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Independent => "independent",
+            Method::Dml => "dml",
+            Method::Ctrcl => "ctrcl",
+        }
+    }
+}
+
+/// How wrong pixels of a soft label are rectified (METHOD.md §4 step 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rectify {
+    /// ARM: λ = max(λ_min, λ_dyn).
+    Adaptive,
+    /// λ = 1: wrong pixels become the one-hot ground truth.
+    Hard,
+    /// No rectification (plain mutual distillation).
+    None,
+}
+
+/// Per-pixel weights of the RLCL divergence (METHOD.md §4 step 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PixelWeight {
+    None,
+    Certainty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    Sgd,
+    Adamw,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// A prepared dataset directory (`ctrcl data prepare` output). Relative paths are resolved
+    /// against the working directory.
+    pub dataset: PathBuf,
+    /// Side of the square network input; slices are padded to a square and resized to it.
+    pub image_size: usize,
+    pub normalize: Normalize,
+    pub augment: Augment,
+    pub batch_size: usize,
+    /// Threads preparing batches.
+    pub workers: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dataset: PathBuf::from("data/icbm152"),
+            image_size: 224,
+            normalize: Normalize::Zscore,
+            augment: Augment::Rot90Flip,
+            batch_size: 8,
+            workers: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudentsConfig {
+    pub cnn: Architecture,
+    pub transformer: Architecture,
+}
+
+impl Default for StudentsConfig {
+    fn default() -> Self {
+        StudentsConfig {
+            cnn: Architecture::Unet,
+            transformer: Architecture::SwinUnet,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegLossConfig {
+    pub ce_weight: f64,
+    pub dice_weight: f64,
+}
+
+impl Default for SegLossConfig {
+    fn default() -> Self {
+        SegLossConfig {
+            ce_weight: 0.5,
+            dice_weight: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlclConfig {
+    pub enabled: bool,
+    /// β_r: weight of the logit-wise transfer.
+    pub weight: f64,
+    /// τ: distillation temperature.
+    pub temperature: f64,
+    pub rectify: Rectify,
+    /// δ: margin by which the rectified label's true class must win.
+    pub margin: f64,
+    /// ω_a, ω_s, ω_c: weights of the alignment, similarity and certainty factors (0 = off).
+    pub alignment_weight: f64,
+    pub similarity_weight: f64,
+    pub certainty_weight: f64,
+    pub pixel_weight: PixelWeight,
+}
+
+impl Default for RlclConfig {
+    fn default() -> Self {
+        RlclConfig {
+            enabled: true,
+            weight: 1.0,
+            temperature: 1.0,
+            rectify: Rectify::Adaptive,
+            margin: 0.05,
+            alignment_weight: 1.0 / 3.0,
+            similarity_weight: 1.0 / 3.0,
+            certainty_weight: 1.0 / 3.0,
+            pixel_weight: PixelWeight::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CfclConfig {
+    pub enabled: bool,
+    /// β_f: weight of the feature-wise transfer.
+    pub weight: f64,
+    /// Strides of the feature taps to align; both students must tap them.
+    pub taps: Vec<usize>,
+    /// d: channels of the CPM projection.
+    pub dim: usize,
+    /// t: temperature of the category perception softmax.
+    pub temperature: f64,
+}
+
+impl Default for CfclConfig {
+    fn default() -> Self {
+        CfclConfig {
+            enabled: true,
+            weight: 0.1,
+            taps: vec![8, 4],
+            dim: 64,
+            temperature: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub optimizer: OptimizerKind,
+    /// Learning rate of the CNN student.
+    pub lr_cnn: f64,
+    /// Learning rate of the Transformer student.
+    pub lr_transformer: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// AdamW epsilon (set explicitly: Burn's default differs from PyTorch's 1e-8).
+    pub adam_epsilon: f64,
+    /// Exponent of the poly decay lr·(1 − it/max_it)^power.
+    pub poly_power: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            optimizer: OptimizerKind::Sgd,
+            lr_cnn: 0.01,
+            lr_transformer: 0.01,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            adam_epsilon: 1e-8,
+            poly_power: 0.9,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    pub iterations: usize,
+    /// Ramp-up of the transfer weights as a fraction of the iterations (t_r).
+    pub rampup_fraction: f64,
+    /// Validate both students every this many iterations (and at the end).
+    pub validate_every: usize,
+    /// Log the loss terms every this many iterations.
+    pub log_every: usize,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            iterations: 600,
+            rampup_fraction: 0.1,
+            validate_every: 100,
+            log_every: 10,
+        }
+    }
+}
+
+/// Everything a training run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub method: Method,
+    pub seed: u64,
+    pub data: DataConfig,
+    pub students: StudentsConfig,
+    pub models: ModelSizes,
+    pub seg: SegLossConfig,
+    pub rlcl: RlclConfig,
+    pub cfcl: CfclConfig,
+    pub optim: OptimConfig,
+    pub schedule: ScheduleConfig,
+}
+
+impl TrainConfig {
+    /// Reads a TOML file, applies `key=value` overrides, and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_toml(&text, overrides).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Parses TOML text plus overrides; unknown keys are errors naming the key.
+    pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut value: toml::Value = toml::from_str(text).context("not valid TOML")?;
+        for item in overrides {
+            apply_override(&mut value, item)?;
+        }
+        let config: TrainConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that serde cannot (ranges, model sizes for the image size).
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.data;
+        if d.batch_size == 0 {
+            bail!("data.batch_size must be at least 1");
+        }
+        if self.schedule.iterations == 0 {
+            bail!("schedule.iterations must be at least 1");
+        }
+        if self.schedule.validate_every == 0 || self.schedule.log_every == 0 {
+            bail!("schedule.validate_every and schedule.log_every must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.schedule.rampup_fraction) {
+            bail!("schedule.rampup_fraction must be in [0, 1]");
+        }
+        if self.rlcl.temperature <= 0.0 || self.cfcl.temperature <= 0.0 {
+            bail!("rlcl.temperature and cfcl.temperature must be positive");
+        }
+        if !(0.0..1.0).contains(&self.rlcl.margin) {
+            bail!("rlcl.margin must be in [0, 1)");
+        }
+        for (name, arch) in [
+            ("students.cnn", self.students.cnn),
+            ("students.transformer", self.students.transformer),
+        ] {
+            self.models
+                .validate(arch, d.image_size, 1)
+                .map_err(|e| anyhow::anyhow!("{name} = \"{}\": {e}", arch.name()))?;
+        }
+        if self.method == Method::Ctrcl && self.cfcl.enabled {
+            for arch in [self.students.cnn, self.students.transformer] {
+                let taps = self.models.tap_channels(arch);
+                for stride in &self.cfcl.taps {
+                    if !taps.iter().any(|(s, _)| s == stride) {
+                        bail!(
+                            "cfcl.taps: {} has no feature tap at stride {stride} (it taps {:?})",
+                            arch.name(),
+                            taps.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The resolved configuration as TOML (written into every run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+/// Sets a dotted `key=value` in a TOML tree. The value is parsed as TOML (numbers, booleans,
+/// arrays), falling back to a string. Creating a new key is allowed here; deserialisation then
+/// rejects it by name if it is unknown.
+fn apply_override(root: &mut toml::Value, item: &str) -> Result<()> {
+    let (key, raw) = item
+        .split_once('=')
+        .with_context(|| format!("--set {item}: expected key=value"))?;
+    let key = key.trim();
+    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim()))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let table = node
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: '{}' is not a table", parts[..i].join(".")))?;
+        if i + 1 == parts.len() {
+            table.insert(part.to_string(), parsed);
+            return Ok(());
+        }
+        node = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    unreachable!("split always yields at least one part")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_parse_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                TrainConfig::load(&path, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected the shipped configs in {}", dir.display());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = TrainConfig::from_toml("[rlcl]\ntemprature = 2.0\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("temprature"), "{err:#}");
+        let err = TrainConfig::from_toml("", &["optim.lr_cnnn=0.1".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("lr_cnnn"), "{err:#}");
+    }
+
+    #[test]
+    fn overrides_set_typed_values() {
+        let c = TrainConfig::from_toml(
+            "",
+            &[
+                "method=dml".into(),
+                "schedule.iterations=7".into(),
+                "rlcl.rectify=hard".into(),
+                "cfcl.taps=[8]".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.method, Method::Dml);
+        assert_eq!(c.schedule.iterations, 7);
+        assert_eq!(c.rlcl.rectify, Rectify::Hard);
+        assert_eq!(c.cfcl.taps, vec![8]);
+    }
+
+    #[test]
+    fn untileable_swin_size_is_a_config_error() {
+        let err = TrainConfig::from_toml("[data]\nimage_size = 112\n", &[]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("students.transformer") && msg.contains("112"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Slice-wise inference and Dice scores (METHOD.md §8): each slice is resized to the training
+//! size, predicted, arg-maxed, resized back with nearest neighbour, and the slices are stacked
+//! into a volume on which the metrics are computed.
+
+use burn::prelude::*;
+use ctrcl_data::dataset::{Dataset, Geometry, Sample};
+use ctrcl_data::split::Split;
+use ctrcl_metrics::{confusion_counts, dice_transunet};
+use ctrcl_models::Student;
+use serde::Serialize;
+
+/// Slices per forward pass at inference.
+const INFERENCE_BATCH: usize = 8;
+
+/// Foreground Dice of one student on one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiceScores {
+    /// Dice of classes 1..K, TransUNet per-case convention.
+    pub per_class: Vec<f64>,
+    /// Mean over the foreground classes.
+    pub mean: f64,
+}
+
+impl DiceScores {
+    pub fn from_maps(pred: &[u8], truth: &[u8], num_classes: usize) -> Self {
+        let per_class: Vec<f64> = confusion_counts(pred, truth, num_classes)
+            .into_iter()
+            .skip(1)
+            .map(dice_transunet)
+            .collect();
+        let mean = per_class.iter().sum::<f64>() / per_class.len().max(1) as f64;
+        DiceScores { per_class, mean }
+    }
+}
+
+/// Predicts label maps for square `size × size` images.
+///
+/// # Shapes
+/// each image: `size·size` values → each prediction: `size·size` labels.
+pub fn predict<B: Backend>(
+    net: &Student<B>,
+    images: &[&[f32]],
+    size: usize,
+    device: &B::Device,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(images.len());
+    for chunk in images.chunks(INFERENCE_BATCH) {
+        let data: Vec<f32> = chunk.iter().flat_map(|img| img.iter().copied()).collect();
+        let x =
+            Tensor::<B, 4>::from_data(TensorData::new(data, [chunk.len(), 1, size, size]), device);
+        let labels = net.forward(x).logits.argmax(1); // [b, 1, S, S]
+        let flat: Vec<i64> = labels
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .expect("int data");
+        out.extend(
+            flat.chunks(size * size)
+                .map(|c| c.iter().map(|&v| v as u8).collect()),
+        );
+    }
+    out
+}
+
+/// Dice at the training size over a set of samples (validation during training).
+pub fn dice_on_samples<B: Backend>(
+    net: &Student<B>,
+    samples: &[Sample],
+    size: usize,
+    num_classes: usize,
+    device: &B::Device,
+) -> DiceScores {
+    let images: Vec<&[f32]> = samples.iter().map(|s| s.image.as_slice()).collect();
+    let pred: Vec<u8> = predict(net, &images, size, device).concat();
+    let truth: Vec<u8> = samples
+        .iter()
+        .flat_map(|s| s.label.iter().copied())
+        .collect();
+    DiceScores::from_maps(&pred, &truth, num_classes)
+}
+
+/// Predicts the slices of `split` at native resolution; returns (prediction, truth) volumes
+/// in slice-major order.
+pub fn predict_split<B: Backend>(
+    net: &Student<B>,
+    dataset: &Dataset,
+    split: Split,
+    size: usize,
+    device: &B::Device,
+) -> (Vec<u8>, Vec<u8>) {
+    let geo: Geometry = dataset.geometry(size);
+    let slices = dataset.slices(split);
+    let inputs: Vec<Vec<f32>> = slices
+        .iter()
+        .map(|s| geo.image_to_input(&s.image, dataset.background))
+        .collect();
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let pred: Vec<u8> = predict(net, &refs, size, device)
+        .iter()
+        .flat_map(|p| geo.prediction_to_native(p))
+        .collect();
+    let truth: Vec<u8> = slices
+        .iter()
+        .flat_map(|s| s.label.iter().copied())
+        .collect();
+    (pred, truth)
+}

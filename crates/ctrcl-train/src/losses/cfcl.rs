@@ -1,0 +1,131 @@
+//! CFCL — class-aware feature-wise collaborative learning (METHOD.md §5).
+//!
+//! A Category Perception Module (CPM) projects a student's decoder features to a d-dimensional
+//! unit sphere; class prototypes are the ground-truth-weighted means of the projected features of
+//! the batch; every pixel's cosine similarities to the prototypes give a category perception map.
+//! The perception loss teaches each student to perceive categories from its features, and the
+//! alignment term makes the two students' perception maps agree. The CPM is training-only: it is
+//! not part of a deployed student.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, relu, softmax};
+use ctrcl_models::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
+
+/// Denominator floor of prototype averages and normalisations.
+const EPS: f64 = 1e-6;
+/// Logit given to classes absent from the batch so their softmax mass is ~0.
+const ABSENT_LOGIT: f64 = -1e4;
+
+/// Projection head: 1×1 conv → BatchNorm → ReLU → 1×1 conv to d channels.
+#[derive(Module, Debug)]
+pub struct ProjectionHead<B: Backend> {
+    conv1: Conv2d<B>,
+    norm: BatchNorm2d<B>,
+    conv2: Conv2d<B>,
+}
+
+impl<B: Backend> ProjectionHead<B> {
+    pub fn new(channels: usize, dim: usize, device: &B::Device) -> Self {
+        ProjectionHead {
+            conv1: Conv2dConfig::new([channels, channels], [1, 1]).init(device),
+            norm: BatchNorm2dConfig::new(channels).init(device),
+            conv2: Conv2dConfig::new([channels, dim], [1, 1]).init(device),
+        }
+    }
+
+    /// # Shapes
+    /// `[B, C, h, w]` → `[B, d, h, w]`, unit L2 norm per pixel.
+    pub fn forward(&self, features: Tensor<B, 4>) -> Tensor<B, 4> {
+        let f = self
+            .conv2
+            .forward(relu(self.norm.forward(self.conv1.forward(features))));
+        l2_normalize(f, 1)
+    }
+}
+
+fn l2_normalize<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    let norm = x.clone().square().sum_dim(dim).sqrt().clamp_min(EPS);
+    x / norm
+}
+
+/// Area-downsamples a one-hot map by an integer `stride` (soft class fractions per cell).
+///
+/// # Shapes
+/// `[B, K, H, W]` → `[B, K, H/stride, W/stride]`.
+pub fn area_downsample<B: Backend>(onehot: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
+    let [b, k, h, w] = onehot.dims();
+    let (oh, ow) = (h / stride, w / stride);
+    onehot
+        .reshape([b, k, oh, stride, ow, stride])
+        .mean_dim(5)
+        .mean_dim(3)
+        .reshape([b, k, oh, ow])
+}
+
+/// Category perception of one student at one tap.
+pub struct Perception<B: Backend> {
+    /// log P_s: log-softmax over classes of cos(f, v_k)/t, `[N, K]` with N = B·h·w.
+    pub log_probs: Tensor<B, 2>,
+}
+
+/// Computes the category perception map from projected features and soft class fractions.
+///
+/// # Shapes
+/// `projected`: `[B, d, h, w]` (unit norm per pixel), `fractions`: `[B, K, h, w]` → `[N, K]`.
+pub fn perceive<B: Backend>(
+    projected: Tensor<B, 4>,
+    fractions: Tensor<B, 4>,
+    temperature: f64,
+) -> Perception<B> {
+    let [b, d, h, w] = projected.dims();
+    let k = fractions.dims()[1];
+    let n = b * h * w;
+    let f = projected.swap_dims(0, 1).reshape([d, n]); // [d, N]
+    let m = fractions.swap_dims(0, 1).reshape([k, n]); // [K, N]
+    let mass = m.clone().sum_dim(1); // [K, 1]
+    let prototypes = l2_normalize(m.matmul(f.clone().transpose()) / (mass.clone() + EPS), 1); // [K, d]
+    let cosine = f.transpose().matmul(prototypes.transpose()); // [N, K]
+    let absent = mass.lower_equal_elem(0.0).float().reshape([1, k]) * ABSENT_LOGIT;
+    Perception {
+        log_probs: log_softmax(cosine / temperature + absent, 1),
+    }
+}
+
+/// L_cp = CE(P_s, arg-max of the class fractions), mean over pixels.
+///
+/// # Shapes
+/// `perception.log_probs`: `[N, K]`, `fractions`: `[B, K, h, w]` → scalar `[1]`.
+pub fn perception_loss<B: Backend>(
+    perception: &Perception<B>,
+    fractions: Tensor<B, 4>,
+) -> Tensor<B, 1> {
+    let [b, k, h, w] = fractions.dims();
+    let n = b * h * w;
+    let dominant = fractions
+        .swap_dims(0, 1)
+        .reshape([k, n])
+        .argmax(0)
+        .reshape([n]);
+    let onehot: Tensor<B, 2> = dominant.one_hot::<2>(k).float();
+    (perception.log_probs.clone() * onehot).sum().neg() / n as f64
+}
+
+/// L_al^{A→B} = KL(sg[P_A] ‖ P_B), mean over pixels.
+///
+/// # Shapes
+/// `[N, K]` log-probabilities twice → scalar `[1]`.
+pub fn alignment_loss<B: Backend>(
+    teacher: &Perception<B>,
+    student: &Perception<B>,
+) -> Tensor<B, 1> {
+    let n = teacher.log_probs.dims()[0];
+    let log_p = teacher.log_probs.clone().detach();
+    let p = log_p.clone().exp();
+    (p * (log_p - student.log_probs.clone())).sum() / n as f64
+}
+
+/// Softmax probabilities of a perception (for inspection and tests).
+pub fn probabilities<B: Backend>(perception: &Perception<B>) -> Tensor<B, 2> {
+    softmax(perception.log_probs.clone(), 1)
+}

@@ -1,0 +1,5 @@
+//! The loss terms of METHOD.md §3–§7.
+
+pub mod cfcl;
+pub mod rlcl;
+pub mod seg;

@@ -1,0 +1,136 @@
+//! RLCL — rectified logit-wise collaborative learning (METHOD.md §4), one direction A → B.
+//!
+//! The teacher side A is detached: the ground truth selects the pixels where A's soft label is
+//! wrong, the Adaptive Rectification Module (ARM) mixes them towards the one-hot label just enough
+//! (at least λ_min, which guarantees the true class wins by the margin δ) or more when A is far
+//! from the truth, agrees with B, or is confidently wrong; the result is distilled into B.
+
+use crate::config::{PixelWeight, Rectify, RlclConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, softmax};
+
+/// Floor inside logarithms of probabilities.
+const LOG_EPS: f64 = 1e-8;
+
+/// Σ_k p·log p along the class axis, with 0·log 0 = 0.
+///
+/// # Shapes
+/// `[B, K, H, W]` → `[B, 1, H, W]`.
+fn neg_entropy<B: Backend>(p: Tensor<B, 4>) -> Tensor<B, 4> {
+    (p.clone() * p.clamp_min(LOG_EPS).log()).sum_dim(1)
+}
+
+/// The ARM's output for one direction, all detached.
+pub struct Rectified<B: Backend> {
+    /// Rectified soft labels q_A, `[B, K, H, W]`.
+    pub target: Tensor<B, 4>,
+    /// λ per pixel (0 outside the wrong region), `[B, 1, H, W]`.
+    pub lambda: Tensor<B, 4>,
+    /// 1 where A's arg-max is not the true class, `[B, 1, H, W]`.
+    pub wrong: Tensor<B, 4>,
+}
+
+/// Rectifies the teacher's soft labels.
+///
+/// Wrong region: pixels where the true-class probability is not strictly larger than every other
+/// class's (a tie counts as wrong: rectifying it only adds the margin).
+///
+/// # Shapes
+/// `p_teacher`, `p_student`, `onehot`: `[B, K, H, W]` (probabilities at temperature τ, detached).
+pub fn rectify<B: Backend>(
+    p_teacher: Tensor<B, 4>,
+    p_student: Tensor<B, 4>,
+    onehot: Tensor<B, 4>,
+    cfg: &RlclConfig,
+) -> Rectified<B> {
+    let k = p_teacher.dims()[1];
+    let p_y = (p_teacher.clone() * onehot.clone()).sum_dim(1);
+    // Subtracting 2 from the true class removes it from the maximum (probabilities are ≤ 1).
+    let p_max = (p_teacher.clone() - onehot.clone() * 2.0).max_dim(1);
+    let wrong = p_y.clone().lower_equal(p_max.clone()).float();
+    let lambda = match cfg.rectify {
+        Rectify::None => wrong.zeros_like(),
+        Rectify::Hard => wrong.clone(),
+        Rectify::Adaptive => {
+            let delta = cfg.margin;
+            let lambda_min = ((p_max.clone() - p_y.clone() + delta) / (p_max - p_y.clone() + 1.0))
+                .clamp(0.0, 1.0);
+            let alignment = p_y.neg() + 1.0;
+            let similarity =
+                js_divergence(p_teacher.clone(), p_student) / (-std::f64::consts::LN_2) + 1.0;
+            let certainty = neg_entropy(p_teacher.clone()) / (k as f64).ln() + 1.0;
+            let dynamic = (alignment * cfg.alignment_weight
+                + similarity * cfg.similarity_weight
+                + certainty * cfg.certainty_weight)
+                .clamp(0.0, 1.0);
+            lambda_min.max_pair(dynamic) * wrong.clone()
+        }
+    };
+    let target = p_teacher.clone() * (lambda.clone().neg() + 1.0) + onehot * lambda.clone();
+    Rectified {
+        target,
+        lambda,
+        wrong,
+    }
+}
+
+/// Jensen–Shannon divergence per pixel (natural log, in [0, ln 2]).
+///
+/// # Shapes
+/// `[B, K, H, W]` twice → `[B, 1, H, W]`.
+pub fn js_divergence<B: Backend>(p: Tensor<B, 4>, q: Tensor<B, 4>) -> Tensor<B, 4> {
+    let m = (p.clone() + q.clone()) * 0.5;
+    let log_m = m.clamp_min(LOG_EPS).log();
+    let kl_pm = (neg_entropy(p.clone()) - (p * log_m.clone()).sum_dim(1)) * 0.5;
+    let kl_qm = (neg_entropy(q.clone()) - (q * log_m).sum_dim(1)) * 0.5;
+    kl_pm + kl_qm
+}
+
+/// KL(target ‖ softmax(logits/τ)) per pixel: Σ_k target·(log target − log_softmax).
+///
+/// # Shapes
+/// `target`: `[B, K, H, W]` (detached), `logits`: `[B, K, H, W]` → `[B, 1, H, W]`.
+pub fn kl_to_logits<B: Backend>(
+    target: Tensor<B, 4>,
+    logits: Tensor<B, 4>,
+    temperature: f64,
+) -> Tensor<B, 4> {
+    let log_q = log_softmax(logits / temperature, 1);
+    neg_entropy(target.clone()) - (target * log_q).sum_dim(1)
+}
+
+/// L_rlcl^{A→B} = τ²·mean_i w_i·KL(q_A,i ‖ softmax(z_B,i/τ)).
+///
+/// # Shapes
+/// `teacher_logits` (detached inside), `student_logits`, `onehot`: `[B, K, H, W]` → scalar `[1]`.
+pub fn rlcl_loss<B: Backend>(
+    teacher_logits: Tensor<B, 4>,
+    student_logits: Tensor<B, 4>,
+    onehot: Tensor<B, 4>,
+    cfg: &RlclConfig,
+) -> Tensor<B, 1> {
+    let tau = cfg.temperature;
+    let p_teacher = softmax(teacher_logits.detach() / tau, 1);
+    let p_student = softmax(student_logits.clone().detach() / tau, 1);
+    let rectified = rectify(p_teacher, p_student, onehot, cfg);
+    let kl = kl_to_logits(rectified.target.clone(), student_logits, tau);
+    let kl = match cfg.pixel_weight {
+        PixelWeight::None => kl,
+        PixelWeight::Certainty => {
+            let k = rectified.target.dims()[1] as f64;
+            let w = neg_entropy(rectified.target) / k.ln() + 1.0;
+            let w = w.clone() / w.mean().clamp_min(LOG_EPS).unsqueeze::<4>();
+            kl * w
+        }
+    };
+    kl.mean() * (tau * tau)
+}
+
+/// DML's term KL(sg[softmax(z_peer)] ‖ softmax(z_self)) at τ = 1, mean over pixels.
+///
+/// # Shapes
+/// `[B, K, H, W]` twice → scalar `[1]`.
+pub fn dml_loss<B: Backend>(peer_logits: Tensor<B, 4>, own_logits: Tensor<B, 4>) -> Tensor<B, 1> {
+    let target = softmax(peer_logits.detach(), 1);
+    kl_to_logits(target, own_logits, 1.0).mean()
+}

@@ -1,0 +1,475 @@
+//! The collaborative training loop (METHOD.md §6): one forward of both students per batch, one
+//! backward of L_C + L_T, one optimizer step per student with its own gradients.
+
+use crate::checkpoint::{write_checkpoint, write_text_atomic};
+use crate::config::{Method, TrainConfig};
+use crate::evaluate::{dice_on_samples, DiceScores};
+use crate::losses::cfcl::{
+    alignment_loss, area_downsample, perceive, perception_loss, ProjectionHead,
+};
+use crate::losses::rlcl::{dml_loss, rlcl_loss};
+use crate::losses::seg::seg_loss;
+use crate::student::{recorder, Role, StudentOptimizer, TrainStudent};
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use ctrcl_data::dataset::Dataset;
+use ctrcl_data::loader::{Batch, BatchLoader};
+use ctrcl_data::split::Split;
+use ctrcl_models::SegOutput;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Metadata written as `run.json`: what `test` and `predict` need besides the config.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    pub ctrcl_version: String,
+    pub backend: String,
+    pub method: String,
+    pub dataset: PathBuf,
+    pub class_names: Vec<String>,
+    pub image_size: usize,
+    pub cnn: String,
+    pub transformer: String,
+}
+
+/// What a finished training run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub best_val: [DiceScores; 2],
+    pub seconds: f64,
+}
+
+/// Poly learning-rate decay: lr·(1 − it/max_it)^power.
+pub fn poly_lr(base: f64, step: usize, total: usize, power: f64) -> f64 {
+    base * (1.0 - step as f64 / total as f64).max(0.0).powf(power)
+}
+
+/// Sigmoid ramp-up: β·exp(−5(1 − min(t, t_r)/t_r)²); the full β when t_r is 0.
+pub fn ramp_up(beta: f64, step: usize, rampup_steps: f64) -> f64 {
+    if rampup_steps <= 0.0 {
+        return beta;
+    }
+    let phase = 1.0 - (step as f64).min(rampup_steps) / rampup_steps;
+    beta * (-5.0 * phase * phase).exp()
+}
+
+fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
+    t.clone().into_scalar().elem::<f64>()
+}
+
+/// Loss terms of one student at one step, as logged.
+#[derive(Default, Clone, Copy)]
+struct Terms {
+    ce: f64,
+    dice: f64,
+    seg: f64,
+    transfer_logit: f64,
+    transfer_feature: f64,
+    total: f64,
+}
+
+impl Terms {
+    fn json(&self, method: Method) -> serde_json::Value {
+        let mut v = json!({"ce": self.ce, "dice": self.dice, "seg": self.seg, "total": self.total});
+        match method {
+            Method::Independent => {}
+            Method::Dml => v["dml"] = json!(self.transfer_logit),
+            Method::Ctrcl => {
+                v["rlcl"] = json!(self.transfer_logit);
+                v["cfcl"] = json!(self.transfer_feature);
+            }
+        }
+        v
+    }
+}
+
+/// One student's loss and its terms, given both outputs.
+struct StudentLoss<B: Backend> {
+    total: Tensor<B, 1>,
+    terms: Terms,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn student_loss<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    own: &SegOutput<B>,
+    peer: &SegOutput<B>,
+    own_cpm: &[ProjectionHead<B>],
+    peer_cpm: &[ProjectionHead<B>],
+    onehot: &Tensor<B, 4>,
+    fractions: &[Tensor<B, 4>],
+    beta_r: f64,
+    beta_f: f64,
+) -> StudentLoss<B> {
+    let seg = seg_loss(
+        own.logits.clone(),
+        onehot.clone(),
+        cfg.seg.ce_weight,
+        cfg.seg.dice_weight,
+    );
+    let mut terms = Terms {
+        ce: scalar(&seg.ce),
+        dice: scalar(&seg.dice),
+        seg: scalar(&seg.total),
+        ..Default::default()
+    };
+    let mut total = seg.total;
+    match cfg.method {
+        Method::Independent => {}
+        Method::Dml => {
+            let l = dml_loss(peer.logits.clone(), own.logits.clone());
+            terms.transfer_logit = scalar(&l);
+            total = total + l * beta_r;
+        }
+        Method::Ctrcl => {
+            if cfg.rlcl.enabled {
+                let l = rlcl_loss(
+                    peer.logits.clone(),
+                    own.logits.clone(),
+                    onehot.clone(),
+                    &cfg.rlcl,
+                );
+                terms.transfer_logit = scalar(&l);
+                total = total + l * beta_r;
+            }
+            if cfg.cfcl.enabled {
+                let mut l = Tensor::<B, 1>::zeros([1], &onehot.device());
+                for (i, &stride) in cfg.cfcl.taps.iter().enumerate() {
+                    let f_own = own.feature(stride).expect("taps validated with the config");
+                    let f_peer = peer
+                        .feature(stride)
+                        .expect("taps validated with the config");
+                    let p_own = perceive(
+                        own_cpm[i].forward(f_own),
+                        fractions[i].clone(),
+                        cfg.cfcl.temperature,
+                    );
+                    let p_peer = perceive(
+                        peer_cpm[i].forward(f_peer),
+                        fractions[i].clone(),
+                        cfg.cfcl.temperature,
+                    );
+                    l = l
+                        + perception_loss(&p_own, fractions[i].clone())
+                        + alignment_loss(&p_peer, &p_own);
+                }
+                terms.transfer_feature = scalar(&l);
+                total = total + l * beta_f;
+            }
+        }
+    }
+    terms.total = scalar(&total);
+    StudentLoss { total, terms }
+}
+
+/// Builds the one-hot label tensor.
+///
+/// # Shapes
+/// labels `B·S·S` → `[B, K, S, S]`.
+fn onehot_tensor<B: Backend>(batch: &Batch, k: usize, device: &B::Device) -> Tensor<B, 4> {
+    let (b, s) = (batch.batch, batch.size);
+    let mut data = vec![0f32; b * k * s * s];
+    for (i, &label) in batch.labels.iter().enumerate() {
+        let (n, p) = (i / (s * s), i % (s * s));
+        data[(n * k + label as usize) * s * s + p] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(data, [b, k, s, s]), device)
+}
+
+fn build_student<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    role: Role,
+    k: usize,
+    device: &B::Device,
+) -> TrainStudent<B> {
+    let arch = match role {
+        Role::Cnn => cfg.students.cnn,
+        Role::Transformer => cfg.students.transformer,
+    };
+    let net = cfg.models.init(arch, cfg.data.image_size, 1, k, device);
+    let cpm = if cfg.method == Method::Ctrcl && cfg.cfcl.enabled {
+        let taps = cfg.models.tap_channels(arch);
+        cfg.cfcl
+            .taps
+            .iter()
+            .map(|stride| {
+                let channels = taps.iter().find(|(s, _)| s == stride).expect("validated").1;
+                ProjectionHead::new(channels, cfg.cfcl.dim, device)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    TrainStudent { net, cpm }
+}
+
+/// A run directory must be new or empty, so that an earlier run is never overwritten.
+pub fn prepare_run_dir(out: &Path) -> Result<()> {
+    if out.exists() {
+        let non_empty = std::fs::read_dir(out)
+            .with_context(|| format!("cannot read {}", out.display()))?
+            .next()
+            .is_some();
+        if non_empty {
+            bail!(
+                "{} already exists and is not empty; choose a new --out so that earlier results are kept",
+                out.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))
+}
+
+/// Trains both students as `cfg` says, writing everything into `out`.
+pub fn train<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    out: &Path,
+    device: &B::Device,
+    backend: &str,
+    progress: bool,
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let dataset = Dataset::open(&cfg.data.dataset, cfg.data.normalize)
+        .with_context(|| format!("opening dataset {}", cfg.data.dataset.display()))?;
+    prepare_run_dir(out)?;
+    let k = dataset.num_classes();
+    let size = cfg.data.image_size;
+    let info = RunInfo {
+        ctrcl_version: env!("CARGO_PKG_VERSION").to_string(),
+        backend: backend.to_string(),
+        method: cfg.method.name().to_string(),
+        dataset: std::fs::canonicalize(&cfg.data.dataset)
+            .unwrap_or_else(|_| cfg.data.dataset.clone()),
+        class_names: dataset.class_names.clone(),
+        image_size: size,
+        cnn: cfg.students.cnn.name().to_string(),
+        transformer: cfg.students.transformer.name().to_string(),
+    };
+    write_text_atomic(&out.join("config.toml"), &cfg.to_toml())?;
+    write_text_atomic(&out.join("run.json"), &serde_json::to_string_pretty(&info)?)?;
+    let mut log =
+        std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
+    let mut log_line = |v: serde_json::Value| -> Result<()> {
+        writeln!(log, "{v}").context("cannot write log.jsonl")?;
+        log.flush().context("cannot write log.jsonl")
+    };
+    log_line(
+        json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "seed": cfg.seed}),
+    )?;
+
+    B::seed(device, cfg.seed);
+    let mut students = [
+        build_student::<B>(cfg, Role::Cnn, k, device),
+        build_student::<B>(cfg, Role::Transformer, k, device),
+    ];
+    let mut optims = [
+        StudentOptimizer::<B>::new(&cfg.optim),
+        StudentOptimizer::<B>::new(&cfg.optim),
+    ];
+    let base_lr = [cfg.optim.lr_cnn, cfg.optim.lr_transformer];
+    let train_samples = Arc::new(dataset.samples(Split::Train, size));
+    let val_samples = dataset.samples(Split::Val, size);
+    let total = cfg.schedule.iterations;
+    let rampup_steps = cfg.schedule.rampup_fraction * total as f64;
+    let loader = BatchLoader::start(
+        train_samples,
+        size,
+        cfg.data.batch_size,
+        cfg.seed,
+        cfg.data.augment,
+        0,
+        total,
+        cfg.data.workers,
+    );
+
+    let bar = if progress {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_prefix(format!(
+        "{} {}+{}",
+        cfg.method.name(),
+        cfg.students.cnn.name(),
+        cfg.students.transformer.name()
+    ));
+    let started = Instant::now();
+    let mut best: [Option<DiceScores>; 2] = [None, None];
+    for batch in loader {
+        let step = batch.step;
+        let beta_r = ramp_up(cfg.rlcl.weight, step, rampup_steps);
+        let beta_f = ramp_up(cfg.cfcl.weight, step, rampup_steps);
+        let lrs = base_lr.map(|lr| poly_lr(lr, step, total, cfg.optim.poly_power));
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(batch.images.clone(), [batch.batch, 1, size, size]),
+            device,
+        );
+        let onehot = onehot_tensor::<B>(&batch, k, device);
+        let fractions: Vec<Tensor<B, 4>> = if cfg.method == Method::Ctrcl && cfg.cfcl.enabled {
+            cfg.cfcl
+                .taps
+                .iter()
+                .map(|&s| area_downsample(onehot.clone(), s))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let out_c = students[0].net.forward(x.clone());
+        let out_t = students[1].net.forward(x);
+        let loss_c = student_loss(
+            cfg,
+            &out_c,
+            &out_t,
+            &students[0].cpm,
+            &students[1].cpm,
+            &onehot,
+            &fractions,
+            beta_r,
+            beta_f,
+        );
+        let loss_t = student_loss(
+            cfg,
+            &out_t,
+            &out_c,
+            &students[1].cpm,
+            &students[0].cpm,
+            &onehot,
+            &fractions,
+            beta_r,
+            beta_f,
+        );
+        for (role, l) in Role::BOTH.iter().zip([&loss_c, &loss_t]) {
+            if !l.terms.total.is_finite() {
+                bail!(
+                    "step {step}: the {} student's loss is not finite (ce {}, dice {}, logit transfer {}, feature transfer {}); \
+                     training stopped, the last checkpoint in {} is intact",
+                    role.name(),
+                    l.terms.ce,
+                    l.terms.dice,
+                    l.terms.transfer_logit,
+                    l.terms.transfer_feature,
+                    out.join("last").display()
+                );
+            }
+        }
+        let mut grads = (loss_c.total + loss_t.total).backward();
+        for i in 0..2 {
+            let g = GradientsParams::from_module(&mut grads, &students[i]);
+            let module = students[i].clone();
+            students[i] = optims[i].step(lrs[i], module, g);
+        }
+        bar.inc(1);
+        bar.set_message(format!(
+            "loss cnn {:.3} transformer {:.3}",
+            loss_c.terms.total, loss_t.terms.total
+        ));
+        let done = step + 1;
+        if done % cfg.schedule.log_every == 0 || done == total {
+            log_line(json!({
+                "step": done,
+                "lr": {"cnn": lrs[0], "transformer": lrs[1]},
+                "beta_r": beta_r, "beta_f": beta_f,
+                "cnn": loss_c.terms.json(cfg.method),
+                "transformer": loss_t.terms.json(cfg.method),
+                "elapsed_s": started.elapsed().as_secs_f64(),
+            }))?;
+        }
+        if done % cfg.schedule.validate_every == 0 || done == total {
+            let mut val = serde_json::Map::new();
+            for (i, role) in Role::BOTH.iter().enumerate() {
+                let net = students[i].net.valid();
+                let scores = dice_on_samples(&net, &val_samples, size, k, device);
+                val.insert(
+                    role.name().into(),
+                    json!({"mean_dice": scores.mean, "per_class_dice": scores.per_class}),
+                );
+                if best[i].as_ref().is_none_or(|b| scores.mean > b.mean) {
+                    write_checkpoint(out, &format!("best-{}", role.name()), |dir| {
+                        students[i]
+                            .net
+                            .clone()
+                            .save_file(dir.join(role.name()), &recorder())?;
+                        write_text_atomic(
+                            &dir.join("state.json"),
+                            &json!({"step": done, "val_mean_dice": scores.mean}).to_string(),
+                        )
+                    })?;
+                    best[i] = Some(scores);
+                }
+            }
+            log_line(json!({"step": done, "val": val}))?;
+            save_last(out, &students, &optims, done)?;
+            bar.println(format!(
+                "step {done}/{total}: validation mean Dice cnn {:.4} transformer {:.4}",
+                val["cnn"]["mean_dice"].as_f64().unwrap_or(f64::NAN),
+                val["transformer"]["mean_dice"].as_f64().unwrap_or(f64::NAN)
+            ));
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    log_line(json!({"event": "end", "seconds": seconds}))?;
+    let [c, t] = best;
+    Ok(TrainSummary {
+        run_dir: out.to_path_buf(),
+        best_val: [
+            c.expect("validated at the end"),
+            t.expect("validated at the end"),
+        ],
+        seconds,
+    })
+}
+
+fn save_last<B: AutodiffBackend>(
+    out: &Path,
+    students: &[TrainStudent<B>; 2],
+    optims: &[StudentOptimizer<B>; 2],
+    step: usize,
+) -> Result<()> {
+    write_checkpoint(out, "last", |dir| {
+        for (i, role) in Role::BOTH.iter().enumerate() {
+            students[i]
+                .net
+                .clone()
+                .save_file(dir.join(role.name()), &recorder())?;
+            students[i]
+                .cpm
+                .clone()
+                .save_file(dir.join(format!("{}-cpm", role.name())), &recorder())?;
+            optims[i].save(&dir.join(format!("{}-optim", role.name())))?;
+        }
+        write_text_atomic(&dir.join("state.json"), &json!({"step": step}).to_string())
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poly_and_ramp_follow_their_formulas() {
+        assert!((poly_lr(0.01, 0, 100, 0.9) - 0.01).abs() < 1e-15);
+        assert!((poly_lr(0.01, 50, 100, 0.9) - 0.01 * 0.5f64.powf(0.9)).abs() < 1e-15);
+        assert_eq!(poly_lr(0.01, 100, 100, 0.9), 0.0);
+        assert!((ramp_up(1.0, 0, 10.0) - (-5.0f64).exp()).abs() < 1e-15);
+        assert!((ramp_up(2.0, 5, 10.0) - 2.0 * (-1.25f64).exp()).abs() < 1e-15);
+        assert_eq!(ramp_up(0.1, 10, 10.0), 0.1);
+        assert_eq!(ramp_up(0.1, 50, 10.0), 0.1);
+        assert_eq!(ramp_up(0.3, 0, 0.0), 0.3);
+    }
+}
