@@ -1,7 +1,7 @@
 //! BatchNorm over the channel axis of NCHW tensors, computed without layout changes.
 //!
 //! Burn 0.21's `BatchNorm` moves channels first with `swap_dims` + `reshape` (two full copies per
-//! statistic) before reducing; here the statistics are `mean_dim` over axes 0, 2, 3 directly and
+//! statistic) before reducing; here the statistics are `mean_dim` over a free `[B, C, H·W]` view and
 //! the normalisation folds into one scale and one shift per channel. Running statistics follow
 //! PyTorch: `running = (1 − m)·running + m·batch` with the *unbiased* batch variance (Burn's own
 //! uses the biased one). Train mode when the backend tracks gradients, eval mode otherwise
@@ -45,6 +45,20 @@ impl BatchNorm2dConfig {
     }
 }
 
+/// Mean over batch and space per channel. Reducing the contiguous last axis of a
+/// `[B, C, H·W]` view first keeps the big reduction on contiguous memory (flex walks reductions
+/// over other axes with a slow strided iterator).
+///
+/// # Shapes
+/// `[B, C, H, W]` → `[1, C, 1, 1]`.
+fn channel_mean<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h * w])
+        .mean_dim(2)
+        .mean_dim(0)
+        .reshape([1, c, 1, 1])
+}
+
 impl<B: Backend> BatchNorm2d<B> {
     /// # Shapes
     /// `x`: `[B, C, H, W]` → `[B, C, H, W]`.
@@ -52,14 +66,9 @@ impl<B: Backend> BatchNorm2d<B> {
         let device = x.device();
         let [b, c, h, w] = x.dims();
         if B::ad_enabled(&device) {
-            let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3); // [1, C, 1, 1]
+            let mean = channel_mean(x.clone()); // [1, C, 1, 1]
             let centered = x - mean.clone();
-            let var = centered
-                .clone()
-                .square()
-                .mean_dim(0)
-                .mean_dim(2)
-                .mean_dim(3);
+            let var = channel_mean(centered.clone().square());
             let n = (b * h * w) as f64;
             let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
             let m = self.momentum;

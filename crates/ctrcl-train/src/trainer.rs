@@ -47,6 +47,15 @@ pub struct TrainSummary {
     pub seconds: f64,
 }
 
+/// Prints above the progress bar, or plainly when the bar is hidden (output not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// Poly learning-rate decay: lr·(1 − it/max_it)^power.
 pub fn poly_lr(base: f64, step: usize, total: usize, power: f64) -> f64 {
     base * (1.0 - step as f64 / total as f64).max(0.0).powf(power)
@@ -413,11 +422,14 @@ pub fn train<B: AutodiffBackend>(
             }
             log_line(json!({"step": done, "val": val}))?;
             save_last(out, &students, &optims, done)?;
-            bar.println(format!(
-                "step {done}/{total}: validation mean Dice cnn {:.4} transformer {:.4}",
-                val["cnn"]["mean_dice"].as_f64().unwrap_or(f64::NAN),
-                val["transformer"]["mean_dice"].as_f64().unwrap_or(f64::NAN)
-            ));
+            say(
+                &bar,
+                format!(
+                    "step {done}/{total}: validation mean Dice cnn {:.4} transformer {:.4}",
+                    val["cnn"]["mean_dice"].as_f64().unwrap_or(f64::NAN),
+                    val["transformer"]["mean_dice"].as_f64().unwrap_or(f64::NAN)
+                ),
+            );
         }
     }
     bar.finish_and_clear();

