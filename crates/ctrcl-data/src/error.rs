@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The operating system refused or failed an I/O operation.
-    #[error("{path}: {source}")]
+    /// (The I/O error is part of the message, not a `source`, so that error chains print it once.)
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file exists but its content is not what the format or dataset requires.
     #[error("{path}: {message}")]
@@ -24,7 +24,7 @@ impl DataError {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            error: source,
         }
     }
 

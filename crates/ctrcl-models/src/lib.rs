@@ -237,3 +237,30 @@ mod tests {
         assert!(gx.iter().all(|v| v.is_finite()) && gx.iter().any(|v| v.abs() > 0.0));
     }
 }
+
+#[cfg(test)]
+mod eval_mode_tests {
+    use super::*;
+    use crate::test_backend::TestAutodiff;
+    use burn::module::AutodiffModule;
+    use burn::tensor::Distribution;
+
+    /// Without stochastic depth, a Swin-UNet has no train-only behaviour: the training forward
+    /// (autodiff backend) and the inference forward (`valid()`) must agree.
+    #[test]
+    fn swin_unet_train_and_eval_forward_agree() {
+        let sizes = SwinUnetConfig {
+            embed_dim: 8,
+            heads: [1, 1, 2, 2],
+            window: 4,
+            drop_path: 0.0,
+            ..Default::default()
+        };
+        let device = Default::default();
+        let m = sizes.init::<TestAutodiff>(64, 3, &device);
+        let x = Tensor::<TestAutodiff, 4>::random([2, 1, 64, 64], Distribution::Default, &device);
+        let train = m.forward(x.clone()).logits.into_data();
+        let eval = m.valid().forward(x.inner()).logits.into_data();
+        train.assert_approx_eq::<f32>(&eval, burn::tensor::Tolerance::absolute(1e-4));
+    }
+}

@@ -178,31 +178,46 @@ impl Default for CfclConfig {
     }
 }
 
+/// The optimizer of one student.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudentOptimConfig {
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    /// SGD momentum (no dampening, as PyTorch).
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// AdamW epsilon (set explicitly: Burn's default 1e-5 differs from PyTorch's 1e-8).
+    pub adam_epsilon: f64,
+}
+
+impl Default for StudentOptimConfig {
+    fn default() -> Self {
+        StudentOptimConfig {
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            adam_epsilon: 1e-8,
+        }
+    }
+}
+
+/// One optimizer per student, so each may have its own kind and learning rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
-    pub optimizer: OptimizerKind,
-    /// Learning rate of the CNN student.
-    pub lr_cnn: f64,
-    /// Learning rate of the Transformer student.
-    pub lr_transformer: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    /// AdamW epsilon (set explicitly: Burn's default differs from PyTorch's 1e-8).
-    pub adam_epsilon: f64,
-    /// Exponent of the poly decay lr·(1 − it/max_it)^power.
+    pub cnn: StudentOptimConfig,
+    pub transformer: StudentOptimConfig,
+    /// Exponent of the poly decay lr·(1 − it/max_it)^power, for both students.
     pub poly_power: f64,
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
-            optimizer: OptimizerKind::Sgd,
-            lr_cnn: 0.01,
-            lr_transformer: 0.01,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            adam_epsilon: 1e-8,
+            cnn: StudentOptimConfig::default(),
+            transformer: StudentOptimConfig::default(),
             poly_power: 0.9,
         }
     }
@@ -372,8 +387,8 @@ mod tests {
     fn unknown_keys_are_named() {
         let err = TrainConfig::from_toml("[rlcl]\ntemprature = 2.0\n", &[]).unwrap_err();
         assert!(format!("{err:#}").contains("temprature"), "{err:#}");
-        let err = TrainConfig::from_toml("", &["optim.lr_cnnn=0.1".into()]).unwrap_err();
-        assert!(format!("{err:#}").contains("lr_cnnn"), "{err:#}");
+        let err = TrainConfig::from_toml("", &["optim.cnn.lrr=0.1".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("lrr"), "{err:#}");
     }
 
     #[test]

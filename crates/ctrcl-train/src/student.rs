@@ -1,7 +1,7 @@
 //! A student as trained: the deployable network plus its training-only CPM heads, and the
 //! optimizer that updates them (one per student, so each may have its own learning rate).
 
-use crate::config::{OptimConfig, OptimizerKind};
+use crate::config::{OptimizerKind, StudentOptimConfig};
 use crate::losses::cfcl::ProjectionHead;
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -51,7 +51,7 @@ pub enum StudentOptimizer<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> StudentOptimizer<B> {
-    pub fn new(cfg: &OptimConfig) -> Self {
+    pub fn new(cfg: &StudentOptimConfig) -> Self {
         match cfg.optimizer {
             OptimizerKind::Sgd => StudentOptimizer::Sgd(
                 SgdConfig::new()

@@ -280,10 +280,10 @@ pub fn train<B: AutodiffBackend>(
         build_student::<B>(cfg, Role::Transformer, k, device),
     ];
     let mut optims = [
-        StudentOptimizer::<B>::new(&cfg.optim),
-        StudentOptimizer::<B>::new(&cfg.optim),
+        StudentOptimizer::<B>::new(&cfg.optim.cnn),
+        StudentOptimizer::<B>::new(&cfg.optim.transformer),
     ];
-    let base_lr = [cfg.optim.lr_cnn, cfg.optim.lr_transformer];
+    let base_lr = [cfg.optim.cnn.lr, cfg.optim.transformer.lr];
     let train_samples = Arc::new(dataset.samples(Split::Train, size));
     let val_samples = dataset.samples(Split::Val, size);
     let total = cfg.schedule.iterations;
