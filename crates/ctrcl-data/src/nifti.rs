@@ -190,7 +190,7 @@ fn parse_nifti(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
     }
     let mut dims = [1usize; 3];
     for (axis, dim) in dims.iter_mut().enumerate().take(ndim.min(3) as usize) {
-        let d = f.i16(42 + 2 * axis as usize);
+        let d = f.i16(42 + 2 * axis);
         if d < 1 {
             return Err(DataError::invalid(
                 path,

@@ -65,6 +65,8 @@ pub struct ModelSizes {
 }
 
 /// A student network of either family, so both students share one Rust type.
+// Two students exist per run, so the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Student<B: Backend> {
     Unet(UNet<B>),

@@ -90,10 +90,10 @@ impl SwinUnetConfig {
     fn size_is_valid(&self, size: usize) -> bool {
         let scale = self.patch_size * 8;
         size > 0
-            && size % scale == 0
+            && size.is_multiple_of(scale)
             && (0..4).all(|i| {
                 let grid = size / (self.patch_size << i);
-                grid <= self.window || grid % self.window == 0
+                grid <= self.window || grid.is_multiple_of(self.window)
             })
     }
 
@@ -106,7 +106,7 @@ impl SwinUnetConfig {
         }
         for (i, &h) in self.heads.iter().enumerate() {
             let dim = self.embed_dim << i;
-            if h == 0 || dim % h != 0 {
+            if h == 0 || !dim.is_multiple_of(h) {
                 return Err(ModelError::Config(format!(
                     "swin: stage {i} has {dim} channels, not divisible by heads[{i}] = {h}"
                 )));

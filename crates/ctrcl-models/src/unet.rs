@@ -113,7 +113,7 @@ impl UNetConfig {
                 "unet.dropout {p} is not in [0, 1)"
             )));
         }
-        if image_size % 16 != 0 || image_size == 0 {
+        if !image_size.is_multiple_of(16) || image_size == 0 {
             return Err(ModelError::Config(format!(
                 "unet needs an image size divisible by 16 (four 2× poolings); got {image_size}"
             )));
