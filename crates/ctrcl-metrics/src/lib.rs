@@ -2,6 +2,8 @@
 //! tensor framework. This first part holds the overlap metrics; the distance metrics (HD95, ASD)
 //! and the evaluation modes of METHOD.md §8 extend it.
 
+pub mod distance;
+
 /// Per-class voxel counts of one prediction against one reference.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
