@@ -3,6 +3,7 @@
 //! and the evaluation modes of METHOD.md §8 extend it.
 
 pub mod distance;
+pub mod modes;
 
 /// Per-class voxel counts of one prediction against one reference.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
