@@ -1,4 +1,5 @@
-//! Plain-text tables of test results.
+//! Plain-text tables of test results: Dice per class and the means of Dice and HD95 (mm), both
+//! in TransUNet's convention.
 
 use ctrcl_train::tester::TestReport;
 use std::fmt::Write;
@@ -14,8 +15,8 @@ pub fn report_table(reports: &[TestReport]) -> String {
     for c in classes {
         let _ = write!(s, " {:>8}", c);
     }
-    let _ = writeln!(s, " {:>9}", "mean Dice");
-    let width = 36 + 9 * classes.len() + 10;
+    let _ = writeln!(s, " {:>9} {:>10}", "mean Dice", "mean HD95");
+    let width = 36 + 9 * classes.len() + 21;
     let _ = writeln!(s, "{}", "-".repeat(width));
     for r in reports {
         for st in &r.students {
@@ -29,7 +30,9 @@ pub fn report_table(reports: &[TestReport]) -> String {
             for d in &st.scores.per_class {
                 let _ = write!(s, " {:>8.4}", d);
             }
-            let _ = writeln!(s, " {:>9.4}", st.scores.mean);
+            let hd95 =
+                st.transunet.iter().map(|m| m.hd95).sum::<f64>() / st.transunet.len().max(1) as f64;
+            let _ = writeln!(s, " {:>9.4} {:>10.2}", st.scores.mean, hd95);
         }
     }
     s

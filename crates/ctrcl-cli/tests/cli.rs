@@ -161,7 +161,10 @@ fn train_then_test_writes_a_complete_run_directory() {
 
     let table = ok(&["test", "--run", out.to_str().unwrap()]);
     assert!(
-        table.contains("CSF") && table.contains("swin-unet") && table.contains("flex"),
+        table.contains("CSF")
+            && table.contains("swin-unet")
+            && table.contains("mean HD95")
+            && table.contains("flex"),
         "{table}"
     );
     let metrics: Value =
@@ -176,6 +179,19 @@ fn train_then_test_writes_a_complete_run_directory() {
         assert!(per_class
             .values()
             .all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
+        // Both conventions, all four metrics per class; TransUNet's values are never null and its
+        // Dice equals the headline Dice.
+        for c in ["1", "2", "3"] {
+            let t = &metrics[role]["transunet"]["per_class"][c];
+            for key in ["dice", "jaccard", "hd95", "asd"] {
+                assert!(
+                    t[key].as_f64().is_some_and(f64::is_finite),
+                    "{role} class {c} {key}: {t}"
+                );
+                assert!(metrics[role]["strict"]["per_class"][c].get(key).is_some());
+            }
+            assert_eq!(t["dice"], per_class[c]);
+        }
     }
 
     // Training into the same directory again is refused and loses nothing.

@@ -29,7 +29,15 @@ pub struct ClassMetrics {
 /// Metrics of every foreground class (1..K) of one case.
 ///
 /// `pred` and `truth` are label maps over `shape` (row-major), `spacing` per axis.
-pub fn evaluate_case(pred: &[u8], truth: &[u8], shape: &[usize], spacing: &[f64], num_classes: usize, mode: Mode, hd95: Hd95Mode) -> Vec<ClassMetrics> {
+pub fn evaluate_case(
+    pred: &[u8],
+    truth: &[u8],
+    shape: &[usize],
+    spacing: &[f64],
+    num_classes: usize,
+    mode: Mode,
+    hd95: Hd95Mode,
+) -> Vec<ClassMetrics> {
     let counts = confusion_counts(pred, truth, num_classes);
     (1..num_classes)
         .map(|c| {
@@ -42,16 +50,40 @@ pub fn evaluate_case(pred: &[u8], truth: &[u8], shape: &[usize], spacing: &[f64]
             };
             match mode {
                 Mode::TransUnet => match (pred_any, truth_any) {
-                    (false, _) => ClassMetrics { dice: 0.0, jaccard: 0.0, hd95: 0.0, asd: 0.0 },
-                    (true, false) => ClassMetrics { dice: 1.0, jaccard: 1.0, hd95: 0.0, asd: 0.0 },
+                    (false, _) => ClassMetrics {
+                        dice: 0.0,
+                        jaccard: 0.0,
+                        hd95: 0.0,
+                        asd: 0.0,
+                    },
+                    (true, false) => ClassMetrics {
+                        dice: 1.0,
+                        jaccard: 1.0,
+                        hd95: 0.0,
+                        asd: 0.0,
+                    },
                     (true, true) => {
                         let d = dist();
-                        ClassMetrics { dice: dice_strict(n), jaccard: jaccard_strict(n), hd95: d.hd95, asd: d.asd }
+                        ClassMetrics {
+                            dice: dice_strict(n),
+                            jaccard: jaccard_strict(n),
+                            hd95: d.hd95,
+                            asd: d.asd,
+                        }
                     }
                 },
                 Mode::Strict => {
-                    let d = if pred_any && truth_any { dist() } else { Distances::NAN };
-                    ClassMetrics { dice: dice_strict(n), jaccard: jaccard_strict(n), hd95: d.hd95, asd: d.asd }
+                    let d = if pred_any && truth_any {
+                        dist()
+                    } else {
+                        Distances::NAN
+                    };
+                    ClassMetrics {
+                        dice: dice_strict(n),
+                        jaccard: jaccard_strict(n),
+                        hd95: d.hd95,
+                        asd: d.asd,
+                    }
                 }
             }
         })
@@ -88,11 +120,43 @@ mod tests {
         // 1D "volume" of 6 voxels; class 1 only predicted, class 2 only in the truth, class 3 absent.
         let truth = [2, 2, 0, 0, 0, 0];
         let pred = [0, 0, 1, 1, 0, 0];
-        let t = evaluate_case(&pred, &truth, &[6], &[1.0], 4, Mode::TransUnet, Hd95Mode::Pooled);
-        assert_eq!(t[0], ClassMetrics { dice: 1.0, jaccard: 1.0, hd95: 0.0, asd: 0.0 });
-        assert_eq!(t[1], ClassMetrics { dice: 0.0, jaccard: 0.0, hd95: 0.0, asd: 0.0 });
+        let t = evaluate_case(
+            &pred,
+            &truth,
+            &[6],
+            &[1.0],
+            4,
+            Mode::TransUnet,
+            Hd95Mode::Pooled,
+        );
+        assert_eq!(
+            t[0],
+            ClassMetrics {
+                dice: 1.0,
+                jaccard: 1.0,
+                hd95: 0.0,
+                asd: 0.0
+            }
+        );
+        assert_eq!(
+            t[1],
+            ClassMetrics {
+                dice: 0.0,
+                jaccard: 0.0,
+                hd95: 0.0,
+                asd: 0.0
+            }
+        );
         assert_eq!(t[2].dice, 0.0, "absent everywhere: prediction empty → 0");
-        let s = evaluate_case(&pred, &truth, &[6], &[1.0], 4, Mode::Strict, Hd95Mode::Pooled);
+        let s = evaluate_case(
+            &pred,
+            &truth,
+            &[6],
+            &[1.0],
+            4,
+            Mode::Strict,
+            Hd95Mode::Pooled,
+        );
         assert_eq!((s[0].dice, s[1].dice), (0.0, 0.0));
         assert!(s[0].hd95.is_nan() && s[1].asd.is_nan());
         assert!(s[2].dice.is_nan() && s[2].jaccard.is_nan());
@@ -105,7 +169,15 @@ mod tests {
         // Two 1D segments [1..4) and [2..5) with spacing 2: surfaces are the segment ends.
         let truth = [0, 1, 1, 1, 0, 0];
         let pred = [0, 0, 1, 1, 1, 0];
-        let m = evaluate_case(&pred, &truth, &[6], &[2.0], 2, Mode::TransUnet, Hd95Mode::Pooled);
+        let m = evaluate_case(
+            &pred,
+            &truth,
+            &[6],
+            &[2.0],
+            2,
+            Mode::TransUnet,
+            Hd95Mode::Pooled,
+        );
         assert!((m[0].dice - 2.0 * 2.0 / 6.0).abs() < 1e-12);
         assert!((m[0].jaccard - 0.5).abs() < 1e-12);
         // Directed distances: pred ends {2, 4} → truth ends {1, 3}: 2, 2; and back: 2, 2.

@@ -10,6 +10,9 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::Dataset;
 use ctrcl_data::split::Split;
+use ctrcl_metrics::distance::Hd95Mode;
+use ctrcl_metrics::modes::{evaluate_case, ClassMetrics, Mode};
+use ctrcl_metrics::nan_mean;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +22,12 @@ pub struct StudentResult {
     pub role: Role,
     pub architecture: String,
     pub checkpoint: PathBuf,
+    /// Dice per foreground class, TransUNet convention (the headline numbers).
     pub scores: DiceScores,
+    /// Dice, Jaccard, HD95 (pooled, medpy) and ASD per foreground class, TransUNet convention.
+    pub transunet: Vec<ClassMetrics>,
+    /// The same in the strict convention (NaN where a mask is empty).
+    pub strict: Vec<ClassMetrics>,
 }
 
 /// The outcome of testing a run.
@@ -83,11 +91,19 @@ pub fn test_run<B: Backend>(
         let template = cfg.models.init::<B>(arch, size, 1, k, device);
         let net = load_net(template, &dir, role, device)?;
         let (pred, truth) = predict_split(&net, &dataset, split, size, device);
+        // The stacked slab is (Z, Y, X) in row-major order; NIfTI spacing is (x, y, z).
+        let [w, h, _] = dataset.case.image.dims;
+        let shape = [pred.len() / (w * h), h, w];
+        let [sx, sy, sz] = dataset.case.image.spacing.map(f64::from);
+        let spacing = [sz, sy, sx];
+        let eval = |mode| evaluate_case(&pred, &truth, &shape, &spacing, k, mode, Hd95Mode::Pooled);
         students.push(StudentResult {
             role,
             architecture: arch.name().to_string(),
             checkpoint: dir,
             scores: DiceScores::from_maps(&pred, &truth, k),
+            transunet: eval(Mode::TransUnet),
+            strict: eval(Mode::Strict),
         });
     }
     let classes: serde_json::Map<String, serde_json::Value> = dataset
@@ -101,7 +117,7 @@ pub fn test_run<B: Backend>(
         "split": split.name(),
         "case": dataset.case.id,
         "slices": dataset.split.slices(split).len(),
-        "metric": "Dice, TransUNet per-case convention, on the stacked slab at native resolution",
+        "metric": "per class on the stacked slab at native resolution with the header's spacing; mean_dice/per_class_dice: Dice in TransUNet's convention; transunet/strict: Dice, Jaccard, HD95 (medpy, pooled) and ASD (mm) in each convention, null where undefined",
         "classes": classes,
         "method": info.method,
     });
@@ -122,7 +138,37 @@ pub fn test_run<B: Backend>(
     })
 }
 
-/// `{"mean_dice": f, "per_class_dice": {"1": f, ...}, "architecture": ..., "checkpoint": ...}`.
+fn finite(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// `{"per_class": {"1": {"dice", "jaccard", "hd95", "asd"}, ...}, "mean": {...}}`; non-finite → null.
+fn metrics_json(per_class: &[ClassMetrics], mode: Mode) -> serde_json::Value {
+    let one = |m: &ClassMetrics| json!({"dice": finite(m.dice), "jaccard": finite(m.jaccard), "hd95": finite(m.hd95), "asd": finite(m.asd)});
+    let classes: serde_json::Map<String, serde_json::Value> = per_class
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ((i + 1).to_string(), one(m)))
+        .collect();
+    // The mean over classes follows the mode's rule (NaN-aware in strict mode).
+    let mean_of = |f: fn(&ClassMetrics) -> f64| {
+        let v: Vec<f64> = per_class.iter().map(f).collect();
+        match mode {
+            Mode::TransUnet => v.iter().sum::<f64>() / v.len() as f64,
+            Mode::Strict => nan_mean(&v),
+        }
+    };
+    json!({
+        "per_class": classes,
+        "mean": {"dice": finite(mean_of(|m| m.dice)), "jaccard": finite(mean_of(|m| m.jaccard)), "hd95": finite(mean_of(|m| m.hd95)), "asd": finite(mean_of(|m| m.asd))},
+    })
+}
+
+/// `{"mean_dice": f, "per_class_dice": {"1": f, ...}, "architecture", "checkpoint", "transunet": {...}, "strict": {...}}`.
 pub fn student_json(s: &StudentResult) -> serde_json::Value {
     let per_class: serde_json::Map<String, serde_json::Value> = s
         .scores
@@ -136,5 +182,7 @@ pub fn student_json(s: &StudentResult) -> serde_json::Value {
         "per_class_dice": per_class,
         "architecture": s.architecture,
         "checkpoint": s.checkpoint,
+        "transunet": metrics_json(&s.transunet, Mode::TransUnet),
+        "strict": metrics_json(&s.strict, Mode::Strict),
     })
 }
