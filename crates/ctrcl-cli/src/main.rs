@@ -1,6 +1,7 @@
 //! The `ctrcl` command: parses arguments and prints; the library crates do the work.
 
 mod backend;
+mod evaluate;
 mod quickstart;
 mod table;
 
@@ -46,6 +47,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = SplitChoice::Test)]
         split: SplitChoice,
     },
+    /// Metrics of predicted label maps against references (Dice, Jaccard, HD95, ASD), per case.
+    Evaluate(evaluate::Args),
     /// Fetch ICBM152, train with `independent` and `ctrcl`, test both students, print the table.
     Quickstart(quickstart::Args),
 }
@@ -146,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
                 report.json_path.display()
             );
         }
+        Command::Evaluate(args) => evaluate::run(args)?,
         Command::Quickstart(args) => quickstart::run(args)?,
     }
     Ok(())

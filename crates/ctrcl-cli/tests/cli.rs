@@ -338,3 +338,202 @@ fn bad_inputs_are_clear_errors() {
         "nothing trained on bad data"
     );
 }
+
+/// Writes the medpy fixture cases (real ICBM152 crops, perturbed) as NIfTI files.
+fn write_fixture_cases(root: &Path) -> Value {
+    let doc: Value = serde_json::from_str(include_str!(
+        "../../ctrcl-metrics/tests/data/metric_reference.json"
+    ))
+    .unwrap();
+    let shape: Vec<usize> = doc["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let dims = [shape[2], shape[1], shape[0]];
+    for side in ["pred", "truth"] {
+        std::fs::create_dir_all(root.join(side)).unwrap();
+    }
+    for case in doc["cases"].as_array().unwrap() {
+        let sp: Vec<f32> = case["spacing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let spacing = [sp[2], sp[1], sp[0]];
+        let affine = [
+            [spacing[0] as f64, 0.0, 0.0, 0.0],
+            [0.0, spacing[1] as f64, 0.0, 0.0],
+            [0.0, 0.0, spacing[2] as f64, 0.0],
+        ];
+        for (side, key) in [("pred", "pred"), ("truth", "truth")] {
+            let data: Vec<f32> = case[key]
+                .as_str()
+                .unwrap()
+                .bytes()
+                .map(|b| (b - b'0') as f32)
+                .collect();
+            let path = root
+                .join(side)
+                .join(format!("{}.nii.gz", case["name"].as_str().unwrap()));
+            ctrcl_data::nifti::write_nifti(&path, dims, &data, true, None, spacing, affine)
+                .unwrap();
+        }
+    }
+    doc
+}
+
+fn assert_metric(got: &Value, want: &Value, tol: f64, what: &str) {
+    match (got.as_f64(), want.as_f64()) {
+        (Some(g), Some(w)) => assert!((g - w).abs() <= tol, "{what}: ctrcl {g}, medpy {w}"),
+        (None, None) => {}
+        _ => panic!("{what}: ctrcl {got}, medpy {want}"),
+    }
+}
+
+#[test]
+fn evaluate_matches_medpy_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = write_fixture_cases(dir.path());
+    let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+    ok(&[
+        "evaluate",
+        "--pred",
+        &p("pred"),
+        "--truth",
+        &p("truth"),
+        "--mode",
+        "strict",
+        "--out",
+        &p("strict.json"),
+    ]);
+    ok(&[
+        "evaluate",
+        "--pred",
+        &p("pred"),
+        "--truth",
+        &p("truth"),
+        "--mode",
+        "transunet",
+        "--out",
+        &p("tu.json"),
+    ]);
+    let strict: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("strict.json")).unwrap())
+            .unwrap();
+    let tu: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("tu.json")).unwrap())
+            .unwrap();
+    assert_eq!(strict["mode"], "strict");
+    let csv = std::fs::read_to_string(dir.path().join("strict.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 6 * 3, "header + cases × classes");
+    for case in doc["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let find = |out: &Value| {
+            out["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["case"] == name)
+                .unwrap()
+                .clone()
+        };
+        let (s, t) = (find(&strict), find(&tu));
+        let unit = case["spacing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_f64() == Some(1.0));
+        for c in ["1", "2", "3"] {
+            let e = &case["expected"][c];
+            // Strict mode: header spacing, medpy's values, null where a mask is empty.
+            for key in ["dice", "jaccard", "hd95", "asd"] {
+                assert_metric(
+                    &s["per_class"][c][key],
+                    &e[key],
+                    1e-4,
+                    &format!("strict {name} class {c} {key}"),
+                );
+            }
+            // TransUNet mode: unit spacing; medpy's Dice/HD95 when both masks are non-empty, else
+            // its empty-mask rules (prediction empty → 0, 0; truth empty → 1, 0).
+            let tc = &t["per_class"][c];
+            if e["hd95"].is_null() {
+                let only_predicted = name == "csf_only_predicted";
+                assert_eq!(
+                    tc["dice"].as_f64(),
+                    Some(if only_predicted { 1.0 } else { 0.0 }),
+                    "{name} {c}"
+                );
+                assert_eq!(tc["hd95"].as_f64(), Some(0.0));
+            } else if unit {
+                assert_metric(
+                    &tc["dice"],
+                    &e["dice"],
+                    1e-6,
+                    &format!("transunet {name} class {c} dice"),
+                );
+                assert_metric(
+                    &tc["hd95"],
+                    &e["hd95"],
+                    1e-4,
+                    &format!("transunet {name} class {c} hd95"),
+                );
+            }
+        }
+    }
+    // A prediction without a reference is an error naming the file, unless --allow-missing.
+    std::fs::copy(
+        dir.path().join("pred/shifted.nii.gz"),
+        dir.path().join("pred/extra.nii.gz"),
+    )
+    .unwrap();
+    let err = fails(&[
+        "evaluate",
+        "--pred",
+        &p("pred"),
+        "--truth",
+        &p("truth"),
+        "--out",
+        &p("x.json"),
+    ]);
+    assert!(err.contains("extra.nii.gz"), "{err}");
+    ok(&[
+        "evaluate",
+        "--pred",
+        &p("pred"),
+        "--truth",
+        &p("truth"),
+        "--allow-missing",
+        "--out",
+        &p("x.json"),
+    ]);
+    // Mismatched grids name both files.
+    let small = ctrcl_data::nifti::read_nifti(&dir.path().join("truth/shifted.nii.gz")).unwrap();
+    ctrcl_data::nifti::write_nifti(
+        &dir.path().join("pred/shifted.nii.gz"),
+        [64, 64, 1],
+        &small.data[..4096],
+        true,
+        None,
+        [1.0; 3],
+        small.affine,
+    )
+    .unwrap();
+    let err = fails(&[
+        "evaluate",
+        "--pred",
+        &p("pred"),
+        "--truth",
+        &p("truth"),
+        "--allow-missing",
+        "--out",
+        &p("x.json"),
+    ]);
+    assert!(
+        err.contains("pred/shifted.nii.gz") && err.contains("truth/shifted.nii.gz"),
+        "{err}"
+    );
+}

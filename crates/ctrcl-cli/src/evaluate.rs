@@ -1,0 +1,298 @@
+//! `ctrcl evaluate`: metrics of predicted label maps against reference ones, paired by case id
+//! (file name without extensions), in the published conventions (METHOD.md §8). Writes the JSON
+//! schema of ARCHITECTURE.md (null for non-finite values) and a per-case × per-class CSV beside it.
+
+use anyhow::{bail, Context, Result};
+use ctrcl_data::nifti::read_nifti;
+use ctrcl_metrics::distance::Hd95Mode;
+use ctrcl_metrics::modes::{evaluate_case, per_class_mean, ClassMetrics, Mode};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Transunet,
+    Strict,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Hd95Arg {
+    Pooled,
+    Max,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Folder of predicted label maps (.nii, .nii.gz).
+    #[arg(long)]
+    pred: PathBuf,
+    /// Folder of reference label maps with the same case ids.
+    #[arg(long)]
+    truth: PathBuf,
+    /// transunet: TransUNet's per-case rules, unit spacing unless --spacing; strict: NaN where a
+    /// mask is empty, spacing from the file header.
+    #[arg(long, value_enum, default_value_t = ModeArg::Transunet)]
+    mode: ModeArg,
+    /// pooled: medpy's 95th percentile of both directions pooled; max: MONAI's larger directed one.
+    #[arg(long, value_enum, default_value_t = Hd95Arg::Pooled)]
+    hd95: Hd95Arg,
+    /// Voxel spacing x,y,z in mm, overriding the mode's default.
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    spacing: Option<Vec<f64>>,
+    /// Skip (with a warning) cases present on one side only, instead of failing.
+    #[arg(long)]
+    allow_missing: bool,
+    /// Output JSON; the CSV is written beside it with the extension .csv.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Case id → file, for every NIfTI file in `dir`.
+fn cases_in(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot read folder {}", dir.display()))?
+            .path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let id = name
+            .strip_suffix(".nii.gz")
+            .or_else(|| name.strip_suffix(".nii"));
+        if let Some(id) = id {
+            if let Some(other) = out.insert(id.to_string(), path.clone()) {
+                bail!(
+                    "case {id} appears twice in {}: {} and {}",
+                    dir.display(),
+                    other.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("{} holds no .nii or .nii.gz files", dir.display());
+    }
+    Ok(out)
+}
+
+/// Class names from a `dataset.json` in the truth folder or its parent, if any.
+fn class_names(truth: &Path) -> Option<BTreeMap<usize, String>> {
+    let candidates = [
+        truth.join("dataset.json"),
+        truth.parent()?.join("dataset.json"),
+    ];
+    let path = candidates.iter().find(|p| p.exists())?;
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let labels = v.get("labels")?.as_object()?;
+    Some(
+        labels
+            .iter()
+            .filter_map(|(name, v)| Some((v.as_u64()? as usize, name.clone())))
+            .collect(),
+    )
+}
+
+fn labels_of(path: &Path) -> Result<(Vec<u8>, [usize; 3], [f32; 3])> {
+    let v = read_nifti(path)?;
+    let mut out = Vec::with_capacity(v.data.len());
+    for (i, &x) in v.data.iter().enumerate() {
+        if x < 0.0 || x > 255.0 || x.fract() != 0.0 {
+            bail!(
+                "{}: voxel {i} holds {x}, not a label (0..255 integers)",
+                path.display()
+            );
+        }
+        out.push(x as u8);
+    }
+    Ok((out, v.dims, v.spacing))
+}
+
+fn finite(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+fn metrics_json(m: &ClassMetrics) -> Value {
+    json!({"dice": finite(m.dice), "jaccard": finite(m.jaccard), "hd95": finite(m.hd95), "asd": finite(m.asd)})
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mode = match args.mode {
+        ModeArg::Transunet => Mode::TransUnet,
+        ModeArg::Strict => Mode::Strict,
+    };
+    let hd95 = match args.hd95 {
+        Hd95Arg::Pooled => Hd95Mode::Pooled,
+        Hd95Arg::Max => Hd95Mode::Max,
+    };
+    let preds = cases_in(&args.pred)?;
+    let truths = cases_in(&args.truth)?;
+    let mut ids = Vec::new();
+    for (id, truth) in &truths {
+        match preds.get(id) {
+            Some(_) => ids.push(id.clone()),
+            None if args.allow_missing => {
+                eprintln!("warning: no prediction for {} (skipped)", truth.display())
+            }
+            None => bail!(
+                "no prediction for case {id}: {} has no match in {}",
+                truth.display(),
+                args.pred.display()
+            ),
+        }
+    }
+    for (id, pred) in &preds {
+        if !truths.contains_key(id) {
+            if args.allow_missing {
+                eprintln!("warning: no reference for {} (skipped)", pred.display());
+            } else {
+                bail!(
+                    "no reference for case {id}: {} has no match in {}",
+                    pred.display(),
+                    args.truth.display()
+                );
+            }
+        }
+    }
+    if ids.is_empty() {
+        bail!(
+            "no case is present in both {} and {}",
+            args.pred.display(),
+            args.truth.display()
+        );
+    }
+    let names = class_names(&args.truth);
+    let mut loaded = Vec::with_capacity(ids.len());
+    let mut max_label = 0u8;
+    for id in &ids {
+        let (pred, pred_dims, _) = labels_of(&preds[id])?;
+        let (truth, dims, header_spacing) = labels_of(&truths[id])?;
+        if pred_dims != dims {
+            bail!(
+                "case {id}: {} has grid {:?} but {} has {:?}",
+                preds[id].display(),
+                pred_dims,
+                truths[id].display(),
+                dims
+            );
+        }
+        max_label = max_label.max(pred.iter().chain(&truth).copied().max().unwrap_or(0));
+        loaded.push((pred, truth, dims, header_spacing));
+    }
+    let k = match &names {
+        Some(n) => n
+            .keys()
+            .max()
+            .map_or(2, |m| m + 1)
+            .max(max_label as usize + 1),
+        None => max_label as usize + 1,
+    }
+    .max(2);
+    let mut per_case = Vec::with_capacity(ids.len());
+    for (pred, truth, dims, header_spacing) in &loaded {
+        let [sx, sy, sz] = match (&args.spacing, mode) {
+            (Some(s), _) => [s[0], s[1], s[2]],
+            (None, Mode::TransUnet) => [1.0; 3],
+            (None, Mode::Strict) => header_spacing.map(f64::from),
+        };
+        let shape = [dims[2], dims[1], dims[0]];
+        per_case.push(evaluate_case(
+            pred,
+            truth,
+            &shape,
+            &[sz, sy, sx],
+            k,
+            mode,
+            hd95,
+        ));
+    }
+    let means = per_class_mean(&per_case, mode);
+    // Mean over classes with the mode's rule: the per-class means as rows of one-class "cases".
+    let rows: Vec<Vec<ClassMetrics>> = means.iter().map(|m| vec![*m]).collect();
+    let overall = per_class_mean(&rows, mode)[0];
+    let class_name = |c: usize| {
+        names
+            .as_ref()
+            .and_then(|n| n.get(&c).cloned())
+            .unwrap_or_else(|| format!("class {c}"))
+    };
+    let classes: serde_json::Map<String, Value> = (1..k)
+        .map(|c| (c.to_string(), json!(class_name(c))))
+        .collect();
+    let per_class_obj = |m: &[ClassMetrics]| -> Value {
+        Value::Object(
+            m.iter()
+                .enumerate()
+                .map(|(i, x)| ((i + 1).to_string(), metrics_json(x)))
+                .collect(),
+        )
+    };
+    let doc = json!({
+        "mode": match mode { Mode::TransUnet => "transunet", Mode::Strict => "strict" },
+        "hd95": match hd95 { Hd95Mode::Pooled => "pooled", Hd95Mode::Max => "max" },
+        "classes": classes,
+        "cases": ids.iter().zip(&per_case).map(|(id, m)| json!({"case": id, "per_class": per_class_obj(m)})).collect::<Vec<_>>(),
+        "per_class_mean": per_class_obj(&means),
+        "mean": metrics_json(&overall),
+    });
+    ctrcl_data::error::write_atomic(&args.out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    let mut csv = String::from("case,class,dice,jaccard,hd95,asd\n");
+    let cell = |v: f64| {
+        if v.is_finite() {
+            v.to_string()
+        } else {
+            String::new()
+        }
+    };
+    for (id, m) in ids.iter().zip(&per_case) {
+        for (i, x) in m.iter().enumerate() {
+            let _ = writeln!(
+                csv,
+                "{id},{},{},{},{},{}",
+                i + 1,
+                cell(x.dice),
+                cell(x.jaccard),
+                cell(x.hd95),
+                cell(x.asd)
+            );
+        }
+    }
+    let csv_path = args.out.with_extension("csv");
+    ctrcl_data::error::write_atomic(&csv_path, csv.as_bytes())?;
+    println!(
+        "{:<16} {:>8} {:>8} {:>9} {:>8}",
+        "class", "Dice", "Jaccard", "HD95", "ASD"
+    );
+    for (i, m) in means.iter().enumerate() {
+        println!(
+            "{:<16} {:>8.4} {:>8.4} {:>9.3} {:>8.3}",
+            class_name(i + 1),
+            m.dice,
+            m.jaccard,
+            m.hd95,
+            m.asd
+        );
+    }
+    let o = overall;
+    println!(
+        "{:<16} {:>8.4} {:>8.4} {:>9.3} {:>8.3}",
+        "mean", o.dice, o.jaccard, o.hd95, o.asd
+    );
+    println!(
+        "{} cases; written: {} and {}",
+        ids.len(),
+        args.out.display(),
+        csv_path.display()
+    );
+    Ok(())
+}
