@@ -36,3 +36,24 @@ pub fn test(run: &Path, roles: &[Role], split: Split) -> Result<TestReport> {
     let device = Default::default();
     test_run::<Inner>(run, roles, split, &device)
 }
+
+/// Segments every volume of `input` into `output`, with a progress bar per case.
+pub fn predict(run: &Path, role: Role, input: &Path, output: &Path) -> Result<usize> {
+    let device = Default::default();
+    let files = ctrcl_train::predictor::inputs(input)?;
+    let predictor = ctrcl_train::predictor::Predictor::<Inner>::load(run, role, &device)?;
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "predict [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        )
+        .expect("valid template"),
+    );
+    for file in &files {
+        bar.set_message(file.display().to_string());
+        predictor.predict_file(file, output, &device)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(files.len())
+}

@@ -47,6 +47,20 @@ enum Command {
         #[arg(long, value_enum, default_value_t = SplitChoice::Test)]
         split: SplitChoice,
     },
+    /// Segment new, unlabeled NIfTI volumes with a trained student (outputs keep the input's header).
+    Predict {
+        /// Run directory written by `ctrcl train`.
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, value_enum, default_value_t = OneStudent::Cnn)]
+        student: OneStudent,
+        /// A .nii/.nii.gz file, or a folder of them.
+        #[arg(long)]
+        input: PathBuf,
+        /// Folder for the label maps (CASE.nii.gz; an nnU-Net `_0000` suffix is dropped).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Metrics of predicted label maps against references (Dice, Jaccard, HD95, ASD), per case.
     Evaluate(evaluate::Args),
     /// Fetch ICBM152, train with `independent` and `ctrcl`, test both students, print the table.
@@ -81,6 +95,12 @@ enum StudentChoice {
     Cnn,
     Transformer,
     Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OneStudent {
+    Cnn,
+    Transformer,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -147,6 +167,24 @@ fn run(cli: Cli) -> Result<()> {
                 "backend: {}; written: {}",
                 backend::NAME,
                 report.json_path.display()
+            );
+        }
+        Command::Predict {
+            run,
+            student,
+            input,
+            output,
+        } => {
+            let role = match student {
+                OneStudent::Cnn => Role::Cnn,
+                OneStudent::Transformer => Role::Transformer,
+            };
+            let written = backend::predict(&run, role, &input, &output)?;
+            println!(
+                "wrote {} label map(s) to {} (backend: {})",
+                written,
+                output.display(),
+                backend::NAME
             );
         }
         Command::Evaluate(args) => evaluate::run(args)?,

@@ -194,6 +194,45 @@ fn train_then_test_writes_a_complete_run_directory() {
         }
     }
 
+    // `predict` on the (unlabeled) image volume keeps its geometry, and its test slab scores
+    // exactly what `test` reported: the same normalisation, slicing and resampling.
+    let image = prepared().join("imagesTr/icbm152_0000.nii.gz");
+    let pred_dir = run.path().join("pred");
+    ok(&[
+        "predict",
+        "--run",
+        out.to_str().unwrap(),
+        "--student",
+        "transformer",
+        "--input",
+        image.to_str().unwrap(),
+        "--output",
+        pred_dir.to_str().unwrap(),
+    ]);
+    let written = ctrcl_data::nifti::read_nifti(&pred_dir.join("icbm152.nii.gz")).unwrap();
+    let input = ctrcl_data::nifti::read_nifti(&image).unwrap();
+    assert_eq!(
+        (written.dims, written.spacing, written.affine),
+        (input.dims, input.spacing, input.affine)
+    );
+    let truth = ctrcl_data::nifti::read_nifti(&prepared().join("labelsTr/icbm152.nii.gz")).unwrap();
+    let slice = 197 * 233;
+    let slab = |v: &[f32]| -> Vec<u8> {
+        v[90 * slice..106 * slice]
+            .iter()
+            .map(|&x| x as u8)
+            .collect()
+    };
+    let dice = ctrcl_metrics::foreground_dice(&slab(&written.data), &slab(&truth.data), 4);
+    let reported = &metrics["transformer"]["per_class_dice"];
+    for (c, d) in dice.iter().enumerate() {
+        assert!(
+            (d - reported[(c + 1).to_string()].as_f64().unwrap()).abs() < 1e-12,
+            "class {}",
+            c + 1
+        );
+    }
+
     // Training into the same directory again is refused and loses nothing.
     let before = std::fs::read(out.join("last/cnn.mpk")).unwrap();
     let err = fails(&train_args(&config, out.to_str().unwrap(), &sets));

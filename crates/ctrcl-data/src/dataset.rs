@@ -235,7 +235,7 @@ fn labels_as_classes(vol: &NiftiVolume, k: usize, path: &Path) -> Result<Vec<u8>
     Ok(out)
 }
 
-fn normalize_in_place(data: &mut [f32], how: Normalize) {
+pub fn normalize_in_place(data: &mut [f32], how: Normalize) {
     let n = data.len().max(1) as f64;
     match how {
         Normalize::None => {}

@@ -79,6 +79,39 @@ pub fn dice_on_samples<B: Backend>(
     DiceScores::from_maps(&pred, &truth, num_classes)
 }
 
+/// Predicts native-resolution slices (`geo.h × geo.w` each) through the network's square input
+/// and back, a few slices at a time so memory stays bounded on large volumes.
+///
+/// # Shapes
+/// each slice: `h·w` intensities → the concatenated labels, `n·h·w`.
+pub fn predict_native<'a, B: Backend>(
+    net: &Student<B>,
+    slices: impl Iterator<Item = &'a [f32]>,
+    geo: Geometry,
+    background: f32,
+    device: &B::Device,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut pending: Vec<Vec<f32>> = Vec::with_capacity(INFERENCE_BATCH);
+    let flush = |pending: &mut Vec<Vec<f32>>, out: &mut Vec<u8>| {
+        let refs: Vec<&[f32]> = pending.iter().map(|v| v.as_slice()).collect();
+        for p in predict(net, &refs, geo.size, device) {
+            out.extend(geo.prediction_to_native(&p));
+        }
+        pending.clear();
+    };
+    for slice in slices {
+        pending.push(geo.image_to_input(slice, background));
+        if pending.len() == INFERENCE_BATCH {
+            flush(&mut pending, &mut out);
+        }
+    }
+    if !pending.is_empty() {
+        flush(&mut pending, &mut out);
+    }
+    out
+}
+
 /// Predicts the slices of `split` at native resolution; returns (prediction, truth) volumes
 /// in slice-major order.
 pub fn predict_split<B: Backend>(
@@ -88,17 +121,14 @@ pub fn predict_split<B: Backend>(
     size: usize,
     device: &B::Device,
 ) -> (Vec<u8>, Vec<u8>) {
-    let geo: Geometry = dataset.geometry(size);
     let slices = dataset.slices(split);
-    let inputs: Vec<Vec<f32>> = slices
-        .iter()
-        .map(|s| geo.image_to_input(&s.image, dataset.background))
-        .collect();
-    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
-    let pred: Vec<u8> = predict(net, &refs, size, device)
-        .iter()
-        .flat_map(|p| geo.prediction_to_native(p))
-        .collect();
+    let pred = predict_native(
+        net,
+        slices.iter().map(|s| s.image.as_slice()),
+        dataset.geometry(size),
+        dataset.background,
+        device,
+    );
     let truth: Vec<u8> = slices
         .iter()
         .flat_map(|s| s.label.iter().copied())

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
 pub mod losses;
+pub mod predictor;
 pub mod student;
 pub mod tester;
 pub mod trainer;
