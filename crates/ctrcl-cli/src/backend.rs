@@ -32,6 +32,11 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: bool) -> Result<TrainSumma
     train_run::<Train>(cfg, out, &device, NAME, progress)
 }
 
+pub fn resume(run: &Path, progress: bool) -> Result<TrainSummary> {
+    let device = Default::default();
+    ctrcl_train::trainer::resume::<Train>(run, &device, NAME, progress)
+}
+
 pub fn test(run: &Path, roles: &[Role], split: Split) -> Result<TestReport> {
     let device = Default::default();
     test_run::<Inner>(run, roles, split, &device)

@@ -25,17 +25,20 @@ enum Command {
     /// Fetch and prepare real datasets.
     #[command(subcommand)]
     Data(DataCommand),
-    /// Train a CNN and a Transformer student together.
+    /// Train a CNN and a Transformer student together (or resume an interrupted run).
     Train {
-        /// Experiment configuration (TOML; see configs/ for every key, documented).
-        #[arg(long)]
-        config: PathBuf,
+        /// Experiment configuration (TOML; configs/icbm152_ctrcl.toml documents every key).
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        config: Option<PathBuf>,
         /// Override a configuration key, e.g. --set schedule.iterations=300 (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
+        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
         set: Vec<String>,
         /// Run directory to create (must not hold an earlier run).
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        out: Option<PathBuf>,
+        /// Continue the interrupted run in RUN_DIR from its last/ checkpoint, with its own config.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
     },
     /// Score a run's students on a split of its dataset (per-class Dice, JSON + table).
     Test {
@@ -139,10 +142,21 @@ fn run(cli: Cli) -> Result<()> {
             prepare(&source, &out, cache.as_deref())?;
             println!("prepared {source} in {}", out.display());
         }
-        Command::Train { config, set, out } => {
-            let cfg = TrainConfig::load(&config, &set)?;
+        Command::Train {
+            config,
+            set,
+            out,
+            resume,
+        } => {
             eprintln!("backend: {}", backend::NAME);
-            let summary = backend::train(&cfg, &out, true)?;
+            let summary = match (resume, config, out) {
+                (Some(run), _, _) => backend::resume(&run, true)?,
+                (None, Some(config), Some(out)) => {
+                    let cfg = TrainConfig::load(&config, &set)?;
+                    backend::train(&cfg, &out, true)?
+                }
+                _ => anyhow::bail!("give --config and --out, or --resume RUN_DIR"),
+            };
             println!(
                 "trained in {:.0} s; best validation mean Dice: cnn {:.4}, transformer {:.4}; run: {}",
                 summary.seconds,

@@ -576,3 +576,103 @@ fn evaluate_matches_medpy_in_both_modes() {
         "{err}"
     );
 }
+
+/// The loss and validation lines of a log, without wall-clock fields and events.
+fn step_lines(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("step").is_some())
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("elapsed_s");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_to_exactly_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sets = tiny_settings(prepared());
+    sets.retain(|s| !s.starts_with("schedule."));
+    sets.extend([
+        "schedule.iterations=40".into(),
+        "schedule.validate_every=4".into(),
+        "schedule.log_every=1".into(),
+    ]);
+    let config = config_path();
+    let whole = dir.path().join("whole");
+    ok(&train_args(&config, whole.to_str().unwrap(), &sets));
+
+    // Start the same run, kill it once it has checkpointed and gone further, resume it.
+    let cut = dir.path().join("cut");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ctrcl"))
+        .args(train_args(&config, cut.to_str().unwrap(), &sets))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let state = std::fs::read_to_string(cut.join("last/state.json")).unwrap_or_default();
+        let checkpointed = serde_json::from_str::<Value>(&state)
+            .ok()
+            .and_then(|v| v["step"].as_u64())
+            .unwrap_or(0);
+        let logged = if cut.join("log.jsonl").exists() {
+            step_lines(&cut).len()
+        } else {
+            0
+        };
+        if checkpointed >= 8 && logged > 12 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be interrupted"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before: Vec<Value> = step_lines(&cut);
+    assert!(
+        before.len() < step_lines(&whole).len(),
+        "interrupted before the end"
+    );
+
+    ok(&["train", "--resume", cut.to_str().unwrap()]);
+    assert_eq!(
+        step_lines(&cut),
+        step_lines(&whole),
+        "resumed log differs from the uninterrupted one"
+    );
+    // The resumed students predict exactly what the uninterrupted ones do. (Checkpoint bytes
+    // differ: Burn stores random parameter ids.)
+    let scores = |run: &Path| -> Value {
+        ok(&["test", "--run", run.to_str().unwrap()]);
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("metrics/test-test.json")).unwrap(),
+        )
+        .unwrap();
+        json_without_paths(v)
+    };
+    assert_eq!(scores(&cut), scores(&whole));
+    let err = fails(&["train", "--resume", cut.to_str().unwrap()]);
+    assert!(err.contains("already finished"), "{err}");
+}
+
+/// A test report without the checkpoint paths (which name the run directory).
+fn json_without_paths(mut v: Value) -> Value {
+    for role in ["cnn", "transformer"] {
+        if let Some(o) = v[role].as_object_mut() {
+            o.remove("checkpoint");
+        }
+    }
+    v
+}

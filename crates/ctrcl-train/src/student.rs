@@ -98,6 +98,23 @@ impl<B: AutodiffBackend> StudentOptimizer<B> {
     }
 }
 
+impl<B: AutodiffBackend> StudentOptimizer<B> {
+    /// Restores the state saved by [`Self::save`] (same optimizer kind).
+    pub fn load(self, path: &Path, device: &B::Device) -> anyhow::Result<Self> {
+        use burn::record::Recorder;
+        let rec = recorder();
+        let err = |e| anyhow::anyhow!("cannot load optimizer state {}.mpk: {e}", path.display());
+        Ok(match self {
+            StudentOptimizer::Sgd(o) => StudentOptimizer::Sgd(
+                o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?),
+            ),
+            StudentOptimizer::AdamW(o) => StudentOptimizer::AdamW(
+                o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?),
+            ),
+        })
+    }
+}
+
 /// Loads a deployable network saved as `dir/ROLE.mpk` into `template` (built with the run's sizes).
 pub fn load_net<B: Backend>(
     template: Student<B>,

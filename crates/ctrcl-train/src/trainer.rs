@@ -264,25 +264,184 @@ pub fn train<B: AutodiffBackend>(
     };
     write_text_atomic(&out.join("config.toml"), &cfg.to_toml())?;
     write_text_atomic(&out.join("run.json"), &serde_json::to_string_pretty(&info)?)?;
-    let mut log =
-        std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
-    let mut log_line = |v: serde_json::Value| -> Result<()> {
-        writeln!(log, "{v}").context("cannot write log.jsonl")?;
-        log.flush().context("cannot write log.jsonl")
-    };
-    log_line(
-        json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "seed": cfg.seed}),
-    )?;
+    let log = std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
+    let mut log = RunLog { file: log };
+    log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "seed": cfg.seed}))?;
 
     B::seed(device, cfg.seed);
-    let mut students = [
+    let students = [
         build_student::<B>(cfg, Role::Cnn, k, device),
         build_student::<B>(cfg, Role::Transformer, k, device),
     ];
-    let mut optims = [
+    let optims = [
         StudentOptimizer::<B>::new(&cfg.optim.cnn),
         StudentOptimizer::<B>::new(&cfg.optim.transformer),
     ];
+    run_loop(
+        cfg,
+        out,
+        &dataset,
+        students,
+        optims,
+        0,
+        [None, None],
+        log,
+        device,
+        progress,
+    )
+}
+
+/// Appends JSON lines to `log.jsonl`, flushed at once so a crash loses nothing logged.
+struct RunLog {
+    file: std::fs::File,
+}
+
+impl RunLog {
+    fn line(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").context("cannot write log.jsonl")?;
+        self.file.flush().context("cannot write log.jsonl")
+    }
+}
+
+/// The seed of step `t`'s random draws (dropout, stochastic depth): a function of (seed, t) only,
+/// so that a resumed run draws exactly what an uninterrupted one would.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Continues an interrupted run from its `last/` checkpoint: both students, their CPM heads,
+/// both optimizers' state and the step; the data order and random draws depend only on (seed,
+/// step), so the resumed run logs exactly what the uninterrupted one would have. Log lines after
+/// the checkpoint's step (written before the interruption) are dropped first.
+pub fn resume<B: AutodiffBackend>(
+    run: &Path,
+    device: &B::Device,
+    backend: &str,
+    progress: bool,
+) -> Result<TrainSummary> {
+    let (cfg, info) = crate::tester::open_run(run)?;
+    let last = run.join("last");
+    let state_path = last.join("state.json");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).with_context(|| {
+            format!(
+                "{} has no checkpoint to resume from ({})",
+                run.display(),
+                state_path.display()
+            )
+        })?)
+        .with_context(|| format!("{} is not valid", state_path.display()))?;
+    let step = state["step"]
+        .as_u64()
+        .with_context(|| format!("{}: no step", state_path.display()))? as usize;
+    if step >= cfg.schedule.iterations {
+        bail!(
+            "{} already finished all {} iterations",
+            run.display(),
+            cfg.schedule.iterations
+        );
+    }
+    let dataset = Dataset::open(&info.dataset, cfg.data.normalize)
+        .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
+    let k = dataset.num_classes();
+    B::seed(device, cfg.seed);
+    let mut students = Vec::with_capacity(2);
+    let mut optims = Vec::with_capacity(2);
+    let mut best = Vec::with_capacity(2);
+    for (role, optim_cfg) in Role::BOTH
+        .into_iter()
+        .zip([&cfg.optim.cnn, &cfg.optim.transformer])
+    {
+        let s = build_student::<B>(&cfg, role, k, device);
+        let net = crate::student::load_net(s.net, &last, role, device)?;
+        let cpm_path = last.join(format!("{}-cpm", role.name()));
+        let cpm = s
+            .cpm
+            .load_file(cpm_path.clone(), &recorder(), device)
+            .map_err(|e| anyhow::anyhow!("cannot load {}.mpk: {e}", cpm_path.display()))?;
+        students.push(TrainStudent { net, cpm });
+        optims.push(
+            StudentOptimizer::<B>::new(optim_cfg)
+                .load(&last.join(format!("{}-optim", role.name())), device)?,
+        );
+        best.push(read_best(run, role));
+    }
+    truncate_log(&run.join("log.jsonl"), step)?;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run.join("log.jsonl"))
+        .context("cannot open log.jsonl")?;
+    let mut log = RunLog { file };
+    log.line(json!({"event": "resume", "from_step": step, "backend": backend}))?;
+    let students: [TrainStudent<B>; 2] = students
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two students"))?;
+    let optims: [StudentOptimizer<B>; 2] = optims
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two optimizers"))?;
+    let best: [Option<DiceScores>; 2] = best
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two students"))?;
+    run_loop(
+        &cfg, run, &dataset, students, optims, step, best, log, device, progress,
+    )
+}
+
+/// The validation scores recorded with a `best-ROLE/` checkpoint, if any.
+fn read_best(run: &Path, role: Role) -> Option<DiceScores> {
+    let text =
+        std::fs::read_to_string(run.join(format!("best-{}", role.name())).join("state.json"))
+            .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(DiceScores {
+        mean: v["val_mean_dice"].as_f64()?,
+        per_class: v["val_per_class_dice"]
+            .as_array()?
+            .iter()
+            .filter_map(|x| x.as_f64())
+            .collect(),
+    })
+}
+
+/// Keeps the log lines up to `step` (and events without a step), atomically.
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut kept = String::new();
+    for line in text.lines() {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => continue, // a line cut by the interruption
+        };
+        if v.get("step")
+            .and_then(|s| s.as_u64())
+            .is_none_or(|s| s as usize <= step)
+        {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    write_text_atomic(path, &kept)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_loop<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    out: &Path,
+    dataset: &Dataset,
+    mut students: [TrainStudent<B>; 2],
+    mut optims: [StudentOptimizer<B>; 2],
+    first_step: usize,
+    mut best: [Option<DiceScores>; 2],
+    mut log: RunLog,
+    device: &B::Device,
+    progress: bool,
+) -> Result<TrainSummary> {
+    let k = dataset.num_classes();
+    let size = cfg.data.image_size;
     let base_lr = [cfg.optim.cnn.lr, cfg.optim.transformer.lr];
     let train_samples = Arc::new(dataset.samples(Split::Train, size));
     let val_samples = dataset.samples(Split::Val, size);
@@ -294,13 +453,13 @@ pub fn train<B: AutodiffBackend>(
         cfg.data.batch_size,
         cfg.seed,
         cfg.data.augment,
-        0,
+        first_step,
         total,
         cfg.data.workers,
     );
 
     let bar = if progress {
-        ProgressBar::new(total as u64)
+        ProgressBar::new(total as u64).with_position(first_step as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -317,9 +476,9 @@ pub fn train<B: AutodiffBackend>(
         cfg.students.transformer.name()
     ));
     let started = Instant::now();
-    let mut best: [Option<DiceScores>; 2] = [None, None];
     for batch in loader {
         let step = batch.step;
+        B::seed(device, step_seed(cfg.seed, step));
         let beta_r = ramp_up(cfg.rlcl.weight, step, rampup_steps);
         let beta_f = ramp_up(cfg.cfcl.weight, step, rampup_steps);
         let lrs = base_lr.map(|lr| poly_lr(lr, step, total, cfg.optim.poly_power));
@@ -388,7 +547,7 @@ pub fn train<B: AutodiffBackend>(
         ));
         let done = step + 1;
         if done % cfg.schedule.log_every == 0 || done == total {
-            log_line(json!({
+            log.line(json!({
                 "step": done,
                 "lr": {"cnn": lrs[0], "transformer": lrs[1]},
                 "beta_r": beta_r, "beta_f": beta_f,
@@ -414,13 +573,13 @@ pub fn train<B: AutodiffBackend>(
                             .save_file(dir.join(role.name()), &recorder())?;
                         write_text_atomic(
                             &dir.join("state.json"),
-                            &json!({"step": done, "val_mean_dice": scores.mean}).to_string(),
+                            &json!({"step": done, "val_mean_dice": scores.mean, "val_per_class_dice": scores.per_class}).to_string(),
                         )
                     })?;
                     best[i] = Some(scores);
                 }
             }
-            log_line(json!({"step": done, "val": val}))?;
+            log.line(json!({"step": done, "val": val}))?;
             save_last(out, &students, &optims, done)?;
             say(
                 &bar,
@@ -434,7 +593,7 @@ pub fn train<B: AutodiffBackend>(
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    log_line(json!({"event": "end", "seconds": seconds}))?;
+    log.line(json!({"event": "end", "seconds": seconds}))?;
     let [c, t] = best;
     Ok(TrainSummary {
         run_dir: out.to_path_buf(),

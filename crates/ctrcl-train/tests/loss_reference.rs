@@ -227,6 +227,33 @@ fn cfcl_matches_reference() {
 }
 
 #[test]
+fn cfcl_gradients_are_finite_with_an_absent_class() {
+    // The fixture's batch has no pixel of class 3, so its prototype is an all-zero vector.
+    type AD = Autodiff<Flex>;
+    let f = Fixture::load();
+    let c = &f.json["cfcl"];
+    let d = c["dim"].as_u64().unwrap() as usize;
+    let stride = c["stride"].as_u64().unwrap() as usize;
+    let [b, _, h, w] = f.shape;
+    let feat = |key: &str| -> Tensor<AD, 4> {
+        Tensor::from_data(
+            TensorData::new(f.floats(&c[key]), [b, d, h / stride, w / stride]),
+            &Default::default(),
+        )
+        .require_grad()
+    };
+    let (fa, fb) = (feat("f_a"), feat("f_b"));
+    let fractions = area_downsample(f.onehot::<AD>(), stride);
+    let pa = perceive(fa.clone(), fractions.clone(), 0.1);
+    let pb = perceive(fb.clone(), fractions.clone(), 0.1);
+    let loss = perception_loss(&pb, fractions) + alignment_loss(&pa, &pb);
+    let grads = loss.backward();
+    let g: Vec<f32> = fb.grad(&grads).unwrap().into_data().to_vec().unwrap();
+    assert!(g.iter().all(|v| v.is_finite()), "non-finite gradient");
+    assert!(g.iter().any(|v| v.abs() > 0.0));
+}
+
+#[test]
 fn transfer_terms_send_no_gradient_to_the_teacher() {
     type AD = Autodiff<Flex>;
     let f = Fixture::load();

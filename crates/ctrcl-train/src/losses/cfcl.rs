@@ -44,8 +44,10 @@ impl<B: Backend> ProjectionHead<B> {
     }
 }
 
+/// x / sqrt(Σx² + ε²): differentiable everywhere, so an all-zero vector (the prototype of a class
+/// absent from the batch) gets a zero gradient instead of sqrt's infinite one at 0.
 fn l2_normalize<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
-    let norm = x.clone().square().sum_dim(dim).sqrt().clamp_min(EPS);
+    let norm = (x.clone().square().sum_dim(dim) + EPS * EPS).sqrt();
     x / norm
 }
 

@@ -53,8 +53,11 @@ pub fn rectify<B: Backend>(
         Rectify::Hard => wrong.clone(),
         Rectify::Adaptive => {
             let delta = cfg.margin;
-            let lambda_min = ((p_max.clone() - p_y.clone() + delta) / (p_max - p_y.clone() + 1.0))
-                .clamp(0.0, 1.0);
+            // The denominator is 0 only for a saturated right pixel (p_y = 1, masked out below);
+            // the floor keeps 0/0 from turning the whole target into NaN.
+            let lambda_min = ((p_max.clone() - p_y.clone() + delta)
+                / (p_max - p_y.clone() + 1.0).clamp_min(LOG_EPS))
+            .clamp(0.0, 1.0);
             let alignment = p_y.neg() + 1.0;
             let similarity =
                 js_divergence(p_teacher.clone(), p_student) / (-std::f64::consts::LN_2) + 1.0;
@@ -201,6 +204,24 @@ mod tests {
             .to_vec()
             .unwrap();
         assert_eq!(q, vec![0.0, 0.2, 1.0, 0.8]);
+    }
+
+    #[test]
+    fn saturated_right_pixels_stay_finite() {
+        // float32 softmax can reach exactly 1.0; λ_min's denominator is then 0.
+        let p = probs([[0.0, 1.0], [1.0, 0.0]]);
+        let onehot = probs([[0.0, 1.0], [0.0, 1.0]]);
+        let r = rectify(p.clone(), p, onehot, &RlclConfig::default());
+        let lambda: Vec<f32> = r.lambda.into_data().to_vec().unwrap();
+        let q: Vec<f32> = r.target.into_data().to_vec().unwrap();
+        assert!(
+            lambda.iter().chain(&q).all(|v| v.is_finite()),
+            "{lambda:?} {q:?}"
+        );
+        assert_eq!(lambda[0], 0.0, "right pixel untouched");
+        assert_eq!((q[0], q[2]), (0.0, 1.0));
+        // The confidently wrong pixel is fully rectified (λ = 1 by the certainty/alignment terms).
+        assert_eq!((q[1], q[3]), (0.0, 1.0));
     }
 
     #[test]
