@@ -103,7 +103,7 @@ fn labels_of(path: &Path) -> Result<(Vec<u8>, [usize; 3], [f32; 3])> {
     let v = read_nifti(path)?;
     let mut out = Vec::with_capacity(v.data.len());
     for (i, &x) in v.data.iter().enumerate() {
-        if x < 0.0 || x > 255.0 || x.fract() != 0.0 {
+        if !(0.0..=255.0).contains(&x) || x.fract() != 0.0 {
             bail!(
                 "{}: voxel {i} holds {x}, not a label (0..255 integers)",
                 path.display()
