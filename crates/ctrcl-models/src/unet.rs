@@ -40,9 +40,13 @@ pub struct ConvBlock<B: Backend> {
     norm2: BatchNorm2d<B>,
 }
 
+/// A 3×3 convolution followed by BatchNorm, so without bias: BatchNorm's shift makes it
+/// redundant (SSL4MIS keeps one; the function is the same), and Burn 0.21 computes a conv bias's
+/// gradient through a transposed copy of the whole output gradient.
 fn conv3x3<B: Backend>(cin: usize, cout: usize, device: &B::Device) -> Conv2d<B> {
     Conv2dConfig::new([cin, cout], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
         .init(device)
 }
 
