@@ -3,9 +3,10 @@
 //! schema of ARCHITECTURE.md (null for non-finite values) and a per-case × per-class CSV beside it.
 
 use anyhow::{bail, Context, Result};
-use ctrcl_data::nifti::read_nifti;
+use ctrcl_data::nifti::{nifti_stem, read_nifti};
 use ctrcl_metrics::distance::Hd95Mode;
-use ctrcl_metrics::modes::{evaluate_case, per_class_mean, ClassMetrics, Mode};
+use ctrcl_metrics::modes::{class_mean, evaluate_case, per_class_mean, Mode};
+use ctrcl_train::tester::{class_metrics_json, per_class_json};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -58,15 +59,8 @@ fn cases_in(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
         let path = entry
             .with_context(|| format!("cannot read folder {}", dir.display()))?
             .path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let id = name
-            .strip_suffix(".nii.gz")
-            .or_else(|| name.strip_suffix(".nii"));
-        if let Some(id) = id {
-            if let Some(other) = out.insert(id.to_string(), path.clone()) {
+        if let Some(id) = nifti_stem(&path) {
+            if let Some(other) = out.insert(id.clone(), path.clone()) {
                 bail!(
                     "case {id} appears twice in {}: {} and {}",
                     dir.display(),
@@ -112,18 +106,6 @@ fn labels_of(path: &Path) -> Result<(Vec<u8>, [usize; 3], [f32; 3])> {
         out.push(x as u8);
     }
     Ok((out, v.dims, v.spacing))
-}
-
-fn finite(v: f64) -> Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        Value::Null
-    }
-}
-
-fn metrics_json(m: &ClassMetrics) -> Value {
-    json!({"dice": finite(m.dice), "jaccard": finite(m.jaccard), "hd95": finite(m.hd95), "asd": finite(m.asd)})
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -217,9 +199,7 @@ pub fn run(args: Args) -> Result<()> {
         ));
     }
     let means = per_class_mean(&per_case, mode);
-    // Mean over classes with the mode's rule: the per-class means as rows of one-class "cases".
-    let rows: Vec<Vec<ClassMetrics>> = means.iter().map(|m| vec![*m]).collect();
-    let overall = per_class_mean(&rows, mode)[0];
+    let overall = class_mean(&means, mode);
     let class_name = |c: usize| {
         names
             .as_ref()
@@ -229,21 +209,13 @@ pub fn run(args: Args) -> Result<()> {
     let classes: serde_json::Map<String, Value> = (1..k)
         .map(|c| (c.to_string(), json!(class_name(c))))
         .collect();
-    let per_class_obj = |m: &[ClassMetrics]| -> Value {
-        Value::Object(
-            m.iter()
-                .enumerate()
-                .map(|(i, x)| ((i + 1).to_string(), metrics_json(x)))
-                .collect(),
-        )
-    };
     let doc = json!({
         "mode": match mode { Mode::TransUnet => "transunet", Mode::Strict => "strict" },
         "hd95": match hd95 { Hd95Mode::Pooled => "pooled", Hd95Mode::Max => "max" },
         "classes": classes,
-        "cases": ids.iter().zip(&per_case).map(|(id, m)| json!({"case": id, "per_class": per_class_obj(m)})).collect::<Vec<_>>(),
-        "per_class_mean": per_class_obj(&means),
-        "mean": metrics_json(&overall),
+        "cases": ids.iter().zip(&per_case).map(|(id, m)| json!({"case": id, "per_class": per_class_json(m)})).collect::<Vec<_>>(),
+        "per_class_mean": per_class_json(&means),
+        "mean": class_metrics_json(&overall),
     });
     ctrcl_data::error::write_atomic(&args.out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     let mut csv = String::from("case,class,dice,jaccard,hd95,asd\n");

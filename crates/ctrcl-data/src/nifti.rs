@@ -99,6 +99,15 @@ impl NiftiVolume {
     }
 }
 
+/// The case id of a NIfTI file: its name without `.nii.gz` or `.nii`; `None` for other files.
+pub fn nifti_stem(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy();
+    let stem = name
+        .strip_suffix(".nii.gz")
+        .or_else(|| name.strip_suffix(".nii"))?;
+    Some(stem.to_string())
+}
+
 /// Reads a `.nii` or `.nii.gz` file (gzip detected from the content, not the name).
 pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;

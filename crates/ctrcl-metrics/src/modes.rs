@@ -111,6 +111,20 @@ pub fn per_class_mean(cases: &[Vec<ClassMetrics>], mode: Mode) -> Vec<ClassMetri
         .collect()
 }
 
+/// Mean over classes of one table row (a case, or the per-class means), with the mode's rule.
+pub fn class_mean(per_class: &[ClassMetrics], mode: Mode) -> ClassMetrics {
+    let rows: Vec<Vec<ClassMetrics>> = per_class.iter().map(|m| vec![*m]).collect();
+    per_class_mean(&rows, mode)
+        .first()
+        .copied()
+        .unwrap_or(ClassMetrics {
+            dice: f64::NAN,
+            jaccard: f64::NAN,
+            hd95: f64::NAN,
+            asd: f64::NAN,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

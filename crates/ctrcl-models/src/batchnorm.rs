@@ -54,7 +54,9 @@ impl BatchNorm2dConfig {
 /// `[C]` → `[B·C, 1]`.
 fn per_row<B: Backend>(v: Tensor<B, 1>, batch: usize) -> Tensor<B, 2> {
     let c = v.dims()[0];
-    v.reshape([1, c]).repeat_dim(0, batch).reshape([batch * c, 1])
+    v.reshape([1, c])
+        .repeat_dim(0, batch)
+        .reshape([batch * c, 1])
 }
 
 /// Mean over the batch of per-row values: `[B·C, 1]` → `[C]`.
@@ -80,7 +82,8 @@ impl<B: Backend> BatchNorm2d<B> {
             let m = self.momentum;
             let rm = self.running_mean.value_sync().to_device(&device);
             let rv = self.running_var.value_sync().to_device(&device);
-            self.running_mean.update((rm * (1.0 - m) + mean.detach() * m).detach());
+            self.running_mean
+                .update((rm * (1.0 - m) + mean.detach() * m).detach());
             self.running_var
                 .update((rv * (1.0 - m) + var.clone().detach() * (m * unbiased)).detach());
             (centered, var)

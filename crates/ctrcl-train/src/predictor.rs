@@ -8,7 +8,7 @@ use crate::tester::{checkpoint_dir, open_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::{normalize_in_place, Geometry};
-use ctrcl_data::nifti::{read_nifti, write_nifti};
+use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti};
 use std::path::{Path, PathBuf};
 
 /// The NIfTI files to predict: `input` itself, or the `.nii`/`.nii.gz` files in it, sorted.
@@ -20,10 +20,7 @@ pub fn inputs(input: &Path) -> Result<Vec<PathBuf>> {
         std::fs::read_dir(input).with_context(|| format!("cannot read {}", input.display()))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let n = p.to_string_lossy();
-            n.ends_with(".nii") || n.ends_with(".nii.gz")
-        })
+        .filter(|p| nifti_stem(p).is_some())
         .collect();
     files.sort();
     if files.is_empty() {
@@ -34,15 +31,8 @@ pub fn inputs(input: &Path) -> Result<Vec<PathBuf>> {
 
 /// Output name: the input's case id, with nnU-Net's `_0000` channel suffix removed.
 pub fn case_id(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = name
-        .strip_suffix(".nii.gz")
-        .or_else(|| name.strip_suffix(".nii"))
-        .unwrap_or(&name);
-    stem.strip_suffix("_0000").unwrap_or(stem).to_string()
+    let stem = nifti_stem(path).unwrap_or_default();
+    stem.strip_suffix("_0000").unwrap_or(&stem).to_string()
 }
 
 /// A loaded student ready to segment volumes.

@@ -11,8 +11,7 @@ use burn::prelude::*;
 use ctrcl_data::dataset::Dataset;
 use ctrcl_data::split::Split;
 use ctrcl_metrics::distance::Hd95Mode;
-use ctrcl_metrics::modes::{evaluate_case, ClassMetrics, Mode};
-use ctrcl_metrics::nan_mean;
+use ctrcl_metrics::modes::{class_mean, evaluate_case, ClassMetrics, Mode};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -138,7 +137,8 @@ pub fn test_run<B: Backend>(
     })
 }
 
-fn finite(v: f64) -> serde_json::Value {
+/// A number, or `null` when it is NaN or infinite (strict mode's undefined values).
+pub fn finite_json(v: f64) -> serde_json::Value {
     if v.is_finite() {
         json!(v)
     } else {
@@ -146,25 +146,27 @@ fn finite(v: f64) -> serde_json::Value {
     }
 }
 
-/// `{"per_class": {"1": {"dice", "jaccard", "hd95", "asd"}, ...}, "mean": {...}}`; non-finite → null.
+/// `{"dice", "jaccard", "hd95", "asd"}` of one class, non-finite → null.
+pub fn class_metrics_json(m: &ClassMetrics) -> serde_json::Value {
+    json!({"dice": finite_json(m.dice), "jaccard": finite_json(m.jaccard), "hd95": finite_json(m.hd95), "asd": finite_json(m.asd)})
+}
+
+/// `{"1": {...}, "2": {...}}` for classes 1..K.
+pub fn per_class_json(per_class: &[ClassMetrics]) -> serde_json::Value {
+    serde_json::Value::Object(
+        per_class
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ((i + 1).to_string(), class_metrics_json(m)))
+            .collect(),
+    )
+}
+
+/// `{"per_class": {...}, "mean": {...}}` of one case; the mean follows the mode's rule.
 fn metrics_json(per_class: &[ClassMetrics], mode: Mode) -> serde_json::Value {
-    let one = |m: &ClassMetrics| json!({"dice": finite(m.dice), "jaccard": finite(m.jaccard), "hd95": finite(m.hd95), "asd": finite(m.asd)});
-    let classes: serde_json::Map<String, serde_json::Value> = per_class
-        .iter()
-        .enumerate()
-        .map(|(i, m)| ((i + 1).to_string(), one(m)))
-        .collect();
-    // The mean over classes follows the mode's rule (NaN-aware in strict mode).
-    let mean_of = |f: fn(&ClassMetrics) -> f64| {
-        let v: Vec<f64> = per_class.iter().map(f).collect();
-        match mode {
-            Mode::TransUnet => v.iter().sum::<f64>() / v.len() as f64,
-            Mode::Strict => nan_mean(&v),
-        }
-    };
     json!({
-        "per_class": classes,
-        "mean": {"dice": finite(mean_of(|m| m.dice)), "jaccard": finite(mean_of(|m| m.jaccard)), "hd95": finite(mean_of(|m| m.hd95)), "asd": finite(mean_of(|m| m.asd))},
+        "per_class": per_class_json(per_class),
+        "mean": class_metrics_json(&class_mean(per_class, mode)),
     })
 }
 
