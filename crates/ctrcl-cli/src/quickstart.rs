@@ -110,7 +110,6 @@ pub fn run(args: Args) -> Result<()> {
     print_result(
         &base,
         &reports,
-        &out,
         &summary_path,
         started.elapsed().as_secs_f64(),
     );
@@ -137,7 +136,6 @@ fn settings_line(cfg: &TrainConfig) -> String {
 fn print_result(
     cfg: &TrainConfig,
     reports: &[ctrcl_train::tester::TestReport],
-    out: &Path,
     summary: &Path,
     seconds: f64,
 ) {
@@ -155,5 +153,4 @@ fn print_result(
         println!("run ({}): {}", r.method, r.run.display());
     }
     println!("summary: {}", summary.display());
-    let _ = out;
 }

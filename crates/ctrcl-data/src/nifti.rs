@@ -448,6 +448,12 @@ fn fresh_header(spacing: [f32; 3], affine: [[f64; 4]; 3]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    const IDENTITY: [[f64; 4]; 3] = [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+    ];
+
     fn sample(dims: [usize; 3]) -> Vec<f32> {
         (0..dims.iter().product::<usize>())
             .map(|i| (i % 7) as f32)
@@ -487,20 +493,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.nii");
         let dims = [3, 2, 2];
-        write_nifti(
-            &path,
-            dims,
-            &sample(dims),
-            true,
-            None,
-            [1.0; 3],
-            [
-                [1.0, 0.0, 0.0, 0.0],
-                [0.0, 1.0, 0.0, 0.0],
-                [0.0, 0.0, 1.0, 0.0],
-            ],
-        )
-        .unwrap();
+        write_nifti(&path, dims, &sample(dims), true, None, [1.0; 3], IDENTITY).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[108..112].copy_from_slice(&0f32.to_le_bytes());
         // Pad 16 extension bytes between header and data: only "data at the end" finds them.
@@ -516,20 +509,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cut.nii");
         let dims = [8, 8, 8];
-        write_nifti(
-            &path,
-            dims,
-            &sample(dims),
-            false,
-            None,
-            [1.0; 3],
-            [
-                [1.0, 0.0, 0.0, 0.0],
-                [0.0, 1.0, 0.0, 0.0],
-                [0.0, 0.0, 1.0, 0.0],
-            ],
-        )
-        .unwrap();
+        write_nifti(&path, dims, &sample(dims), false, None, [1.0; 3], IDENTITY).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..1000]).unwrap();
         let msg = read_nifti(&path).unwrap_err().to_string();
@@ -564,11 +544,7 @@ mod tests {
             false,
             None,
             [1.0; 3],
-            [
-                [1.0, 0.0, 0.0, 0.0],
-                [0.0, 1.0, 0.0, 0.0],
-                [0.0, 0.0, 1.0, 0.0],
-            ],
+            IDENTITY,
         )
         .unwrap();
         let mut bytes = std::fs::read(&path).unwrap();

@@ -23,11 +23,17 @@ pub struct DiceScores {
 
 impl DiceScores {
     pub fn from_maps(pred: &[u8], truth: &[u8], num_classes: usize) -> Self {
-        let per_class: Vec<f64> = confusion_counts(pred, truth, num_classes)
-            .into_iter()
-            .skip(1)
-            .map(dice_transunet)
-            .collect();
+        DiceScores::from_per_class(
+            confusion_counts(pred, truth, num_classes)
+                .into_iter()
+                .skip(1)
+                .map(dice_transunet)
+                .collect(),
+        )
+    }
+
+    /// Scores from per-class Dice (classes 1..K); the mean is over those classes.
+    pub fn from_per_class(per_class: Vec<f64>) -> Self {
         let mean = per_class.iter().sum::<f64>() / per_class.len().max(1) as f64;
         DiceScores { per_class, mean }
     }

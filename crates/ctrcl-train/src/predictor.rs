@@ -64,8 +64,8 @@ impl<B: Backend> Predictor<B> {
 
     /// Segments one NIfTI volume and writes `output/CASE.nii.gz`; returns the written path.
     pub fn predict_file(&self, input: &Path, output: &Path, device: &B::Device) -> Result<PathBuf> {
-        let volume = read_nifti(input)?;
-        let mut data = volume.data.clone();
+        let mut volume = read_nifti(input)?;
+        let mut data = std::mem::take(&mut volume.data);
         normalize_in_place(&mut data, self.normalize);
         let background = data.iter().cloned().fold(f32::INFINITY, f32::min);
         let [w, h, _] = volume.dims;

@@ -96,12 +96,13 @@ pub fn test_run<B: Backend>(
         let [sx, sy, sz] = dataset.case.image.spacing.map(f64::from);
         let spacing = [sz, sy, sx];
         let eval = |mode| evaluate_case(&pred, &truth, &shape, &spacing, k, mode, Hd95Mode::Pooled);
+        let transunet = eval(Mode::TransUnet);
         students.push(StudentResult {
             role,
             architecture: arch.name().to_string(),
             checkpoint: dir,
-            scores: DiceScores::from_maps(&pred, &truth, k),
-            transunet: eval(Mode::TransUnet),
+            scores: DiceScores::from_per_class(transunet.iter().map(|m| m.dice).collect()),
+            transunet,
             strict: eval(Mode::Strict),
         });
     }

@@ -476,14 +476,17 @@ fn run_loop<B: AutodiffBackend>(
         cfg.students.transformer.name()
     ));
     let started = Instant::now();
-    for batch in loader {
+    for mut batch in loader {
         let step = batch.step;
         B::seed(device, step_seed(cfg.seed, step));
         let beta_r = ramp_up(cfg.rlcl.weight, step, rampup_steps);
         let beta_f = ramp_up(cfg.cfcl.weight, step, rampup_steps);
         let lrs = base_lr.map(|lr| poly_lr(lr, step, total, cfg.optim.poly_power));
         let x = Tensor::<B, 4>::from_data(
-            TensorData::new(batch.images.clone(), [batch.batch, 1, size, size]),
+            TensorData::new(
+                std::mem::take(&mut batch.images),
+                [batch.batch, 1, size, size],
+            ),
             device,
         );
         let onehot = onehot_tensor::<B>(&batch, k, device);
