@@ -103,7 +103,23 @@ def encode(a):
     return "".join(str(int(v)) for v in a.ravel())
 
 
-doc = {"shape": list(truth.shape), "classes": K, "cases": []}
+# 2D cases (PNG label maps in `ctrcl evaluate`): the middle slice, perturbed in-plane; medpy on
+# 2D arrays (in-plane surface and distances). Spacing is unit: PNG files carry none.
+truth2d = truth[1]
+cases_2d = [
+    ("slice_shifted", truth2d, np.roll(truth2d, shift=(3, -2), axis=(0, 1))),
+    ("slice_dilated_csf", truth2d, np.where(ndimage.binary_dilation(truth2d == 1, iterations=2), 1, truth2d).astype(np.uint8)),
+    ("slice_wm_dropped", truth2d, np.where(truth2d == 3, 0, truth2d).astype(np.uint8)),
+]
+
+doc = {"shape": list(truth.shape), "classes": K, "cases": [], "shape_2d": list(truth2d.shape), "cases_2d": []}
+for name, ref, pred in cases_2d:
+    doc["cases_2d"].append({
+        "name": name,
+        "truth": encode(ref),
+        "pred": encode(pred),
+        "expected": metrics(pred, ref, (1.0, 1.0)),
+    })
 for name, ref, pred, spacing in cases:
     doc["cases"].append({
         "name": name,
@@ -117,5 +133,5 @@ os.makedirs(os.path.dirname(path), exist_ok=True)
 with open(path, "w") as fh:
     json.dump(doc, fh)
 print("wrote", os.path.normpath(path))
-for case in doc["cases"]:
+for case in doc["cases"] + doc["cases_2d"]:
     print(case["name"], {c: {k: (round(v, 4) if v is not None else None) for k, v in m.items()} for c, m in case["expected"].items()})

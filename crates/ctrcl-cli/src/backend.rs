@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use burn::backend::Autodiff;
+use ctrcl_data::dataset::Upsample;
 use ctrcl_data::split::Split;
+use ctrcl_train::predictor::PredictOptions;
 use ctrcl_train::student::Role;
 use ctrcl_train::tester::{test_run, TestReport};
 use ctrcl_train::trainer::{train as train_run, TrainSummary};
@@ -37,16 +39,27 @@ pub fn resume(run: &Path, progress: bool) -> Result<TrainSummary> {
     ctrcl_train::trainer::resume::<Train>(run, &device, NAME, progress)
 }
 
-pub fn test(run: &Path, roles: &[Role], split: Split) -> Result<TestReport> {
+pub fn test(
+    run: &Path,
+    roles: &[Role],
+    split: Split,
+    upsample: Option<Upsample>,
+) -> Result<TestReport> {
     let device = Default::default();
-    test_run::<Inner>(run, roles, split, &device)
+    test_run::<Inner>(run, roles, split, upsample, &device)
 }
 
-/// Segments every volume of `input` into `output`, with a progress bar per case.
-pub fn predict(run: &Path, role: Role, input: &Path, output: &Path) -> Result<usize> {
+/// Segments every volume or image of `input` into `output`, with a progress bar per case.
+pub fn predict(
+    run: &Path,
+    role: Role,
+    input: &Path,
+    output: &Path,
+    options: PredictOptions,
+) -> Result<usize> {
     let device = Default::default();
     let files = ctrcl_train::predictor::inputs(input)?;
-    let predictor = ctrcl_train::predictor::Predictor::<Inner>::load(run, role, &device)?;
+    let predictor = ctrcl_train::predictor::Predictor::<Inner>::load(run, role, options, &device)?;
     let bar = indicatif::ProgressBar::new(files.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -1,9 +1,10 @@
-//! `ctrcl evaluate`: metrics of predicted label maps against reference ones, paired by case id
-//! (file name without extensions), in the published conventions (METHOD.md §8). Writes the JSON
+//! `ctrcl evaluate`: metrics of predicted label maps (NIfTI volumes or PNG images) against
+//! reference ones, paired by case id (file name without extensions), in the published conventions
+//! (METHOD.md §8). Writes the JSON
 //! schema of ARCHITECTURE.md (null for non-finite values) and a per-case × per-class CSV beside it.
 
 use anyhow::{bail, Context, Result};
-use ctrcl_data::nifti::{nifti_stem, read_nifti};
+use ctrcl_data::labels::{label_case_id, read_label_file, LabelFile};
 use ctrcl_metrics::distance::Hd95Mode;
 use ctrcl_metrics::modes::{class_mean, evaluate_case, per_class_mean, Mode};
 use ctrcl_train::tester::{class_metrics_json, per_class_json};
@@ -26,7 +27,7 @@ pub enum Hd95Arg {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Folder of predicted label maps (.nii, .nii.gz).
+    /// Folder of predicted label maps (.nii, .nii.gz, .png; a 0/255 PNG mask is read as 0/1).
     #[arg(long)]
     pred: PathBuf,
     /// Folder of reference label maps with the same case ids.
@@ -39,7 +40,7 @@ pub struct Args {
     /// pooled: medpy's 95th percentile of both directions pooled; max: MONAI's larger directed one.
     #[arg(long, value_enum, default_value_t = Hd95Arg::Pooled)]
     hd95: Hd95Arg,
-    /// Voxel spacing x,y,z in mm, overriding the mode's default.
+    /// Voxel spacing x,y,z in mm, overriding the mode's default (2D images use x,y).
     #[arg(long, value_delimiter = ',', num_args = 3)]
     spacing: Option<Vec<f64>>,
     /// Skip (with a warning) cases present on one side only, instead of failing.
@@ -50,7 +51,7 @@ pub struct Args {
     out: PathBuf,
 }
 
-/// Case id → file, for every NIfTI file in `dir`.
+/// Case id → file, for every label file (NIfTI, PNG) in `dir`.
 fn cases_in(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     let entries =
@@ -59,7 +60,7 @@ fn cases_in(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
         let path = entry
             .with_context(|| format!("cannot read folder {}", dir.display()))?
             .path();
-        if let Some(id) = nifti_stem(&path) {
+        if let Some(id) = label_case_id(&path) {
             if let Some(other) = out.insert(id.clone(), path.clone()) {
                 bail!(
                     "case {id} appears twice in {}: {} and {}",
@@ -71,7 +72,7 @@ fn cases_in(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
         }
     }
     if out.is_empty() {
-        bail!("{} holds no .nii or .nii.gz files", dir.display());
+        bail!("{} holds no .nii, .nii.gz or .png files", dir.display());
     }
     Ok(out)
 }
@@ -93,19 +94,15 @@ fn class_names(truth: &Path) -> Option<BTreeMap<usize, String>> {
     )
 }
 
-fn labels_of(path: &Path) -> Result<(Vec<u8>, [usize; 3], [f32; 3])> {
-    let v = read_nifti(path)?;
-    let mut out = Vec::with_capacity(v.data.len());
-    for (i, &x) in v.data.iter().enumerate() {
-        if !(0.0..=255.0).contains(&x) || x.fract() != 0.0 {
-            bail!(
-                "{}: voxel {i} holds {x}, not a label (0..255 integers)",
-                path.display()
-            );
-        }
-        out.push(x as u8);
+/// Spacing per axis of `file.shape`: `--spacing x,y,z` if given, else unit spacing (transunet)
+/// or the header's (strict).
+fn case_spacing(file: &LabelFile, given: Option<&[f64]>, mode: Mode) -> Vec<f64> {
+    match (given, mode) {
+        // `shape` is slowest axis first: (z, y, x) or (y, x).
+        (Some(s), _) => [s[2], s[1], s[0]][3 - file.shape.len()..].to_vec(),
+        (None, Mode::TransUnet) => vec![1.0; file.shape.len()],
+        (None, Mode::Strict) => file.spacing.clone(),
     }
-    Ok((out, v.dims, v.spacing))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -156,20 +153,40 @@ pub fn run(args: Args) -> Result<()> {
     let names = class_names(&args.truth);
     let mut loaded = Vec::with_capacity(ids.len());
     let mut max_label = 0u8;
+    let mut binary_255 = Vec::new();
     for id in &ids {
-        let (pred, pred_dims, _) = labels_of(&preds[id])?;
-        let (truth, dims, header_spacing) = labels_of(&truths[id])?;
-        if pred_dims != dims {
+        let pred = read_label_file(&preds[id])?;
+        let truth = read_label_file(&truths[id])?;
+        if pred.shape != truth.shape {
             bail!(
-                "case {id}: {} has grid {:?} but {} has {:?}",
+                "case {id}: {} has shape {:?} but {} has {:?}",
                 preds[id].display(),
-                pred_dims,
+                pred.shape,
                 truths[id].display(),
-                dims
+                truth.shape
             );
         }
-        max_label = max_label.max(pred.iter().chain(&truth).copied().max().unwrap_or(0));
-        loaded.push((pred, truth, dims, header_spacing));
+        for (file, path) in [(&pred, &preds[id]), (&truth, &truths[id])] {
+            if file.binary_255 {
+                binary_255.push(path.display().to_string());
+            }
+        }
+        max_label = max_label.max(
+            pred.labels
+                .iter()
+                .chain(&truth.labels)
+                .copied()
+                .max()
+                .unwrap_or(0),
+        );
+        loaded.push((pred, truth));
+    }
+    if !binary_255.is_empty() {
+        eprintln!(
+            "note: {} file(s) are 0/255 masks, read as 0/1 (e.g. {})",
+            binary_255.len(),
+            binary_255[0]
+        );
     }
     let k = match &names {
         Some(n) => n
@@ -181,18 +198,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     .max(2);
     let mut per_case = Vec::with_capacity(ids.len());
-    for (pred, truth, dims, header_spacing) in &loaded {
-        let [sx, sy, sz] = match (&args.spacing, mode) {
-            (Some(s), _) => [s[0], s[1], s[2]],
-            (None, Mode::TransUnet) => [1.0; 3],
-            (None, Mode::Strict) => header_spacing.map(f64::from),
-        };
-        let shape = [dims[2], dims[1], dims[0]];
+    for (pred, truth) in &loaded {
+        let spacing = case_spacing(truth, args.spacing.as_deref(), mode);
         per_case.push(evaluate_case(
-            pred,
-            truth,
-            &shape,
-            &[sz, sy, sx],
+            &pred.labels,
+            &truth.labels,
+            &truth.shape,
+            &spacing,
             k,
             mode,
             hd95,

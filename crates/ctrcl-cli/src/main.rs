@@ -7,7 +7,9 @@ mod table;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use ctrcl_data::dataset::Upsample;
 use ctrcl_data::split::Split;
+use ctrcl_train::predictor::PredictOptions;
 use ctrcl_train::student::Role;
 use ctrcl_train::TrainConfig;
 use std::path::PathBuf;
@@ -49,20 +51,31 @@ enum Command {
         student: StudentChoice,
         #[arg(long, value_enum, default_value_t = SplitChoice::Test)]
         split: SplitChoice,
+        /// How predictions return to the native grid (default: the run's eval.upsample, nearest).
+        #[arg(long, value_enum)]
+        upsample: Option<UpsampleArg>,
     },
-    /// Segment new, unlabeled NIfTI volumes with a trained student (outputs keep the input's header).
+    /// Segment new, unlabeled NIfTI volumes or PNG/JPEG images with a trained student (NIfTI
+    /// outputs keep the input's header; PNG outputs the input's size).
     Predict {
         /// Run directory written by `ctrcl train`.
         #[arg(long)]
         run: PathBuf,
         #[arg(long, value_enum, default_value_t = OneStudent::Cnn)]
         student: OneStudent,
-        /// A .nii/.nii.gz file, or a folder of them.
+        /// A .nii/.nii.gz/.png/.jpg file, or a folder of them.
         #[arg(long)]
         input: PathBuf,
-        /// Folder for the label maps (CASE.nii.gz; an nnU-Net `_0000` suffix is dropped).
+        /// Folder for the label maps (CASE.nii.gz or CASE.png; an nnU-Net `_0000` suffix is dropped).
         #[arg(long)]
         output: PathBuf,
+        /// How predictions return to the native grid (default: the run's eval.upsample, nearest).
+        #[arg(long, value_enum)]
+        upsample: Option<UpsampleArg>,
+        /// Also write softmax maps: CASE_probabilities.nii.gz (4D, a volume per class) or
+        /// CASE_probabilities.npy ([K, H, W] float32) for images.
+        #[arg(long)]
+        probabilities: bool,
     },
     /// Metrics of predicted label maps against references (Dice, Jaccard, HD95, ASD), per case.
     Evaluate(evaluate::Args),
@@ -104,6 +117,23 @@ enum StudentChoice {
 enum OneStudent {
     Cnn,
     Transformer,
+}
+
+/// `nearest`: arg-max at the training size, nearest-neighbour resize (published convention);
+/// `bilinear`: probabilities resized bilinearly, arg-max at native size.
+#[derive(Clone, Copy, ValueEnum)]
+enum UpsampleArg {
+    Nearest,
+    Bilinear,
+}
+
+impl From<UpsampleArg> for Upsample {
+    fn from(a: UpsampleArg) -> Self {
+        match a {
+            UpsampleArg::Nearest => Upsample::Nearest,
+            UpsampleArg::Bilinear => Upsample::Bilinear,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,13 +199,14 @@ fn run(cli: Cli) -> Result<()> {
             run,
             student,
             split,
+            upsample,
         } => {
             let roles: Vec<Role> = match student {
                 StudentChoice::Cnn => vec![Role::Cnn],
                 StudentChoice::Transformer => vec![Role::Transformer],
                 StudentChoice::Both => Role::BOTH.to_vec(),
             };
-            let report = backend::test(&run, &roles, split.split())?;
+            let report = backend::test(&run, &roles, split.split(), upsample.map(Upsample::from))?;
             print!("{}", table::report_table(std::slice::from_ref(&report)));
             println!(
                 "backend: {}; written: {}",
@@ -188,14 +219,20 @@ fn run(cli: Cli) -> Result<()> {
             student,
             input,
             output,
+            upsample,
+            probabilities,
         } => {
             let role = match student {
                 OneStudent::Cnn => Role::Cnn,
                 OneStudent::Transformer => Role::Transformer,
             };
-            let written = backend::predict(&run, role, &input, &output)?;
+            let options = PredictOptions {
+                upsample: upsample.map(Upsample::from),
+                probabilities,
+            };
+            let written = backend::predict(&run, role, &input, &output, options)?;
             println!(
-                "wrote {} label map(s) to {} (backend: {})",
+                "segmented {} case(s) into {} (backend: {})",
                 written,
                 output.display(),
                 backend::NAME

@@ -92,7 +92,7 @@ pub fn run(args: Args) -> Result<()> {
         cfg.data.dataset = data_dir.clone();
         let run_dir = out.join(method.name());
         backend::train(&cfg, &run_dir, true)?;
-        let report = backend::test(&run_dir, &Role::BOTH, Split::Test)?;
+        let report = backend::test(&run_dir, &Role::BOTH, Split::Test, None)?;
         let mut entry = serde_json::Map::new();
         for s in &report.students {
             let mut v = student_json(s);

@@ -676,3 +676,301 @@ fn json_without_paths(mut v: Value) -> Value {
     }
     v
 }
+
+/// Decodes the fixture's digit strings.
+fn digits(s: &Value) -> Vec<u8> {
+    s.as_str().unwrap().bytes().map(|b| b - b'0').collect()
+}
+
+#[test]
+fn evaluate_reads_png_label_maps_and_matches_medpy_in_2d() {
+    let doc: Value = serde_json::from_str(include_str!(
+        "../../ctrcl-metrics/tests/data/metric_reference.json"
+    ))
+    .unwrap();
+    let shape: Vec<usize> = doc["shape_2d"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let (h, w) = (shape[0], shape[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+    for side in ["pred", "truth", "bin_pred", "bin_truth"] {
+        std::fs::create_dir_all(dir.path().join(side)).unwrap();
+    }
+    let write = |side: &str, name: &str, labels: &[u8]| {
+        ctrcl_data::image2d::write_label_png(
+            &dir.path().join(side).join(format!("{name}.png")),
+            labels,
+            h,
+            w,
+        )
+        .unwrap()
+    };
+    let cases = doc["cases_2d"].as_array().unwrap();
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        write("pred", name, &digits(&case["pred"]));
+        write("truth", name, &digits(&case["truth"]));
+    }
+    // White matter of the shifted slice as a binary mask saved the image-editor way (0/255).
+    let shifted = &cases[0];
+    let wm = |key: &str| -> Vec<u8> {
+        digits(&shifted[key])
+            .into_iter()
+            .map(|v| if v == 3 { 255 } else { 0 })
+            .collect()
+    };
+    write("bin_pred", "wm", &wm("pred"));
+    write("bin_truth", "wm", &wm("truth"));
+
+    ok(&[
+        "evaluate",
+        "--pred",
+        &p("pred"),
+        "--truth",
+        &p("truth"),
+        "--mode",
+        "strict",
+        "--out",
+        &p("strict.json"),
+    ]);
+    let strict: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("strict.json")).unwrap())
+            .unwrap();
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let got = strict["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["case"] == name)
+            .unwrap();
+        for c in ["1", "2", "3"] {
+            for key in ["dice", "jaccard", "hd95", "asd"] {
+                assert_metric(
+                    &got["per_class"][c][key],
+                    &case["expected"][c][key],
+                    1e-4,
+                    &format!("png {name} class {c} {key}"),
+                );
+            }
+        }
+    }
+    let out = ctrcl(&[
+        "evaluate",
+        "--pred",
+        &p("bin_pred"),
+        "--truth",
+        &p("bin_truth"),
+        "--mode",
+        "strict",
+        "--out",
+        &p("bin.json"),
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0/255"));
+    let bin: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bin.json")).unwrap())
+            .unwrap();
+    let classes = bin["classes"].as_object().unwrap();
+    assert_eq!(
+        classes.len(),
+        1,
+        "0/255 masks are one foreground class: {classes:?}"
+    );
+    for key in ["dice", "jaccard", "hd95", "asd"] {
+        assert_metric(
+            &bin["per_class_mean"]["1"][key],
+            &shifted["expected"]["3"][key],
+            1e-4,
+            &format!("binary wm {key}"),
+        );
+    }
+    // A colour PNG is no label map: a clear error naming the file.
+    ctrcl_data::image2d::write_rgb_png(
+        &dir.path().join("pred/slice_shifted.png"),
+        &vec![10u8; 3 * h * w]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + (i % 3) as u8)
+            .collect::<Vec<_>>(),
+        h,
+        w,
+    )
+    .unwrap();
+    let err = fails(&[
+        "evaluate",
+        "--pred",
+        &p("pred"),
+        "--truth",
+        &p("truth"),
+        "--out",
+        &p("x.json"),
+    ]);
+    assert!(
+        err.contains("slice_shifted.png") && err.contains("RGB"),
+        "{err}"
+    );
+}
+
+/// Reads a 4D float32 NIfTI as written by `predict --probabilities`: (dims, x-fastest values).
+fn read_probabilities(path: &Path) -> ([usize; 4], Vec<f32>) {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let i16_at = |at: usize| i16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+    assert_eq!(i16_at(40), 4, "dim[0]");
+    assert_eq!(i16_at(70), 16, "float32 datatype");
+    let dims = [i16_at(42), i16_at(44), i16_at(46), i16_at(48)];
+    let offset = f32::from_le_bytes(bytes[108..112].try_into().unwrap()) as usize;
+    let values = bytes[offset..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (dims, values)
+}
+
+#[test]
+fn predict_writes_probabilities_and_segments_png_like_nifti() {
+    let run = tempfile::tempdir().unwrap();
+    let out = run.path().join("r");
+    let sets = tiny_settings(prepared());
+    ok(&train_args(&config_path(), out.to_str().unwrap(), &sets));
+    let out_s = out.to_str().unwrap();
+
+    // `test --upsample bilinear` records the choice; `predict` with the same choice and
+    // probabilities reproduces its Dice, and its labels are the arg-max of its probabilities.
+    ok(&[
+        "test",
+        "--run",
+        out_s,
+        "--student",
+        "cnn",
+        "--upsample",
+        "bilinear",
+    ]);
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics/test-test.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["upsample"], "bilinear");
+    let image = prepared().join("imagesTr/icbm152_0000.nii.gz");
+    let pred_dir = run.path().join("pred");
+    ok(&[
+        "predict",
+        "--run",
+        out_s,
+        "--input",
+        image.to_str().unwrap(),
+        "--output",
+        pred_dir.to_str().unwrap(),
+        "--upsample",
+        "bilinear",
+        "--probabilities",
+    ]);
+    let labels = ctrcl_data::nifti::read_nifti(&pred_dir.join("icbm152.nii.gz")).unwrap();
+    let (dims, probs) = read_probabilities(&pred_dir.join("icbm152_probabilities.nii.gz"));
+    assert_eq!(dims, [197, 233, 189, 4]);
+    let n = 197 * 233 * 189;
+    assert_eq!(probs.len(), 4 * n);
+    for (i, &label) in labels.data.iter().enumerate() {
+        let p: Vec<f32> = (0..4).map(|c| probs[c * n + i]).collect();
+        // Bilinear interpolation of softmax maps keeps their sum (weights sum to 1).
+        assert!(
+            (p.iter().sum::<f32>() - 1.0).abs() < 1e-4,
+            "voxel {i}: {p:?}"
+        );
+        let best = (0..4).fold(0, |b, c| if p[c] > p[b] { c } else { b });
+        assert_eq!(best as f32, label, "voxel {i}: {p:?}");
+    }
+    let truth = ctrcl_data::nifti::read_nifti(&prepared().join("labelsTr/icbm152.nii.gz")).unwrap();
+    let slice = 197 * 233;
+    let slab = |v: &[f32]| -> Vec<u8> {
+        v[90 * slice..106 * slice]
+            .iter()
+            .map(|&x| x as u8)
+            .collect()
+    };
+    let dice = ctrcl_metrics::foreground_dice(&slab(&labels.data), &slab(&truth.data), 4);
+    for (c, d) in dice.iter().enumerate() {
+        let want = metrics["cnn"]["per_class_dice"][(c + 1).to_string()]
+            .as_f64()
+            .unwrap();
+        assert!((d - want).abs() < 1e-12, "class {}: {d} vs {want}", c + 1);
+    }
+
+    // A PNG slice and a one-slice NIfTI of the same intensities give the same label map: the
+    // 2D path normalises, orients and resamples exactly as the volume path.
+    let volume = ctrcl_data::nifti::read_nifti(&image).unwrap();
+    let z = 97;
+    let plane = &volume.data[z * slice..(z + 1) * slice];
+    let (lo, hi) = plane
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let grey: Vec<u8> = plane
+        .iter()
+        .map(|v| ((v - lo) / (hi - lo) * 255.0).round() as u8)
+        .collect();
+    let png_in = run.path().join("png_in");
+    std::fs::create_dir_all(&png_in).unwrap();
+    let png_path = png_in.join("slice097.png");
+    ctrcl_data::image2d::write_label_png(&png_path, &grey, 233, 197).unwrap();
+    let decoded = ctrcl_data::image2d::read_image_2d(&png_path).unwrap();
+    let nii_in = run.path().join("nii_in");
+    ctrcl_data::nifti::write_nifti(
+        &nii_in.join("slice097.nii.gz"),
+        [197, 233, 1],
+        &decoded.data,
+        false,
+        None,
+        [1.0; 3],
+        volume.affine,
+    )
+    .unwrap();
+    let (png_out, nii_out) = (run.path().join("png_out"), run.path().join("nii_out"));
+    for (input, output) in [(&png_in, &png_out), (&nii_in, &nii_out)] {
+        ok(&[
+            "predict",
+            "--run",
+            out_s,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--probabilities",
+        ]);
+    }
+    let png_labels = ctrcl_data::image2d::read_label_png(&png_out.join("slice097.png")).unwrap();
+    assert_eq!(
+        (png_labels.h, png_labels.w),
+        (233, 197),
+        "PNG output keeps the input's size"
+    );
+    let nii_labels = ctrcl_data::nifti::read_nifti(&nii_out.join("slice097.nii.gz")).unwrap();
+    let nii_labels: Vec<u8> = nii_labels.data.iter().map(|&v| v as u8).collect();
+    assert_eq!(png_labels.labels, nii_labels);
+    let npy = std::fs::read(png_out.join("slice097_probabilities.npy")).unwrap();
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    assert!(std::str::from_utf8(&npy[10..10 + header_len])
+        .unwrap()
+        .contains("'shape': (4, 233, 197)"));
+    assert_eq!(npy.len(), 10 + header_len + 4 * 4 * slice);
+
+    // A file predict cannot read is a clear error.
+    let bogus = run.path().join("notes.txt");
+    std::fs::write(&bogus, "hello").unwrap();
+    let err = fails(&[
+        "predict",
+        "--run",
+        out_s,
+        "--input",
+        bogus.to_str().unwrap(),
+        "--output",
+        png_out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("notes.txt"), "{err}");
+}

@@ -55,6 +55,19 @@ pub struct Sample {
     pub label: Vec<u8>,
 }
 
+/// How a prediction at the training size returns to the native grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Upsample {
+    /// Arg-max at the training size, then the label map resized with nearest neighbour: what
+    /// TransUNet's and SSL4MIS's `test_single_volume` do, so published tables are comparable.
+    #[default]
+    Nearest,
+    /// Class probabilities resized bilinearly to the native grid, arg-max there: smoother
+    /// boundaries, much better on thin structures (CSF) when the training size is coarse.
+    Bilinear,
+}
+
 /// How native slices map to the network's square input and back: centred zero-padding to a
 /// square, then resizing (bilinear for images, nearest for labels).
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +99,48 @@ impl Geometry {
         let sq = resize_nearest(pred, self.size, self.size, self.side(), self.side());
         crop_from_square(&sq, self.side(), self.h, self.w)
     }
+
+    /// `k` class maps at `size × size` → `k` maps at native `h × w` (bilinear, then crop).
+    ///
+    /// # Shapes
+    /// `probs`: `[k, size, size]` → `[k, h, w]`, row-major.
+    pub fn probabilities_to_native(&self, probs: &[f32], k: usize) -> Vec<f32> {
+        let plane = self.size * self.size;
+        assert_eq!(
+            probs.len(),
+            k * plane,
+            "probability maps and shape disagree"
+        );
+        let mut out = Vec::with_capacity(k * self.h * self.w);
+        for class in probs.chunks(plane) {
+            let sq = resize_bilinear(class, self.size, self.size, self.side(), self.side());
+            out.extend(crop_from_square(&sq, self.side(), self.h, self.w));
+        }
+        out
+    }
+}
+
+/// Label per pixel from `k` class maps (the first class wins ties, as `torch.argmax`).
+///
+/// # Shapes
+/// `maps`: `[k, n]` row-major → `n` labels.
+pub fn argmax_classes(maps: &[f32], k: usize) -> Vec<u8> {
+    let n = maps.len() / k.max(1);
+    let mut best = maps[..n].to_vec();
+    let mut labels = vec![0u8; n];
+    for c in 1..k {
+        for ((b, l), &v) in best
+            .iter_mut()
+            .zip(&mut labels)
+            .zip(&maps[c * n..(c + 1) * n])
+        {
+            if v > *b {
+                *b = v;
+                *l = c as u8;
+            }
+        }
+    }
+    labels
 }
 
 /// An opened prepared dataset.

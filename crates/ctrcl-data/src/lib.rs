@@ -4,8 +4,11 @@
 pub mod dataset;
 pub mod error;
 pub mod fetch;
+pub mod image2d;
+pub mod labels;
 pub mod loader;
 pub mod nifti;
+pub mod npy;
 pub mod prepare;
 pub mod resize;
 pub mod split;

@@ -369,9 +369,25 @@ pub fn write_nifti(
     spacing: [f32; 3],
     affine: [[f64; 4]; 3],
 ) -> Result<()> {
+    write_nifti_channels(path, dims, 1, data, labels, template, spacing, affine)
+}
+
+/// Like [`write_nifti`], with `channels` volumes stacked along a 4th axis (`dim[4]`), e.g. one
+/// probability map per class. `data` is x-fastest, then y, z, channel.
+#[allow(clippy::too_many_arguments)]
+pub fn write_nifti_channels(
+    path: &Path,
+    dims: [usize; 3],
+    channels: usize,
+    data: &[f32],
+    labels: bool,
+    template: Option<&NiftiVolume>,
+    spacing: [f32; 3],
+    affine: [[f64; 4]; 3],
+) -> Result<()> {
     use std::io::Write;
     assert_eq!(
-        dims.iter().product::<usize>(),
+        dims.iter().product::<usize>() * channels,
         data.len(),
         "dims and data disagree"
     );
@@ -388,13 +404,16 @@ pub fn write_nifti(
     } else {
         NiftiType::F32
     };
-    put_i16(&mut h, 40, 3);
+    put_i16(&mut h, 40, if channels > 1 { 4 } else { 3 });
     for (i, d) in dims.iter().enumerate() {
         put_i16(&mut h, 42 + 2 * i, *d as i16);
     }
-    for i in 4..8 {
-        put_i16(&mut h, 42 + 2 * i, 1);
+    // dim[4..=7] live at bytes 48..56.
+    for axis in 4..=7 {
+        put_i16(&mut h, 40 + 2 * axis, 1);
     }
+    put_i16(&mut h, 48, channels as i16);
+    put_f32(&mut h, 92, 1.0); // pixdim[4]: the channel axis has no physical step
     put_i16(&mut h, 70, dtype.code());
     put_i16(&mut h, 72, (dtype.size() * 8) as i16);
     put_f32(&mut h, 108, DATA_OFFSET as f32);
@@ -486,6 +505,43 @@ mod tests {
         assert_eq!(v.spacing, [2.0, 1.5, 3.0]);
         assert_eq!(v.affine, affine);
         assert_eq!(v.dtype, NiftiType::U8);
+    }
+
+    #[test]
+    fn header_dims_are_in_their_fields_and_channels_go_to_dim4() {
+        // dim[] is 8 int16 at bytes 40..56, intent_p1 a float at 56 (NIfTI-1 standard).
+        let dir = tempfile::tempdir().unwrap();
+        let field = |bytes: &[u8], at: usize| i16::from_le_bytes([bytes[at], bytes[at + 1]]);
+        let path = dir.path().join("v.nii");
+        write_nifti(
+            &path,
+            [3, 2, 2],
+            &sample([3, 2, 2]),
+            true,
+            None,
+            [1.0; 3],
+            IDENTITY,
+        )
+        .unwrap();
+        let b = std::fs::read(&path).unwrap();
+        let dim: Vec<i16> = (0..8).map(|i| field(&b, 40 + 2 * i)).collect();
+        assert_eq!(dim, [3, 3, 2, 2, 1, 1, 1, 1]);
+        assert_eq!(&b[56..60], &[0; 4], "intent_p1 untouched");
+
+        let path = dir.path().join("p.nii");
+        let data: Vec<f32> = (0..24).map(|i| i as f32 / 24.0).collect();
+        write_nifti_channels(&path, [3, 2, 2], 2, &data, false, None, [1.0; 3], IDENTITY).unwrap();
+        let b = std::fs::read(&path).unwrap();
+        let dim: Vec<i16> = (0..8).map(|i| field(&b, 40 + 2 * i)).collect();
+        assert_eq!(dim, [4, 3, 2, 2, 2, 1, 1, 1]);
+        let body: Vec<f32> = b[352..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(body, data);
+        // ctrcl reads 3D volumes only, and says so.
+        let err = read_nifti(&path).unwrap_err().to_string();
+        assert!(err.contains("p.nii") && err.contains("dim[4] = 2"), "{err}");
     }
 
     #[test]

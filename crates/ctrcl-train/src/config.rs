@@ -2,7 +2,7 @@
 //! overridable with `--set key=value`. Unknown keys are errors that name the key.
 
 use anyhow::{bail, Context, Result};
-use ctrcl_data::dataset::Normalize;
+use ctrcl_data::dataset::{Normalize, Upsample};
 use ctrcl_data::loader::Augment;
 use ctrcl_models::{Architecture, ModelSizes};
 use serde::{Deserialize, Serialize};
@@ -246,6 +246,16 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// How `test`, `predict` and validation map predictions back to the native grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// `nearest` (published convention: arg-max, then nearest-neighbour resize) or `bilinear`
+    /// (probabilities resized bilinearly, arg-max at native size). `test`/`predict --upsample`
+    /// override it.
+    pub upsample: Upsample,
+}
+
 /// Everything a training run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -260,6 +270,7 @@ pub struct TrainConfig {
     pub cfcl: CfclConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
+    pub eval: EvalConfig,
 }
 
 impl TrainConfig {

@@ -1,9 +1,10 @@
 //! Slice-wise inference and Dice scores (METHOD.md §8): each slice is resized to the training
-//! size, predicted, arg-maxed, resized back with nearest neighbour, and the slices are stacked
-//! into a volume on which the metrics are computed.
+//! size, predicted, arg-maxed, resized back with nearest neighbour (or, with
+//! [`Upsample::Bilinear`], its class probabilities are resized and arg-maxed at native size), and
+//! the slices are stacked into a volume on which the metrics are computed.
 
 use burn::prelude::*;
-use ctrcl_data::dataset::{Dataset, Geometry, Sample};
+use ctrcl_data::dataset::{argmax_classes, Dataset, Geometry, Sample, Upsample};
 use ctrcl_data::split::Split;
 use ctrcl_metrics::{confusion_counts, dice_transunet};
 use ctrcl_models::Student;
@@ -85,24 +86,78 @@ pub fn dice_on_samples<B: Backend>(
     DiceScores::from_maps(&pred, &truth, num_classes)
 }
 
-/// Predicts native-resolution slices (`geo.h × geo.w` each) through the network's square input
-/// and back, a few slices at a time so memory stays bounded on large volumes.
+/// Softmax class probabilities for square `size × size` images.
 ///
 /// # Shapes
-/// each slice: `h·w` intensities → the concatenated labels, `n·h·w`.
+/// each image: `size·size` values → each result: `[K, size, size]` probabilities, row-major.
+pub fn predict_probabilities<B: Backend>(
+    net: &Student<B>,
+    images: &[&[f32]],
+    size: usize,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let mut out = Vec::with_capacity(images.len());
+    for chunk in images.chunks(INFERENCE_BATCH) {
+        let data: Vec<f32> = chunk.iter().flat_map(|img| img.iter().copied()).collect();
+        let x =
+            Tensor::<B, 4>::from_data(TensorData::new(data, [chunk.len(), 1, size, size]), device);
+        let probs = burn::tensor::activation::softmax(net.forward(x).logits, 1); // [b, K, S, S]
+        let flat: Vec<f32> = probs
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("float data");
+        out.extend(flat.chunks(flat.len() / chunk.len()).map(<[f32]>::to_vec));
+    }
+    out
+}
+
+/// Native-resolution predictions of a stack of slices.
+pub struct NativePrediction {
+    /// Labels, slice-major: `[n, h, w]`.
+    pub labels: Vec<u8>,
+    /// Softmax probabilities resized bilinearly to the native grid, `[n, K, h, w]`; empty unless
+    /// they were asked for.
+    pub probabilities: Vec<f32>,
+}
+
+/// Predicts native-resolution slices (`geo.h × geo.w` each) through the network's square input
+/// and back (`upsample` says how), a few slices at a time so memory stays bounded on large
+/// volumes.
+///
+/// # Shapes
+/// each slice: `h·w` intensities → labels `[n, h, w]` (+ probabilities `[n, K, h, w]`).
 pub fn predict_native<'a, B: Backend>(
     net: &Student<B>,
     slices: impl Iterator<Item = &'a [f32]>,
     geo: Geometry,
     background: f32,
+    upsample: Upsample,
+    with_probabilities: bool,
     device: &B::Device,
-) -> Vec<u8> {
-    let mut out = Vec::new();
+) -> NativePrediction {
+    let mut out = NativePrediction {
+        labels: Vec::new(),
+        probabilities: Vec::new(),
+    };
     let mut pending: Vec<Vec<f32>> = Vec::with_capacity(INFERENCE_BATCH);
-    let flush = |pending: &mut Vec<Vec<f32>>, out: &mut Vec<u8>| {
+    let flush = |pending: &mut Vec<Vec<f32>>, out: &mut NativePrediction| {
         let refs: Vec<&[f32]> = pending.iter().map(|v| v.as_slice()).collect();
-        for p in predict(net, &refs, geo.size, device) {
-            out.extend(geo.prediction_to_native(&p));
+        for p in predict_probabilities(net, &refs, geo.size, device) {
+            let k = p.len() / (geo.size * geo.size);
+            let native = (with_probabilities || upsample == Upsample::Bilinear)
+                .then(|| geo.probabilities_to_native(&p, k));
+            match (upsample, &native) {
+                (Upsample::Bilinear, Some(native)) => {
+                    out.labels.extend(argmax_classes(native, k));
+                }
+                _ => out
+                    .labels
+                    .extend(geo.prediction_to_native(&argmax_classes(&p, k))),
+            }
+            if with_probabilities {
+                out.probabilities.extend(native.expect("computed above"));
+            }
         }
         pending.clear();
     };
@@ -125,6 +180,7 @@ pub fn predict_split<B: Backend>(
     dataset: &Dataset,
     split: Split,
     size: usize,
+    upsample: Upsample,
     device: &B::Device,
 ) -> (Vec<u8>, Vec<u8>) {
     let slices = dataset.slices(split);
@@ -133,8 +189,11 @@ pub fn predict_split<B: Backend>(
         slices.iter().map(|s| s.image.as_slice()),
         dataset.geometry(size),
         dataset.background,
+        upsample,
+        false,
         device,
-    );
+    )
+    .labels;
     let truth: Vec<u8> = slices
         .iter()
         .flat_map(|s| s.label.iter().copied())

@@ -1,50 +1,84 @@
-//! `ctrcl predict`: label maps for new, unlabeled volumes with a trained student. Each volume is
-//! normalised as in training, segmented slice by slice, and written with the input's header
-//! (dims, pixdim, qform/sform) so that it overlays the input in any viewer.
+//! `ctrcl predict`: label maps for new, unlabeled volumes and images with a trained student. Each
+//! input is normalised as in training and segmented slice by slice. NIfTI outputs keep the input's
+//! header (dims, pixdim, qform/sform) so that they overlay the input in any viewer; PNG/JPEG inputs
+//! give PNG label maps of the input's size.
 
-use crate::evaluate::predict_native;
+use crate::evaluate::{predict_native, NativePrediction};
 use crate::student::{load_net, Role};
 use crate::tester::{checkpoint_dir, open_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
-use ctrcl_data::dataset::{normalize_in_place, Geometry};
-use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti};
+use ctrcl_data::dataset::{normalize_in_place, Geometry, Upsample};
+use ctrcl_data::image2d::{image_stem, read_image_2d, write_label_png};
+use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti, write_nifti_channels};
+use ctrcl_data::npy::write_npy_f32;
 use std::path::{Path, PathBuf};
 
-/// The NIfTI files to predict: `input` itself, or the `.nii`/`.nii.gz` files in it, sorted.
+/// The case id of a file `predict` reads (NIfTI, PNG, JPEG), or `None`.
+fn input_stem(path: &Path) -> Option<String> {
+    nifti_stem(path).or_else(|| image_stem(path))
+}
+
+/// The files to predict: `input` itself, or the NIfTI/PNG/JPEG files in it, sorted.
 pub fn inputs(input: &Path) -> Result<Vec<PathBuf>> {
     if input.is_file() {
+        if input_stem(input).is_none() {
+            bail!(
+                "{}: not a file ctrcl predicts (.nii, .nii.gz, .png, .jpg, .jpeg)",
+                input.display()
+            );
+        }
         return Ok(vec![input.to_path_buf()]);
     }
     let entries =
         std::fs::read_dir(input).with_context(|| format!("cannot read {}", input.display()))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| nifti_stem(p).is_some())
+        .filter(|p| input_stem(p).is_some())
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!("{} holds no .nii or .nii.gz files", input.display());
+        bail!(
+            "{} holds no .nii, .nii.gz, .png, .jpg or .jpeg files",
+            input.display()
+        );
     }
     Ok(files)
 }
 
 /// Output name: the input's case id, with nnU-Net's `_0000` channel suffix removed.
 pub fn case_id(path: &Path) -> String {
-    let stem = nifti_stem(path).unwrap_or_default();
+    let stem = input_stem(path).unwrap_or_default();
     stem.strip_suffix("_0000").unwrap_or(&stem).to_string()
 }
 
-/// A loaded student ready to segment volumes.
+/// What `predict` writes besides the label maps, and how it returns to the native grid.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PredictOptions {
+    /// Overrides the run's `eval.upsample`.
+    pub upsample: Option<Upsample>,
+    /// Also write softmax probabilities: `CASE_probabilities.nii.gz` (4D, one volume per class)
+    /// for NIfTI inputs, `CASE_probabilities.npy` (`[K, H, W]` float32) for images.
+    pub probabilities: bool,
+}
+
+/// A loaded student ready to segment volumes and images.
 pub struct Predictor<B: Backend> {
     net: ctrcl_models::Student<B>,
     size: usize,
     normalize: ctrcl_data::dataset::Normalize,
+    upsample: Upsample,
+    probabilities: bool,
     pub checkpoint: PathBuf,
 }
 
 impl<B: Backend> Predictor<B> {
-    pub fn load(run: &Path, role: Role, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        run: &Path,
+        role: Role,
+        options: PredictOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         let (cfg, info) = open_run(run)?;
         let arch = match role {
             Role::Cnn => cfg.students.cnn,
@@ -58,25 +92,81 @@ impl<B: Backend> Predictor<B> {
             net: load_net(template, &dir, role, device)?,
             size: cfg.data.image_size,
             normalize: cfg.data.normalize,
+            upsample: options.upsample.unwrap_or(cfg.eval.upsample),
+            probabilities: options.probabilities,
             checkpoint: dir,
         })
     }
 
-    /// Segments one NIfTI volume and writes `output/CASE.nii.gz`; returns the written path.
-    pub fn predict_file(&self, input: &Path, output: &Path, device: &B::Device) -> Result<PathBuf> {
-        let mut volume = read_nifti(input)?;
-        let mut data = std::mem::take(&mut volume.data);
+    /// Segments `data` (`n` slices of `h × w`, normalised here).
+    ///
+    /// # Shapes
+    /// `data`: `[n, h, w]` → labels `[n, h, w]`, probabilities `[n, K, h, w]`.
+    fn segment(
+        &self,
+        mut data: Vec<f32>,
+        h: usize,
+        w: usize,
+        device: &B::Device,
+    ) -> NativePrediction {
         normalize_in_place(&mut data, self.normalize);
         let background = data.iter().cloned().fold(f32::INFINITY, f32::min);
-        let [w, h, _] = volume.dims;
         let geo = Geometry {
             h,
             w,
             size: self.size,
         };
-        let labels = predict_native(&self.net, data.chunks(w * h), geo, background, device);
-        let labels: Vec<f32> = labels.into_iter().map(f32::from).collect();
-        let path = output.join(format!("{}.nii.gz", case_id(input)));
+        predict_native(
+            &self.net,
+            data.chunks(w * h),
+            geo,
+            background,
+            self.upsample,
+            self.probabilities,
+            device,
+        )
+    }
+
+    /// Segments one NIfTI volume or 2D image into `output` (`CASE.nii.gz` or `CASE.png`, plus the
+    /// probabilities when asked for); returns the written paths.
+    pub fn predict_file(
+        &self,
+        input: &Path,
+        output: &Path,
+        device: &B::Device,
+    ) -> Result<Vec<PathBuf>> {
+        let id = case_id(input);
+        if nifti_stem(input).is_some() {
+            return self.predict_volume(input, output, &id, device);
+        }
+        let image = read_image_2d(input)?;
+        let (h, w) = (image.h, image.w);
+        let pred = self.segment(image.data, h, w, device);
+        let path = output.join(format!("{id}.png"));
+        write_label_png(&path, &pred.labels, h, w)?;
+        let mut written = vec![path];
+        if self.probabilities {
+            let k = pred.probabilities.len() / (h * w);
+            let path = output.join(format!("{id}_probabilities.npy"));
+            write_npy_f32(&path, &[k, h, w], &pred.probabilities)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
+    fn predict_volume(
+        &self,
+        input: &Path,
+        output: &Path,
+        id: &str,
+        device: &B::Device,
+    ) -> Result<Vec<PathBuf>> {
+        let mut volume = read_nifti(input)?;
+        let data = std::mem::take(&mut volume.data);
+        let [w, h, n] = volume.dims;
+        let pred = self.segment(data, h, w, device);
+        let labels: Vec<f32> = pred.labels.iter().map(|&l| f32::from(l)).collect();
+        let path = output.join(format!("{id}.nii.gz"));
         write_nifti(
             &path,
             volume.dims,
@@ -86,6 +176,31 @@ impl<B: Backend> Predictor<B> {
             volume.spacing,
             volume.affine,
         )?;
-        Ok(path)
+        let mut written = vec![path];
+        if self.probabilities {
+            // [z, K, y, x] → NIfTI's x-fastest (x, y, z, class) order, i.e. [K, z, y, x].
+            let plane = h * w;
+            let k = pred.probabilities.len() / (n * plane);
+            let mut by_class = Vec::with_capacity(pred.probabilities.len());
+            for c in 0..k {
+                for z in 0..n {
+                    let at = (z * k + c) * plane;
+                    by_class.extend_from_slice(&pred.probabilities[at..at + plane]);
+                }
+            }
+            let path = output.join(format!("{id}_probabilities.nii.gz"));
+            write_nifti_channels(
+                &path,
+                volume.dims,
+                k,
+                &by_class,
+                false,
+                Some(&volume),
+                volume.spacing,
+                volume.affine,
+            )?;
+            written.push(path);
+        }
+        Ok(written)
     }
 }

@@ -8,7 +8,7 @@ use crate::student::{load_net, Role};
 use crate::trainer::RunInfo;
 use anyhow::{Context, Result};
 use burn::prelude::*;
-use ctrcl_data::dataset::Dataset;
+use ctrcl_data::dataset::{Dataset, Upsample};
 use ctrcl_data::split::Split;
 use ctrcl_metrics::distance::Hd95Mode;
 use ctrcl_metrics::modes::{class_mean, evaluate_case, ClassMetrics, Mode};
@@ -35,6 +35,7 @@ pub struct TestReport {
     pub run: PathBuf,
     pub method: String,
     pub split: Split,
+    pub upsample: Upsample,
     pub class_names: Vec<String>,
     pub students: Vec<StudentResult>,
     pub json_path: PathBuf,
@@ -69,13 +70,16 @@ pub fn checkpoint_dir(run: &Path, role: Role) -> Result<PathBuf> {
 }
 
 /// Tests `roles` of the run on `split`; writes `metrics/test-SPLIT.json` in the run directory.
+/// `upsample` overrides the run's `eval.upsample`.
 pub fn test_run<B: Backend>(
     run: &Path,
     roles: &[Role],
     split: Split,
+    upsample: Option<Upsample>,
     device: &B::Device,
 ) -> Result<TestReport> {
     let (cfg, info) = open_run(run)?;
+    let upsample = upsample.unwrap_or(cfg.eval.upsample);
     let dataset = Dataset::open(&info.dataset, cfg.data.normalize)
         .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
     let k = dataset.num_classes();
@@ -89,7 +93,7 @@ pub fn test_run<B: Backend>(
         let dir = checkpoint_dir(run, role)?;
         let template = cfg.models.init::<B>(arch, size, 1, k, device);
         let net = load_net(template, &dir, role, device)?;
-        let (pred, truth) = predict_split(&net, &dataset, split, size, device);
+        let (pred, truth) = predict_split(&net, &dataset, split, size, upsample, device);
         // The stacked slab is (Z, Y, X) in row-major order; NIfTI spacing is (x, y, z).
         let [w, h, _] = dataset.case.image.dims;
         let shape = [pred.len() / (w * h), h, w];
@@ -120,6 +124,7 @@ pub fn test_run<B: Backend>(
         "metric": "per class on the stacked slab at native resolution with the header's spacing; mean_dice/per_class_dice: Dice in TransUNet's convention; transunet/strict: Dice, Jaccard, HD95 (medpy, pooled) and ASD (mm) in each convention, null where undefined",
         "classes": classes,
         "method": info.method,
+        "upsample": upsample,
     });
     for s in &students {
         doc[s.role.name()] = student_json(s);
@@ -132,6 +137,7 @@ pub fn test_run<B: Backend>(
         run: run.to_path_buf(),
         method: info.method,
         split,
+        upsample,
         class_names: dataset.class_names,
         students,
         json_path,

@@ -1,0 +1,312 @@
+//! 2D image files: PNG/JPEG photographs and slices read as intensities for the network, PNG label
+//! maps read as stored (grey values or palette indices, never colour-converted), and PNG output
+//! (label maps, RGB overlays) written atomically.
+
+use crate::error::{write_atomic, DataError, Result};
+use std::path::Path;
+
+/// Extensions read as 2D images (lower case).
+const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// A decoded 2D image as single-channel intensities.
+#[derive(Debug, Clone)]
+pub struct Image2d {
+    pub h: usize,
+    pub w: usize,
+    /// Colour channels stored in the file (1 grey, 3 RGB; alpha not counted).
+    pub stored_channels: usize,
+    /// Row-major `h × w` intensities in [0, 1]: the grey value, or the luma of a colour image
+    /// (ITU-R BT.601 weights, as PIL's `convert("L")`).
+    pub data: Vec<f32>,
+}
+
+/// The case id of a 2D image file (name without its extension), or `None` if it is not one.
+pub fn image_stem(path: &Path) -> Option<String> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        return None;
+    }
+    Some(path.file_stem()?.to_string_lossy().into_owned())
+}
+
+/// Whether `path` names a PNG file.
+pub fn is_png(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+}
+
+/// Reads a PNG/JPEG image as intensities.
+pub fn read_image_2d(path: &Path) -> Result<Image2d> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| DataError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?;
+    let img = reader
+        .decode()
+        .map_err(|e| DataError::invalid(path, format!("cannot decode image: {e}")))?;
+    let color = img.color();
+    let stored_channels = color.channel_count() as usize - usize::from(color.has_alpha());
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(DataError::invalid(path, "image has no pixels"));
+    }
+    // BT.601 weights by hand: `image`'s own luma uses Rec. 709, PIL and torchvision use 601.
+    let data = img
+        .to_rgb32f()
+        .into_raw()
+        .chunks_exact(3)
+        .map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])
+        .collect();
+    Ok(Image2d {
+        h,
+        w,
+        stored_channels,
+        data,
+    })
+}
+
+/// A PNG label map.
+#[derive(Debug, Clone)]
+pub struct LabelPng {
+    pub h: usize,
+    pub w: usize,
+    /// Row-major `h × w` labels.
+    pub labels: Vec<u8>,
+    /// The file held only 0 and 255 (a binary mask as image editors save it), read as 0 and 1.
+    pub binary_255: bool,
+}
+
+/// Reads a PNG label map: 1–16-bit grey values or palette indices as stored; an RGB(A) file only
+/// if it is grey (R = G = B). Values above 255 are an error; a 0/255 mask becomes 0/1.
+pub fn read_label_png(path: &Path) -> Result<LabelPng> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let bad = |e: png::DecodingError| DataError::invalid(path, format!("not a valid PNG: {e}"));
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder.read_info().map_err(bad)?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| DataError::invalid(path, "PNG too large"))?;
+    let mut buf = vec![0; size];
+    let frame = reader.next_frame(&mut buf).map_err(bad)?;
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    let bits = frame.bit_depth as usize;
+    let samples = frame.color_type.samples();
+    let mut values: Vec<u16> = Vec::with_capacity(w * h);
+    for row in buf[..frame.line_size * h].chunks(frame.line_size) {
+        for x in 0..w {
+            let sample = |s: usize| -> u16 {
+                let i = x * samples + s;
+                match bits {
+                    16 => u16::from_be_bytes([row[2 * i], row[2 * i + 1]]),
+                    8 => u16::from(row[i]),
+                    _ => {
+                        let per_byte = 8 / bits;
+                        let shift = 8 - bits * (i % per_byte + 1);
+                        u16::from((row[i / per_byte] >> shift) & ((1 << bits) - 1) as u8)
+                    }
+                }
+            };
+            let v = match frame.color_type {
+                png::ColorType::Grayscale | png::ColorType::Indexed => sample(0),
+                png::ColorType::GrayscaleAlpha => sample(0),
+                png::ColorType::Rgb | png::ColorType::Rgba => {
+                    let (r, g, b) = (sample(0), sample(1), sample(2));
+                    if r != g || g != b {
+                        return Err(DataError::invalid(
+                            path,
+                            format!(
+                                "colour label map: pixel ({x}, {}) is RGB ({r}, {g}, {b}); \
+                                 save class indices as a grey or palette PNG",
+                                values.len() / w
+                            ),
+                        ));
+                    }
+                    r
+                }
+            };
+            values.push(v);
+        }
+    }
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, &v)| v > 255) {
+        return Err(DataError::invalid(
+            path,
+            format!(
+                "pixel ({}, {}) holds label {v}; ctrcl supports labels 0..255",
+                i % w,
+                i / w
+            ),
+        ));
+    }
+    let binary_255 = values.contains(&255) && values.iter().all(|&v| v == 0 || v == 255);
+    let labels = values
+        .into_iter()
+        .map(|v| {
+            if binary_255 {
+                u8::from(v == 255)
+            } else {
+                v as u8
+            }
+        })
+        .collect();
+    Ok(LabelPng {
+        h,
+        w,
+        labels,
+        binary_255,
+    })
+}
+
+fn encode_png(path: &Path, pixels: &[u8], h: usize, w: usize, color: png::ColorType) -> Result<()> {
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        let err = |e: png::EncodingError| DataError::invalid(path, format!("PNG encoding: {e}"));
+        let mut writer = enc.write_header().map_err(err)?;
+        writer.write_image_data(pixels).map_err(err)?;
+        writer.finish().map_err(err)?;
+    }
+    write_atomic(path, &bytes)
+}
+
+/// Writes a row-major `h × w` label map as an 8-bit grey PNG (values = class indices), atomically.
+pub fn write_label_png(path: &Path, labels: &[u8], h: usize, w: usize) -> Result<()> {
+    assert_eq!(labels.len(), h * w, "label map and shape disagree");
+    encode_png(path, labels, h, w, png::ColorType::Grayscale)
+}
+
+/// Writes a row-major `h × w` RGB image (`3·h·w` bytes) as PNG, atomically.
+pub fn write_rgb_png(path: &Path, rgb: &[u8], h: usize, w: usize) -> Result<()> {
+    assert_eq!(rgb.len(), 3 * h * w, "RGB buffer and shape disagree");
+    encode_png(path, rgb, h, w, png::ColorType::Rgb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(
+        path: &Path,
+        data: &[u8],
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+    ) {
+        let file = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(file, w, h);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        if color == png::ColorType::Indexed {
+            // A palette whose colours say nothing about the indices: indices must win.
+            enc.set_palette(vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9]);
+        }
+        let mut writer = enc.write_header().unwrap();
+        writer.write_image_data(data).unwrap();
+    }
+
+    #[test]
+    fn label_maps_round_trip_and_palette_indices_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels: Vec<u8> = (0..12).map(|i| (i % 4) as u8).collect();
+        let grey = dir.path().join("grey.png");
+        write_label_png(&grey, &labels, 3, 4).unwrap();
+        let back = read_label_png(&grey).unwrap();
+        assert_eq!((back.h, back.w, &back.labels), (3, 4, &labels));
+        assert!(!back.binary_255);
+
+        // 2-bit palette: four indices packed per byte, rows padded to whole bytes.
+        let packed = [0b00_01_10_11u8, 0b11_10_01_00, 0b01_01_01_01];
+        let pal = dir.path().join("pal.png");
+        encode(
+            &pal,
+            &packed,
+            4,
+            3,
+            png::ColorType::Indexed,
+            png::BitDepth::Two,
+        );
+        let back = read_label_png(&pal).unwrap();
+        assert_eq!(back.labels, vec![0, 1, 2, 3, 3, 2, 1, 0, 1, 1, 1, 1]);
+
+        // 16-bit grey, big-endian samples.
+        let wide = dir.path().join("wide.png");
+        encode(
+            &wide,
+            &[0, 7, 0, 200],
+            2,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::Sixteen,
+        );
+        assert_eq!(read_label_png(&wide).unwrap().labels, vec![7, 200]);
+    }
+
+    #[test]
+    fn binary_255_masks_read_as_0_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mask.png");
+        write_label_png(&path, &[0, 255, 255, 0], 2, 2).unwrap();
+        let back = read_label_png(&path).unwrap();
+        assert!(back.binary_255);
+        assert_eq!(back.labels, vec![0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn bad_label_pngs_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let colour = dir.path().join("colour.png");
+        encode(
+            &colour,
+            &[10, 20, 30, 5, 5, 5],
+            2,
+            1,
+            png::ColorType::Rgb,
+            png::BitDepth::Eight,
+        );
+        let err = read_label_png(&colour).unwrap_err().to_string();
+        assert!(
+            err.contains("colour.png") && err.contains("RGB (10, 20, 30)"),
+            "{err}"
+        );
+
+        let big = dir.path().join("big.png");
+        encode(
+            &big,
+            &[1, 44, 0, 1],
+            2,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::Sixteen,
+        );
+        let err = read_label_png(&big).unwrap_err().to_string();
+        assert!(err.contains("big.png") && err.contains("300"), "{err}");
+
+        let truncated = dir.path().join("truncated.png");
+        write_label_png(&truncated, &[3; 64], 8, 8).unwrap();
+        let bytes = std::fs::read(&truncated).unwrap();
+        std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+        let err = read_label_png(&truncated).unwrap_err().to_string();
+        assert!(err.contains("truncated.png"), "{err}");
+    }
+
+    #[test]
+    fn colour_images_become_luma() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rgb.png");
+        // Pure red and pure white.
+        write_rgb_png(&path, &[255, 0, 0, 255, 255, 255], 1, 2).unwrap();
+        let img = read_image_2d(&path).unwrap();
+        assert_eq!((img.h, img.w, img.stored_channels), (1, 2, 3));
+        // BT.601 luma of red is 0.299 (PIL: 76/255 = 0.298); white is 1.
+        assert!((img.data[0] - 0.299).abs() < 0.01, "{:?}", img.data);
+        assert!((img.data[1] - 1.0).abs() < 1e-6, "{:?}", img.data);
+        let err = read_image_2d(&dir.path().join("missing.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.png"), "{err}");
+    }
+}
