@@ -75,3 +75,13 @@ pub fn predict(
     bar.finish_and_clear();
     Ok(files.len())
 }
+
+/// Writes the Markdown report of `runs` into `out`; returns its path.
+pub fn report(
+    runs: &[std::path::PathBuf],
+    out: &Path,
+    options: ctrcl_train::report::ReportOptions,
+) -> Result<std::path::PathBuf> {
+    let device = Default::default();
+    ctrcl_train::report::write_report::<Inner>(runs, out, options, &device)
+}

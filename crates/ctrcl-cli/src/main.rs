@@ -77,6 +77,21 @@ enum Command {
         #[arg(long)]
         probabilities: bool,
     },
+    /// Markdown report of runs: comparison table, curves (SVG), overlays of test slices (PNG).
+    Report {
+        /// Run directories written by `ctrcl train` (tested first if they have no test metrics).
+        #[arg(required = true, value_name = "RUN_DIR")]
+        runs: Vec<PathBuf>,
+        /// Folder for report.md and its figures.
+        #[arg(long)]
+        out: PathBuf,
+        /// Test slices drawn per run (0: none).
+        #[arg(long, default_value_t = 3)]
+        overlay_slices: usize,
+        /// Upscaling factor of the overlay images.
+        #[arg(long, default_value_t = 2)]
+        overlay_scale: usize,
+    },
     /// Metrics of predicted label maps against references (Dice, Jaccard, HD95, ASD), per case.
     Evaluate(evaluate::Args),
     /// Fetch ICBM152, train with `independent` and `ctrcl`, test both students, print the table.
@@ -237,6 +252,22 @@ fn run(cli: Cli) -> Result<()> {
                 output.display(),
                 backend::NAME
             );
+        }
+        Command::Report {
+            runs,
+            out,
+            overlay_slices,
+            overlay_scale,
+        } => {
+            if overlay_scale == 0 {
+                anyhow::bail!("--overlay-scale must be at least 1");
+            }
+            let options = ctrcl_train::report::ReportOptions {
+                overlay_slices,
+                overlay_scale,
+            };
+            let path = backend::report(&runs, &out, options)?;
+            println!("wrote {}", path.display());
         }
         Command::Evaluate(args) => evaluate::run(args)?,
         Command::Quickstart(args) => quickstart::run(args)?,

@@ -960,6 +960,61 @@ fn predict_writes_probabilities_and_segments_png_like_nifti() {
         .contains("'shape': (4, 233, 197)"));
     assert_eq!(npy.len(), 10 + header_len + 4 * 4 * slice);
 
+    // `report` on the run (twice: two runs with the same folder name get distinct folders). The
+    // run's test metrics hold the cnn only, so the report tests both students (bilinear, as
+    // recorded) first.
+    let rep = run.path().join("report");
+    ok(&["report", out_s, out_s, "--out", rep.to_str().unwrap()]);
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics/test-test.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["upsample"], "bilinear");
+    let mean = |role: &str| metrics[role]["transunet"]["mean"]["dice"].as_f64().unwrap();
+    assert!(
+        md.contains("| r | ctrcl | cnn | unet |")
+            && md.contains(&format!("**{:.4}**", mean("cnn")))
+            && md.contains(&format!("**{:.4}**", mean("transformer")))
+            && md.contains("| r-2 | ctrcl | transformer | swin-unet |"),
+        "{md}"
+    );
+    for file in [
+        "val-dice.svg",
+        "r/loss-cnn.svg",
+        "r/loss-transformer.svg",
+        "r/lr.svg",
+        "r-2/val-dice.svg",
+    ] {
+        let svg = std::fs::read_to_string(rep.join(file)).unwrap();
+        assert!(
+            svg.starts_with("<svg")
+                && svg.contains("<polyline")
+                && svg.trim_end().ends_with("</svg>"),
+            "{file}"
+        );
+        assert!(md.contains(&format!("({file})")), "report links {file}");
+    }
+    let overlays: Vec<PathBuf> = std::fs::read_dir(rep.join("r"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    assert_eq!(overlays.len(), 3, "three test slices by default");
+    for path in &overlays {
+        let img = ctrcl_data::image2d::read_image_2d(path).unwrap();
+        // Three panels of 197×233 at scale 2, 6-pixel gaps.
+        assert_eq!((img.h, img.w, img.stored_channels), (466, 3 * 394 + 12, 3));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(md.contains(&format!("(r/{name})")), "report links {name}");
+    }
+    let err = fails(&[
+        "report",
+        run.path().to_str().unwrap(),
+        "--out",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(err.contains("not a ctrcl run directory"), "{err}");
+
     // A file predict cannot read is a clear error.
     let bogus = run.path().join("notes.txt");
     std::fs::write(&bogus, "hello").unwrap();

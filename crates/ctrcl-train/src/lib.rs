@@ -6,6 +6,7 @@ pub mod config;
 pub mod evaluate;
 pub mod losses;
 pub mod predictor;
+pub mod report;
 pub mod student;
 pub mod tester;
 pub mod trainer;
