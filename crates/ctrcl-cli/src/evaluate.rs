@@ -8,6 +8,7 @@ use ctrcl_data::labels::{label_case_id, read_label_file, LabelFile};
 use ctrcl_metrics::distance::Hd95Mode;
 use ctrcl_metrics::modes::{class_mean, evaluate_case, per_class_mean, Mode};
 use ctrcl_train::tester::{class_metrics_json, per_class_json};
+use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -197,19 +198,23 @@ pub fn run(args: Args) -> Result<()> {
         None => max_label as usize + 1,
     }
     .max(2);
-    let mut per_case = Vec::with_capacity(ids.len());
-    for (pred, truth) in &loaded {
-        let spacing = case_spacing(truth, args.spacing.as_deref(), mode);
-        per_case.push(evaluate_case(
-            &pred.labels,
-            &truth.labels,
-            &truth.shape,
-            &spacing,
-            k,
-            mode,
-            hd95,
-        ));
-    }
+    // Cases in parallel (and, inside each, classes and directions): rayon's pool, all cores
+    // unless RAYON_NUM_THREADS says otherwise.
+    let per_case: Vec<_> = loaded
+        .par_iter()
+        .map(|(pred, truth)| {
+            let spacing = case_spacing(truth, args.spacing.as_deref(), mode);
+            evaluate_case(
+                &pred.labels,
+                &truth.labels,
+                &truth.shape,
+                &spacing,
+                k,
+                mode,
+                hd95,
+            )
+        })
+        .collect();
     let means = per_class_mean(&per_case, mode);
     let overall = class_mean(&means, mode);
     let class_name = |c: usize| {

@@ -56,20 +56,19 @@ pub fn distance_transform(targets: &[bool], shape: &[usize], spacing: &[f64]) ->
         .collect();
     let strides = strides(shape);
     let total = d.len();
-    let mut line = Vec::new();
-    let mut out = Vec::new();
+    let mut env = Envelope::default();
     for (axis, (&n, &stride)) in shape.iter().zip(&strides).enumerate() {
         let step = spacing[axis];
-        // Every line along `axis` starts at an index whose coordinate on `axis` is 0.
-        for start in 0..total {
-            if (start / stride) % n != 0 {
-                continue;
-            }
-            line.clear();
-            line.extend((0..n).map(|k| d[start + k * stride]));
-            lower_envelope(&line, step, &mut out);
-            for (k, v) in out.iter().enumerate() {
-                d[start + k * stride] = *v;
+        // The array is [outer, n, stride]: one line per (outer, inner) pair.
+        for outer in (0..total).step_by(n * stride) {
+            for inner in 0..stride {
+                let start = outer + inner;
+                env.line.clear();
+                env.line.extend((0..n).map(|k| d[start + k * stride]));
+                env.run(step);
+                for (k, v) in env.out.iter().enumerate() {
+                    d[start + k * stride] = *v;
+                }
             }
         }
     }
@@ -77,47 +76,148 @@ pub fn distance_transform(targets: &[bool], shape: &[usize], spacing: &[f64]) ->
     d
 }
 
-/// 1D squared distance transform: out[q] = min_p (f[p] + ((q − p)·step)²).
-fn lower_envelope(f: &[f64], step: f64, out: &mut Vec<f64>) {
-    let n = f.len();
-    out.clear();
-    out.resize(n, f64::INFINITY);
-    let sites: Vec<usize> = (0..n).filter(|&p| f[p].is_finite()).collect();
-    if sites.is_empty() {
-        return;
+/// Buffers of the 1D transform, reused across lines.
+#[derive(Default)]
+struct Envelope {
+    line: Vec<f64>,
+    out: Vec<f64>,
+    /// Parabolas of the lower envelope and the boundaries between them.
+    v: Vec<usize>,
+    z: Vec<f64>,
+}
+
+impl Envelope {
+    /// 1D squared distance transform: out[q] = min_p (line[p] + ((q − p)·step)²).
+    fn run(&mut self, step: f64) {
+        let f = &self.line;
+        let n = f.len();
+        self.out.clear();
+        self.out.resize(n, f64::INFINITY);
+        self.v.clear();
+        self.z.clear();
+        let pos = |p: usize| p as f64 * step;
+        let intersect = |a: usize, b: usize| -> f64 {
+            ((f[b] + pos(b) * pos(b)) - (f[a] + pos(a) * pos(a))) / (2.0 * (pos(b) - pos(a)))
+        };
+        for q in (0..n).filter(|&p| f[p].is_finite()) {
+            while let Some(&last) = self.v.last() {
+                let s = intersect(last, q);
+                if s <= *self.z.last().expect("one boundary per parabola") {
+                    self.v.pop();
+                    self.z.pop();
+                } else {
+                    break;
+                }
+            }
+            let s = self
+                .v
+                .last()
+                .map_or(f64::NEG_INFINITY, |&last| intersect(last, q));
+            self.v.push(q);
+            self.z.push(s);
+        }
+        if self.v.is_empty() {
+            return;
+        }
+        let mut k = 0;
+        for (q, o) in self.out.iter_mut().enumerate() {
+            let x = pos(q);
+            while k + 1 < self.v.len() && self.z[k + 1] < x {
+                k += 1;
+            }
+            let dx = x - pos(self.v[k]);
+            *o = f[self.v[k]] + dx * dx;
+        }
     }
-    let pos = |p: usize| p as f64 * step;
-    // Parabolas of the lower envelope and the boundaries between them.
-    let mut v: Vec<usize> = Vec::with_capacity(sites.len());
-    let mut z: Vec<f64> = Vec::with_capacity(sites.len() + 1);
-    let intersect = |a: usize, b: usize| -> f64 {
-        ((f[b] + pos(b) * pos(b)) - (f[a] + pos(a) * pos(a))) / (2.0 * (pos(b) - pos(a)))
-    };
-    for &q in &sites {
-        while let Some(&last) = v.last() {
-            let s = intersect(last, q);
-            if s <= *z.last().expect("one boundary per parabola") {
-                v.pop();
-                z.pop();
-            } else {
-                break;
+}
+
+/// An axis-aligned box `[lo, hi)` per axis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundingBox {
+    pub lo: Vec<usize>,
+    pub hi: Vec<usize>,
+}
+
+impl BoundingBox {
+    /// The box grown by `margin` voxels on every side, clamped to `shape`.
+    pub fn grown(&self, margin: usize, shape: &[usize]) -> BoundingBox {
+        BoundingBox {
+            lo: self.lo.iter().map(|&l| l.saturating_sub(margin)).collect(),
+            hi: self
+                .hi
+                .iter()
+                .zip(shape)
+                .map(|(&h, &n)| (h + margin).min(n))
+                .collect(),
+        }
+    }
+
+    pub fn shape(&self) -> Vec<usize> {
+        self.lo.iter().zip(&self.hi).map(|(l, h)| h - l).collect()
+    }
+}
+
+/// The bounding box of each foreground label 1..`num_classes` over both label maps together
+/// (`None` for background and for a label in neither). One pass over the arrays.
+pub fn class_boxes(
+    a: &[u8],
+    b: &[u8],
+    shape: &[usize],
+    num_classes: usize,
+) -> Vec<Option<BoundingBox>> {
+    let nd = shape.len();
+    let mut lo = vec![vec![usize::MAX; nd]; num_classes];
+    let mut hi = vec![vec![0usize; nd]; num_classes];
+    let mut coord = vec![0usize; nd];
+    for (&x, &y) in a.iter().zip(b) {
+        for label in [x as usize, y as usize] {
+            if label > 0 && label < num_classes {
+                for axis in 0..nd {
+                    lo[label][axis] = lo[label][axis].min(coord[axis]);
+                    hi[label][axis] = hi[label][axis].max(coord[axis] + 1);
+                }
             }
         }
-        let s = v
-            .last()
-            .map_or(f64::NEG_INFINITY, |&last| intersect(last, q));
-        v.push(q);
-        z.push(s);
-    }
-    let mut k = 0;
-    for (q, o) in out.iter_mut().enumerate() {
-        let x = pos(q);
-        while k + 1 < v.len() && z[k + 1] < x {
-            k += 1;
+        // Odometer increment of the row-major coordinate.
+        for axis in (0..nd).rev() {
+            coord[axis] += 1;
+            if coord[axis] < shape[axis] {
+                break;
+            }
+            coord[axis] = 0;
         }
-        let dx = x - pos(v[k]);
-        *o = f[v[k]] + dx * dx;
     }
+    lo.into_iter()
+        .zip(hi)
+        .map(|(lo, hi)| (lo[0] != usize::MAX).then_some(BoundingBox { lo, hi }))
+        .collect()
+}
+
+/// `labels == class` inside `bbox`, as a mask of shape `bbox.shape()`.
+pub fn crop_mask(labels: &[u8], shape: &[usize], bbox: &BoundingBox, class: u8) -> Vec<bool> {
+    let strides = strides(shape);
+    let inner = *bbox.shape().last().expect("at least one axis");
+    let crop = bbox.shape();
+    let rows: usize = crop[..crop.len() - 1].iter().product();
+    let mut out = Vec::with_capacity(rows * inner);
+    let mut coord = bbox.lo[..crop.len() - 1].to_vec();
+    for _ in 0..rows {
+        let start: usize = coord
+            .iter()
+            .zip(&strides)
+            .map(|(c, s)| c * s)
+            .sum::<usize>()
+            + bbox.lo[crop.len() - 1];
+        out.extend(labels[start..start + inner].iter().map(|&v| v == class));
+        for axis in (0..coord.len()).rev() {
+            coord[axis] += 1;
+            if coord[axis] < bbox.hi[axis] {
+                break;
+            }
+            coord[axis] = bbox.lo[axis];
+        }
+    }
+    out
 }
 
 /// Distances from each surface voxel of `result` to the nearest surface voxel of `reference`
@@ -183,9 +283,9 @@ pub fn distances(
     spacing: &[f64],
     mode: Hd95Mode,
 ) -> Distances {
-    let (Some(mut forward), Some(mut backward)) = (
-        surface_distances(result, reference, shape, spacing),
-        surface_distances(reference, result, shape, spacing),
+    let (Some(mut forward), Some(mut backward)) = rayon::join(
+        || surface_distances(result, reference, shape, spacing),
+        || surface_distances(reference, result, shape, spacing),
     ) else {
         return Distances::NAN;
     };
@@ -251,6 +351,31 @@ mod tests {
                 .fold(f64::INFINITY, f64::min);
             assert!((got - brute).abs() < 1e-9, "voxel {i}: {got} vs {brute}");
         }
+    }
+
+    #[test]
+    fn boxes_and_crops_cover_each_class() {
+        // 2×3×4 maps; class 1 in a at (0,1,1), in b at (1,2,3); class 2 only at (1,0,0) in b.
+        let shape = [2, 3, 4];
+        let mut a = vec![0u8; 24];
+        let mut b = vec![0u8; 24];
+        a[4 + 1] = 1;
+        b[12 + 8 + 3] = 1;
+        b[12] = 2;
+        let boxes = class_boxes(&a, &b, &shape, 4);
+        let one = boxes[1].clone().unwrap();
+        assert_eq!(
+            (one.lo.clone(), one.hi.clone()),
+            (vec![0, 1, 1], vec![2, 3, 4])
+        );
+        assert_eq!(boxes[2].as_ref().unwrap().shape(), vec![1, 1, 1]);
+        assert!(boxes[3].is_none());
+        assert!(boxes[0].is_none(), "background is never cropped");
+        let crop = crop_mask(&b, &shape, &one, 1);
+        assert_eq!(crop.len(), 2 * 2 * 3);
+        assert_eq!(crop.iter().filter(|&&v| v).count(), 1);
+        assert!(crop[2 * 3 + 3 + 2], "(1,2,3) is the crop's last voxel");
+        assert_eq!(one.grown(1, &shape).lo, vec![0, 0, 0]);
     }
 
     #[test]

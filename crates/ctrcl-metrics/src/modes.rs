@@ -7,8 +7,9 @@
 //! - `strict` (nnU-Net/MONAI): Dice and Jaccard NaN when both masks are empty; HD95/ASD NaN when
 //!   either is; NaN-aware means.
 
-use crate::distance::{distances, Distances, Hd95Mode};
+use crate::distance::{class_boxes, crop_mask, distances, Distances, Hd95Mode};
 use crate::{confusion_counts, dice_strict, jaccard_strict, nan_mean};
+use rayon::prelude::*;
 
 /// Which convention to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +29,10 @@ pub struct ClassMetrics {
 
 /// Metrics of every foreground class (1..K) of one case.
 ///
-/// `pred` and `truth` are label maps over `shape` (row-major), `spacing` per axis.
+/// `pred` and `truth` are label maps over `shape` (row-major), `spacing` per axis. Classes are
+/// scored in parallel; distances are computed in each class's bounding box (over both maps)
+/// grown by one voxel, which gives exactly the full-array values: surfaces only depend on a
+/// voxel's face neighbours, and every nearest surface voxel lies inside the box.
 pub fn evaluate_case(
     pred: &[u8],
     truth: &[u8],
@@ -39,14 +43,20 @@ pub fn evaluate_case(
     hd95: Hd95Mode,
 ) -> Vec<ClassMetrics> {
     let counts = confusion_counts(pred, truth, num_classes);
+    let boxes = class_boxes(pred, truth, shape, num_classes);
     (1..num_classes)
+        .into_par_iter()
         .map(|c| {
             let n = counts[c];
             let (pred_any, truth_any) = (n.tp + n.fp > 0, n.tp + n.fn_ > 0);
             let dist = || {
-                let p: Vec<bool> = pred.iter().map(|&v| v as usize == c).collect();
-                let t: Vec<bool> = truth.iter().map(|&v| v as usize == c).collect();
-                distances(&p, &t, shape, spacing, hd95)
+                let bbox = boxes[c]
+                    .as_ref()
+                    .expect("a class in both maps has a box")
+                    .grown(1, shape);
+                let p = crop_mask(pred, shape, &bbox, c as u8);
+                let t = crop_mask(truth, shape, &bbox, c as u8);
+                distances(&p, &t, &bbox.shape(), spacing, hd95)
             };
             match mode {
                 Mode::TransUnet => match (pred_any, truth_any) {

@@ -7,6 +7,7 @@
 //! exact Euclidean distances in float64, so they agree to ~1e-12; 1e-4 is the bar).
 
 use ctrcl_metrics::distance::{distances, Hd95Mode};
+use ctrcl_metrics::modes::{evaluate_case, Mode};
 use ctrcl_metrics::{confusion_counts, dice_strict, jaccard_strict};
 use serde_json::Value;
 
@@ -48,6 +49,16 @@ fn metrics_match_medpy_on_perturbed_real_labels() {
         let pred = decode(case["pred"].as_str().unwrap());
         assert_eq!(truth.len(), shape.iter().product::<usize>());
         let counts = confusion_counts(&pred, &truth, k);
+        // The per-case path (bounding-box crops, classes in parallel) gives medpy's values too.
+        let per_case = evaluate_case(
+            &pred,
+            &truth,
+            &shape,
+            &spacing,
+            k,
+            Mode::Strict,
+            Hd95Mode::Pooled,
+        );
         for c in 1..k {
             let e = &case["expected"][c.to_string()];
             let what = |m: &str| format!("{name} class {c} {m}");
@@ -66,6 +77,24 @@ fn metrics_match_medpy_on_perturbed_real_labels() {
             check(pooled.hd, &e["hd"], 1e-4, &what("hd"));
             check(pooled.asd, &e["asd"], 1e-4, &what("asd"));
             check(pooled.assd, &e["assd"], 1e-4, &what("assd"));
+            check(
+                per_case[c - 1].hd95,
+                &e["hd95"],
+                1e-4,
+                &what("evaluate_case hd95"),
+            );
+            check(
+                per_case[c - 1].asd,
+                &e["asd"],
+                1e-4,
+                &what("evaluate_case asd"),
+            );
+            check(
+                per_case[c - 1].dice,
+                &e["dice"],
+                1e-6,
+                &what("evaluate_case dice"),
+            );
             let max = distances(&p, &t, &shape, &spacing, Hd95Mode::Max);
             check(
                 max.hd95,
