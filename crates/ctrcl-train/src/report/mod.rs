@@ -222,8 +222,8 @@ fn comparison_table(views: &[RunView]) -> String {
     for c in classes {
         let _ = write!(md, " {c} |");
     }
-    md.push_str(" mean Dice | mean Jaccard | mean HD95 |\n|---|---|---|---|");
-    md.push_str(&"---|".repeat(classes.len() + 3));
+    md.push_str(" mean Dice | mean Jaccard | mean HD95 | upsampling |\n|---|---|---|---|");
+    md.push_str(&"---|".repeat(classes.len() + 4));
     md.push('\n');
     for v in views {
         for (role, arch) in Role::BOTH.iter().zip(&v.architectures) {
@@ -248,10 +248,11 @@ fn comparison_table(views: &[RunView]) -> String {
             let mean = &m["transunet"]["mean"];
             let _ = writeln!(
                 md,
-                " **{}** | {} | {} |",
+                " **{}** | {} | {} | {} |",
                 fmt(&mean["dice"], 4),
                 fmt(&mean["jaccard"], 4),
-                fmt(&mean["hd95"], 2)
+                fmt(&mean["hd95"], 2),
+                v.metrics["upsample"].as_str().unwrap_or("nearest")
             );
         }
     }
