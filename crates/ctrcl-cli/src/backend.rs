@@ -85,3 +85,13 @@ pub fn report(
     let device = Default::default();
     ctrcl_train::report::write_report::<Inner>(runs, out, options, &device)
 }
+
+/// Times one benchmark on the default device.
+pub fn bench(
+    cfg: &TrainConfig,
+    spec: &ctrcl_train::bench::BenchSpec,
+    classes: usize,
+) -> Result<ctrcl_train::bench::BenchResult> {
+    let device = Default::default();
+    ctrcl_train::bench::run_bench::<Train>(cfg, spec, classes, NAME, &device)
+}

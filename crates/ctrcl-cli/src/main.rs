@@ -1,6 +1,7 @@
 //! The `ctrcl` command: parses arguments and prints; the library crates do the work.
 
 mod backend;
+mod bench;
 mod evaluate;
 mod quickstart;
 mod table;
@@ -94,6 +95,8 @@ enum Command {
     },
     /// Metrics of predicted label maps against references (Dice, Jaccard, HD95, ASD), per case.
     Evaluate(evaluate::Args),
+    /// Time training steps and inference of the students and the pair (synthetic batches).
+    Bench(bench::Args),
     /// Fetch ICBM152, train with `independent` and `ctrcl`, test both students, print the table.
     Quickstart(quickstart::Args),
 }
@@ -271,6 +274,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Evaluate(args) => evaluate::run(args)?,
         Command::Quickstart(args) => quickstart::run(args)?,
+        Command::Bench(args) => bench::run(args)?,
     }
     Ok(())
 }

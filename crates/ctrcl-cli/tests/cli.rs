@@ -1029,3 +1029,65 @@ fn predict_writes_probabilities_and_segments_png_like_nifti() {
     ]);
     assert!(err.contains("notes.txt"), "{err}");
 }
+
+#[test]
+fn bench_reports_every_model_with_the_documented_keys() {
+    // Tiny sizes: the numbers are not checked (timings are never asserted), the report is.
+    let out = ok(&[
+        "bench",
+        "--size",
+        "32",
+        "--batch",
+        "2",
+        "--classes",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        "--set",
+        "models.unet.channels=[4,8,8,16,16]",
+        "--set",
+        "models.swin_unet.embed_dim=8",
+        "--set",
+        "models.swin_unet.heads=[1,1,2,2]",
+        "--set",
+        "models.swin_unet.window=4",
+        "--set",
+        "cfcl.dim=8",
+    ]);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let models: Vec<&str> = lines.iter().map(|v| v["model"].as_str().unwrap()).collect();
+    assert_eq!(models, ["unet", "swin-unet", "pair"]);
+    for v in &lines {
+        for key in [
+            "ms_per_step",
+            "images_per_s",
+            "infer_ms_per_image",
+            "peak_rss_mb",
+            "train_gflop_per_s",
+        ] {
+            assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
+        }
+        assert_eq!(
+            (
+                v["size"].as_u64(),
+                v["batch"].as_u64(),
+                v["classes"].as_u64()
+            ),
+            (Some(32), Some(2), Some(4))
+        );
+        assert!(v["backend"].as_str().unwrap().contains("flex"));
+    }
+    // The pair's forward FLOPs are the two students' (counted from the architecture; the same
+    // counts as PyTorch's FlopCounterMode on bench/pytorch's twins, docs/benchmarks.md).
+    let flop = |i: usize| lines[i]["forward_gflop_per_image"].as_f64().unwrap();
+    assert!((flop(2) - flop(0) - flop(1)).abs() < 1e-12);
+    assert_eq!(lines[2]["method"], "ctrcl");
+    let err = fails(&["bench", "--model", "swin-unet", "--size", "36"]);
+    assert!(err.contains("36"), "{err}");
+}

@@ -112,6 +112,21 @@ impl ModelSizes {
     }
 
     /// `(stride, channels)` of the feature taps of `arch`.
+    /// Multiply-adds of one forward pass of one `image_size²` image (convolutions, linear layers,
+    /// attention products; normalisation, activations and softmax are not counted).
+    pub fn forward_macs(
+        &self,
+        arch: Architecture,
+        image_size: usize,
+        in_channels: usize,
+        num_classes: usize,
+    ) -> f64 {
+        match arch {
+            Architecture::Unet => self.unet.forward_macs(image_size, in_channels, num_classes),
+            Architecture::SwinUnet => self.swin_unet.forward_macs(image_size, num_classes),
+        }
+    }
+
     pub fn tap_channels(&self, arch: Architecture) -> Vec<(usize, usize)> {
         match arch {
             Architecture::Unet => self.unet.tap_channels(),
@@ -157,6 +172,21 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn unet_macs_by_hand() {
+        // Widths 1, 16×16 input, 1 class. Encoder: 9·(1·1 + 1·1) per pixel at areas 256, 64, 16,
+        // 4, 1 → 18·341 = 6138. Decoder at areas 64…1 below: up-conv 1 + block 9·(2 + 1) = 28
+        // per output pixel at areas 4, 16, 64, 256 → 28·340 = 9520. Head: 256. Total 15914.
+        let sizes = ModelSizes {
+            unet: UNetConfig {
+                channels: [1; 5],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(sizes.forward_macs(Architecture::Unet, 16, 1, 1), 15914.0);
     }
 
     #[test]

@@ -137,6 +137,40 @@ impl SwinUnetConfig {
     }
 
     /// Feature-tap channels by stride: 16 → 4C, 8 → 2C, 4 → C.
+    /// Multiply-adds of one forward pass per image (see [`crate::ModelSizes::forward_macs`]).
+    pub fn forward_macs(&self, image_size: usize, num_classes: usize) -> f64 {
+        let c = self.embed_dim as f64;
+        let grid = image_size / self.patch_size;
+        let p = self.patch_size as f64;
+        // A Swin block on `g × g` tokens of width `d`: qkv, projection, MLP, and the two
+        // window products (QKᵀ, AV) over w² keys per query.
+        let block = |g: usize, d: f64| {
+            let n = (g * g) as f64;
+            let w = self.window_at(g).0 as f64;
+            n * (4.0 * d * d + 2.0 * self.mlp_ratio * d * d) + 2.0 * n * w * w * d
+        };
+        let tokens = |g: usize| (g * g) as f64;
+        let mut macs = 3.0 * c * p * p * tokens(grid); // patch embedding
+        for stage in 0..4 {
+            let (g, d) = (grid >> stage, c * (1 << stage) as f64);
+            macs += self.depths[stage] as f64 * block(g, d);
+            if stage < 3 {
+                macs += tokens(g / 2) * 4.0 * d * 2.0 * d; // patch merging
+            }
+        }
+        macs += tokens(grid >> 3) * 8.0 * c * (4.0 * 4.0 * c); // bottleneck expand: 8C → 4·4C
+        for (j, stage) in [2usize, 1, 0].into_iter().enumerate() {
+            let (g, d) = (grid >> stage, c * (1 << stage) as f64);
+            macs += tokens(g) * 2.0 * d * d; // skip fusion
+            macs += self.decoder_depths[j] as f64 * block(g, d);
+            if stage > 0 {
+                macs += tokens(g) * d * (4.0 * d / 2.0); // patch expand ×2
+            }
+        }
+        macs += tokens(grid) * c * (p * p * c); // final expand ×patch
+        macs + (image_size * image_size) as f64 * c * num_classes as f64
+    }
+
     pub fn tap_channels(&self) -> Vec<(usize, usize)> {
         vec![
             (16, 4 * self.embed_dim),

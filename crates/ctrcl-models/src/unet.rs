@@ -149,6 +149,25 @@ impl UNetConfig {
     }
 
     /// Channels of the feature taps by stride: 8 → c[3], 4 → c[2], 2 → c[1].
+    /// Multiply-adds of one forward pass per image (see [`crate::ModelSizes::forward_macs`]).
+    pub fn forward_macs(&self, image_size: usize, in_channels: usize, num_classes: usize) -> f64 {
+        let c = self.channels.map(|v| v as f64);
+        let area = |level: usize| ((image_size >> level) * (image_size >> level)) as f64;
+        let mut macs = 0.0;
+        let mut cin = in_channels as f64;
+        for (level, &ci) in c.iter().enumerate() {
+            macs += 9.0 * (cin * ci + ci * ci) * area(level);
+            cin = ci;
+        }
+        for level in (1..5).rev() {
+            let (deep, skip) = (c[level], c[level - 1]);
+            // 2×2 stride-2 transposed conv: one input pixel feeds four output pixels.
+            macs += deep * skip * area(level - 1);
+            macs += 9.0 * (2.0 * skip * skip + skip * skip) * area(level - 1);
+        }
+        macs + c[0] * num_classes as f64 * area(0)
+    }
+
     pub fn tap_channels(&self) -> Vec<(usize, usize)> {
         vec![
             (8, self.channels[3]),

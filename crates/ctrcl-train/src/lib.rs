@@ -1,6 +1,7 @@
 //! ctrcl-train: the losses (L_seg, RLCL with the ARM, CFCL with the CPM, DML), the collaborative
 //! training loop, checkpoints, validation and testing. Generic over Burn's backends.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;

@@ -76,13 +76,13 @@ fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
 
 /// Loss terms of one student at one step, as logged.
 #[derive(Default, Clone, Copy)]
-struct Terms {
-    ce: f64,
-    dice: f64,
-    seg: f64,
-    transfer_logit: f64,
-    transfer_feature: f64,
-    total: f64,
+pub(crate) struct Terms {
+    pub(crate) ce: f64,
+    pub(crate) dice: f64,
+    pub(crate) seg: f64,
+    pub(crate) transfer_logit: f64,
+    pub(crate) transfer_feature: f64,
+    pub(crate) total: f64,
 }
 
 impl Terms {
@@ -193,7 +193,66 @@ fn onehot_tensor<B: Backend>(batch: &Batch, k: usize, device: &B::Device) -> Ten
     Tensor::from_data(TensorData::new(data, [b, k, s, s]), device)
 }
 
-fn build_student<B: AutodiffBackend>(
+/// One collaborative step (METHOD.md §7): both students forward `x`, each student's loss (L_seg
+/// plus the method's transfer terms), one backward of the sum, one optimizer update per student.
+/// Returns each student's loss terms; the caller checks them for non-finite values.
+///
+/// # Shapes
+/// `x`: `[B, 1, S, S]`; `onehot`: `[B, K, S, S]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pair_step<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    students: &mut [TrainStudent<B>; 2],
+    optims: &mut [StudentOptimizer<B>; 2],
+    x: Tensor<B, 4>,
+    onehot: Tensor<B, 4>,
+    lrs: [f64; 2],
+    beta_r: f64,
+    beta_f: f64,
+) -> [Terms; 2] {
+    let fractions: Vec<Tensor<B, 4>> = if cfg.method == Method::Ctrcl && cfg.cfcl.enabled {
+        cfg.cfcl
+            .taps
+            .iter()
+            .map(|&s| area_downsample(onehot.clone(), s))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let out_c = students[0].net.forward(x.clone());
+    let out_t = students[1].net.forward(x);
+    let loss_c = student_loss(
+        cfg,
+        &out_c,
+        &out_t,
+        &students[0].cpm,
+        &students[1].cpm,
+        &onehot,
+        &fractions,
+        beta_r,
+        beta_f,
+    );
+    let loss_t = student_loss(
+        cfg,
+        &out_t,
+        &out_c,
+        &students[1].cpm,
+        &students[0].cpm,
+        &onehot,
+        &fractions,
+        beta_r,
+        beta_f,
+    );
+    let mut grads = (loss_c.total + loss_t.total).backward();
+    for i in 0..2 {
+        let g = GradientsParams::from_module(&mut grads, &students[i]);
+        let module = students[i].clone();
+        students[i] = optims[i].step(lrs[i], module, g);
+    }
+    [loss_c.terms, loss_t.terms]
+}
+
+pub(crate) fn build_student<B: AutodiffBackend>(
     cfg: &TrainConfig,
     role: Role,
     k: usize,
@@ -490,63 +549,34 @@ fn run_loop<B: AutodiffBackend>(
             device,
         );
         let onehot = onehot_tensor::<B>(&batch, k, device);
-        let fractions: Vec<Tensor<B, 4>> = if cfg.method == Method::Ctrcl && cfg.cfcl.enabled {
-            cfg.cfcl
-                .taps
-                .iter()
-                .map(|&s| area_downsample(onehot.clone(), s))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let out_c = students[0].net.forward(x.clone());
-        let out_t = students[1].net.forward(x);
-        let loss_c = student_loss(
+        let [terms_c, terms_t] = pair_step(
             cfg,
-            &out_c,
-            &out_t,
-            &students[0].cpm,
-            &students[1].cpm,
-            &onehot,
-            &fractions,
+            &mut students,
+            &mut optims,
+            x,
+            onehot,
+            lrs,
             beta_r,
             beta_f,
         );
-        let loss_t = student_loss(
-            cfg,
-            &out_t,
-            &out_c,
-            &students[1].cpm,
-            &students[0].cpm,
-            &onehot,
-            &fractions,
-            beta_r,
-            beta_f,
-        );
-        for (role, l) in Role::BOTH.iter().zip([&loss_c, &loss_t]) {
-            if !l.terms.total.is_finite() {
+        for (role, t) in Role::BOTH.iter().zip([&terms_c, &terms_t]) {
+            if !t.total.is_finite() {
                 bail!(
                     "step {step}: the {} student's loss is not finite (ce {}, dice {}, logit transfer {}, feature transfer {}); \
                      training stopped, the last checkpoint in {} is intact",
                     role.name(),
-                    l.terms.ce,
-                    l.terms.dice,
-                    l.terms.transfer_logit,
-                    l.terms.transfer_feature,
+                    t.ce,
+                    t.dice,
+                    t.transfer_logit,
+                    t.transfer_feature,
                     out.join("last").display()
                 );
             }
         }
-        let mut grads = (loss_c.total + loss_t.total).backward();
-        for i in 0..2 {
-            let g = GradientsParams::from_module(&mut grads, &students[i]);
-            let module = students[i].clone();
-            students[i] = optims[i].step(lrs[i], module, g);
-        }
         bar.inc(1);
         bar.set_message(format!(
             "loss cnn {:.3} transformer {:.3}",
-            loss_c.terms.total, loss_t.terms.total
+            terms_c.total, terms_t.total
         ));
         let done = step + 1;
         if done % cfg.schedule.log_every == 0 || done == total {
@@ -554,8 +584,8 @@ fn run_loop<B: AutodiffBackend>(
                 "step": done,
                 "lr": {"cnn": lrs[0], "transformer": lrs[1]},
                 "beta_r": beta_r, "beta_f": beta_f,
-                "cnn": loss_c.terms.json(cfg.method),
-                "transformer": loss_t.terms.json(cfg.method),
+                "cnn": terms_c.json(cfg.method),
+                "transformer": terms_t.json(cfg.method),
                 "elapsed_s": started.elapsed().as_secs_f64(),
             }))?;
         }

@@ -1,0 +1,185 @@
+"""PyTorch twins of ctrcl's students, layer for layer (crates/ctrcl-models), for speed comparisons.
+
+UNet: SSL4MIS U-Net as ctrcl builds it (3x3 convs without bias before BatchNorm, LeakyReLU 0.01,
+dropout per encoder level, 2x2 transposed-conv up, 1x1 head). SwinUnet: Swin-Unet with ctrcl's
+decoder (skip fusion by a linear layer on the concatenation, patch expanding, x-patch final expand,
+1x1 head without bias), windows clamped to small grids and shifted on every second block.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, cin, cout, p):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.01),
+            nn.Dropout(p),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.01),
+        )
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class UNet(nn.Module):
+    def __init__(self, in_ch=1, classes=4, ch=(16, 32, 64, 128, 256), drop=(0.05, 0.1, 0.2, 0.3, 0.5)):
+        super().__init__()
+        self.enc = nn.ModuleList([ConvBlock(in_ch if i == 0 else ch[i - 1], ch[i], drop[i]) for i in range(5)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(ch[i], ch[i - 1], 2, stride=2) for i in range(4, 0, -1)])
+        self.dec = nn.ModuleList([ConvBlock(2 * ch[i - 1], ch[i - 1], 0.0) for i in range(4, 0, -1)])
+        self.head = nn.Conv2d(ch[0], classes, 1)
+
+    def forward(self, x):
+        skips = []
+        for i, block in enumerate(self.enc):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for up, dec in zip(self.up, self.dec):
+            x = dec(torch.cat([skips.pop(), up(x)], 1))
+        return self.head(x)
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim, heads, window):
+        super().__init__()
+        self.heads, self.window = heads, window
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads) * 0.02)
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+        self.register_buffer("index", rel[..., 0] * (2 * window - 1) + rel[..., 1], persistent=False)
+
+    def forward(self, x, mask=None):
+        bw, n, c = x.shape
+        hd = c // self.heads
+        q, k, v = self.qkv(x).reshape(bw, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+        attn = (q * hd ** -0.5) @ k.transpose(-2, -1)
+        attn = attn + self.table[self.index.view(-1)].view(n, n, -1).permute(2, 0, 1)[None]
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = (attn.view(bw // nw, nw, self.heads, n, n) + mask[None, :, None]).view(bw, self.heads, n, n)
+        return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(bw, n, c))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim, heads, grid, window, shift, mlp_ratio):
+        super().__init__()
+        self.grid, self.window, self.shift = grid, window, shift
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, heads, window)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+        if shift:
+            img = torch.zeros(1, grid, grid, 1)
+            cnt = 0
+            for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+                for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+                    img[:, hs, ws, :] = cnt
+                    cnt += 1
+            w = self.partition(img).squeeze(-1)
+            m = w[:, None, :] - w[:, :, None]
+            self.register_buffer("mask", m.masked_fill(m != 0, -100.0).masked_fill(m == 0, 0.0), persistent=False)
+        else:
+            self.mask = None
+
+    def partition(self, x):
+        b, g, _, c = x.shape
+        w = self.window
+        return x.view(b, g // w, w, g // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, c)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        g, w = self.grid, self.window
+        h = self.norm1(x).view(b, g, g, c)
+        if self.shift:
+            h = torch.roll(h, (-self.shift, -self.shift), (1, 2))
+        h = self.attn(self.partition(h), self.mask)
+        h = h.view(b, g // w, g // w, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, g, g, c)
+        if self.shift:
+            h = torch.roll(h, (self.shift, self.shift), (1, 2))
+        x = x + h.reshape(b, n, c)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    def __init__(self, dim, grid):
+        super().__init__()
+        self.grid = grid
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x):
+        b, _, c = x.shape
+        x = x.view(b, self.grid, self.grid, c)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+
+
+class PatchExpand(nn.Module):
+    def __init__(self, dim, grid, factor):
+        super().__init__()
+        self.grid, self.factor = grid, factor
+        out = dim // 2 if factor == 2 else dim
+        self.expand = nn.Linear(dim, factor * factor * out, bias=False)
+        self.norm = nn.LayerNorm(out)
+
+    def forward(self, x):
+        b = x.shape[0]
+        g, f = self.grid, self.factor
+        x = self.expand(x)
+        c = x.shape[-1] // (f * f)
+        x = x.view(b, g, g, f, f, c).permute(0, 1, 3, 2, 4, 5).reshape(b, g * f * g * f, c)
+        return self.norm(x)
+
+
+class SwinUnet(nn.Module):
+    def __init__(self, size=224, classes=4, patch=4, embed=96, depths=(2, 2, 2, 2), dec_depths=(2, 2, 2),
+                 heads=(3, 6, 12, 24), window=7, mlp_ratio=4.0):
+        super().__init__()
+        c, grid = embed, size // patch
+        self.grid, self.patch = grid, patch
+
+        def stage(s, depth):
+            g = grid >> s
+            w, shifts = (g, False) if g <= window else (window, True)
+            return nn.ModuleList([SwinBlock(c << s, heads[s], g, w, w // 2 if shifts and j % 2 else 0, mlp_ratio)
+                                  for j in range(depth)])
+
+        self.patch_embed = nn.Conv2d(3, c, patch, stride=patch)
+        self.patch_norm = nn.LayerNorm(c)
+        self.enc = nn.ModuleList([stage(s, depths[s]) for s in range(4)])
+        self.merge = nn.ModuleList([PatchMerging(c << s, grid >> s) for s in range(3)])
+        self.norm = nn.LayerNorm(8 * c)
+        self.bottleneck_expand = PatchExpand(8 * c, grid >> 3, 2)
+        self.fuse = nn.ModuleList([nn.Linear(2 * (c << s), c << s) for s in (2, 1, 0)])
+        self.dec = nn.ModuleList([stage(s, dec_depths[j]) for j, s in enumerate((2, 1, 0))])
+        self.expand = nn.ModuleList([PatchExpand(c << s, grid >> s, 2) for s in (2, 1)])
+        self.norm_up = nn.LayerNorm(c)
+        self.final_expand = PatchExpand(c, grid, patch)
+        self.head = nn.Conv2d(c, classes, 1, bias=False)
+
+    def forward(self, x):
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        t = self.patch_norm(self.patch_embed(x).flatten(2).transpose(1, 2))
+        skips = []
+        for s in range(4):
+            skips.append(t)
+            for blk in self.enc[s]:
+                t = blk(t)
+            if s < 3:
+                t = self.merge[s](t)
+        t = self.bottleneck_expand(self.norm(t))
+        for j in range(3):
+            t = self.fuse[j](torch.cat([t, skips[2 - j]], -1))
+            for blk in self.dec[j]:
+                t = blk(t)
+            if j < 2:
+                t = self.expand[j](t)
+        t = self.final_expand(self.norm_up(t))
+        b, _, c = t.shape
+        side = self.grid * self.patch
+        return self.head(t.transpose(1, 2).reshape(b, c, side, side))

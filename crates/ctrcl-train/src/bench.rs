@@ -1,0 +1,259 @@
+//! `ctrcl bench`: the time of one training step (forward + backward + optimizer) of a student or
+//! of the collaborative pair, and of inference, on synthetic batches of the configured sizes.
+//! The pair step is the trainer's own [`pair_step`]; a single student runs L_seg only.
+
+use crate::config::{Method, TrainConfig};
+use crate::losses::seg::seg_loss;
+use crate::student::{eval_net, Role, StudentOptimizer, TrainStudent};
+use crate::trainer::{build_student, pair_step};
+use anyhow::Result;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use ctrcl_models::Architecture;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::time::Instant;
+
+/// What one benchmark times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchTarget {
+    /// One student with L_seg.
+    Student(Architecture),
+    /// The configured CNN + Transformer pair with the configured method (the trainer's step).
+    Pair,
+}
+
+impl BenchTarget {
+    pub fn name(self) -> String {
+        match self {
+            BenchTarget::Student(a) => a.name().to_string(),
+            BenchTarget::Pair => "pair".into(),
+        }
+    }
+}
+
+/// Sizes and repetitions.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub target: BenchTarget,
+    pub steps: usize,
+    pub warmup: usize,
+}
+
+/// One benchmark's result (`--json` prints it as one line).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub method: String,
+    pub size: usize,
+    pub batch: usize,
+    pub classes: usize,
+    pub backend: String,
+    pub optimizer: String,
+    /// Median over the timed steps.
+    pub ms_per_step: f64,
+    pub ms_per_step_min: f64,
+    pub images_per_s: f64,
+    /// Median forward time of a batch in inference mode, per image.
+    pub infer_ms_per_image: f64,
+    /// Multiply-adds ×2 of one forward pass per image, counted from the architecture.
+    pub forward_gflop_per_image: f64,
+    /// Training-step FLOPs (3 × forward: the backward costs about twice the forward) per second.
+    pub train_gflop_per_s: f64,
+    /// The process's peak resident memory so far (`VmHWM`), MiB.
+    pub peak_rss_mb: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Synthetic batch: N(0, 1) images and uniformly random labels as one-hot.
+///
+/// # Shapes
+/// → (`[B, 1, S, S]`, `[B, K, S, S]`).
+fn batch<B: Backend>(
+    b: usize,
+    s: usize,
+    k: usize,
+    seed: u64,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let image: Vec<f32> = (0..b * s * s)
+        .map(|_| {
+            // Box–Muller.
+            let (u1, u2): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
+            (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect();
+    let mut onehot = vec![0f32; b * k * s * s];
+    for n in 0..b {
+        for p in 0..s * s {
+            let c = rng.random_range(0..k);
+            onehot[(n * k + c) * s * s + p] = 1.0;
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(image, [b, 1, s, s]), device),
+        Tensor::from_data(TensorData::new(onehot, [b, k, s, s]), device),
+    )
+}
+
+/// Times `spec` with the models, sizes (`data.image_size`, `data.batch_size`) and optimizers of
+/// `cfg`, for `classes` classes.
+pub fn run_bench<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    spec: &BenchSpec,
+    classes: usize,
+    backend: &str,
+    device: &B::Device,
+) -> Result<BenchResult> {
+    let (s, b, k) = (cfg.data.image_size, cfg.data.batch_size, classes);
+    let (x, onehot) = batch::<B>(b, s, k, cfg.seed, device);
+    let mut times = Vec::with_capacity(spec.steps);
+    let lr = [cfg.optim.cnn.lr, cfg.optim.transformer.lr];
+    let (forward_flop, infer_ms, optimizer, method) = match spec.target {
+        BenchTarget::Student(arch) => {
+            let role = if arch == cfg.students.transformer && arch != cfg.students.cnn {
+                Role::Transformer
+            } else {
+                Role::Cnn
+            };
+            let optim_cfg = match role {
+                Role::Cnn => &cfg.optim.cnn,
+                Role::Transformer => &cfg.optim.transformer,
+            };
+            let mut one = cfg.clone();
+            one.method = Method::Independent;
+            match role {
+                Role::Cnn => one.students.cnn = arch,
+                Role::Transformer => one.students.transformer = arch,
+            }
+            let mut student: TrainStudent<B> = build_student(&one, role, k, device);
+            let mut optim = StudentOptimizer::<B>::new(optim_cfg);
+            for i in 0..spec.warmup + spec.steps {
+                let t0 = Instant::now();
+                let out = student.net.forward(x.clone());
+                let loss = seg_loss(
+                    out.logits,
+                    onehot.clone(),
+                    cfg.seg.ce_weight,
+                    cfg.seg.dice_weight,
+                );
+                let mut grads = loss.total.backward();
+                let g = GradientsParams::from_module(&mut grads, &student);
+                student = optim.step(lr[role as usize], student, g);
+                B::sync(device)?;
+                if i >= spec.warmup {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let infer = time_inference::<B>(&student, &x, spec, device)?;
+            let flop = 2.0 * cfg.models.forward_macs(arch, s, 1, k);
+            (
+                flop,
+                infer,
+                format!("{:?}", optim_cfg.optimizer).to_lowercase(),
+                "independent",
+            )
+        }
+        BenchTarget::Pair => {
+            let mut students = Role::BOTH.map(|r| build_student::<B>(cfg, r, k, device));
+            let mut optims = [
+                StudentOptimizer::<B>::new(&cfg.optim.cnn),
+                StudentOptimizer::<B>::new(&cfg.optim.transformer),
+            ];
+            for i in 0..spec.warmup + spec.steps {
+                let t0 = Instant::now();
+                // Transfer weights at full strength: the ramp-up only scales them.
+                pair_step(
+                    cfg,
+                    &mut students,
+                    &mut optims,
+                    x.clone(),
+                    onehot.clone(),
+                    lr,
+                    cfg.rlcl.weight,
+                    cfg.cfcl.weight,
+                );
+                B::sync(device)?;
+                if i >= spec.warmup {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let infer = time_inference::<B>(&students[0], &x, spec, device)?
+                + time_inference::<B>(&students[1], &x, spec, device)?;
+            let flop = 2.0
+                * (cfg.models.forward_macs(cfg.students.cnn, s, 1, k)
+                    + cfg.models.forward_macs(cfg.students.transformer, s, 1, k));
+            let optimizer = format!(
+                "{:?}+{:?}",
+                cfg.optim.cnn.optimizer, cfg.optim.transformer.optimizer
+            )
+            .to_lowercase();
+            (flop, infer, optimizer, cfg.method.name())
+        }
+    };
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let ms = median(&mut times);
+    Ok(BenchResult {
+        model: spec.target.name(),
+        method: method.into(),
+        size: s,
+        batch: b,
+        classes: k,
+        backend: backend.into(),
+        optimizer,
+        ms_per_step: ms,
+        ms_per_step_min: min,
+        images_per_s: b as f64 / (ms / 1e3),
+        infer_ms_per_image: infer_ms,
+        forward_gflop_per_image: forward_flop / 1e9,
+        train_gflop_per_s: 3.0 * forward_flop * b as f64 / 1e9 / (ms / 1e3),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// Median inference time per image of a batch forward (no autodiff), in ms.
+fn time_inference<B: AutodiffBackend>(
+    student: &TrainStudent<B>,
+    x: &Tensor<B, 4>,
+    spec: &BenchSpec,
+    device: &B::Device,
+) -> Result<f64> {
+    let net = eval_net(student);
+    let x = x.clone().inner();
+    let b = x.dims()[0] as f64;
+    let mut times = Vec::new();
+    for i in 0..spec.warmup + spec.steps {
+        let t0 = Instant::now();
+        let out = net.forward(x.clone());
+        drop(out.logits.argmax(1));
+        B::sync(device)?;
+        if i >= spec.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3 / b);
+        }
+    }
+    Ok(median(&mut times))
+}
