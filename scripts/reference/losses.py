@@ -110,6 +110,17 @@ def dml(z_peer, z_own):
     return float(kl(softmax(z_peer), softmax(z_own)).mean())
 
 
+# ---- Online baselines (METHOD.md §7).
+def kdcl(z_own, z_peer, tau=1.0):
+    target = softmax((z_own + z_peer) / 2 / tau)
+    return float(tau * tau * kl(target, softmax(z_own / tau)).mean())
+
+
+def cross_teaching(z_own, z_peer):
+    pseudo = onehot(z_peer.argmax(axis=1), z_own.shape[1])
+    return dice(z_own, pseudo)
+
+
 # ---- CFCL (METHOD.md §5) on fixed projected features (the CPM head is a plain conv stack).
 D, STRIDE = 5, 2
 h, w_ = H // STRIDE, W // STRIDE
@@ -164,6 +175,9 @@ out = {
     "rlcl_alignment_only": rlcl(z_a, z_b, y, w=(1.0, 0.0, 0.0))[0],
     "rlcl_certainty_weighted": rlcl(z_a, z_b, y, pixel_weight="certainty")[0],
     "dml_b_from_a": dml(z_a, z_b),
+    "kdcl_b": kdcl(z_b, z_a),
+    "kdcl_b_tau2": kdcl(z_b, z_a, tau=2.0),
+    "cross_teaching_b_from_a": cross_teaching(z_b, z_a),
     "cfcl": {
         "dim": D,
         "stride": STRIDE,

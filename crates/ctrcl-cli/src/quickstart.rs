@@ -61,7 +61,9 @@ fn default_out() -> PathBuf {
 fn parse_method(name: &str) -> Result<Method> {
     TrainConfig::from_toml(&format!("method = \"{}\"", name.trim()), &[])
         .map(|c| c.method)
-        .with_context(|| format!("unknown method '{name}' (independent, dml, ctrcl)"))
+        .with_context(|| {
+            format!("unknown method '{name}' (independent, dml, kdcl, cross-teaching, ctrcl)")
+        })
 }
 
 pub fn run(args: Args) -> Result<()> {

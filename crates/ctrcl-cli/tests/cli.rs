@@ -1091,3 +1091,40 @@ fn bench_reports_every_model_with_the_documented_keys() {
     let err = fails(&["bench", "--model", "swin-unet", "--size", "36"]);
     assert!(err.contains("36"), "{err}");
 }
+
+#[test]
+fn kdcl_and_cross_teaching_train_and_log_their_transfer_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    for (method, key) in [("kdcl", "kdcl"), ("cross-teaching", "cross_teaching")] {
+        let out = dir.path().join(method);
+        let mut sets = tiny_settings(prepared());
+        sets.push(format!("method={method}"));
+        ok(&train_args(&config_path(), out.to_str().unwrap(), &sets));
+        let steps = step_lines(&out);
+        let losses: Vec<&Value> = steps.iter().filter(|v| v.get("cnn").is_some()).collect();
+        assert_eq!(losses.len(), 4);
+        for line in &losses {
+            for role in ["cnn", "transformer"] {
+                let t = &line[role];
+                assert!(
+                    t[key].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0),
+                    "{method}: {t}"
+                );
+                assert!(
+                    t.get("rlcl").is_none() && t.get("dml").is_none(),
+                    "{method}: {t}"
+                );
+                // total = seg + β_r·transfer, β_r as logged for the step.
+                let beta = line["beta_r"].as_f64().unwrap();
+                let want = t["seg"].as_f64().unwrap() + beta * t[key].as_f64().unwrap();
+                assert!(
+                    (t["total"].as_f64().unwrap() - want).abs() < 1e-5,
+                    "{method}: {t}"
+                );
+            }
+        }
+        let run: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["method"], method);
+    }
+}

@@ -16,6 +16,10 @@ pub enum Method {
     Independent,
     /// Deep mutual learning: L_seg + KL(sg[p_peer] ‖ p_self).
     Dml,
+    /// KDCL: L_seg + τ²·KL(sg[softmax(mean of both logits/τ)] ‖ softmax(z_self/τ)).
+    Kdcl,
+    /// Cross teaching (SSL4MIS CTCT): L_seg + Dice(softmax(z_self), argmax sg[z_peer]).
+    CrossTeaching,
     /// CTRCL: L_seg + β_r·RLCL + β_f·CFCL.
     #[default]
     Ctrcl,
@@ -26,6 +30,8 @@ impl Method {
         match self {
             Method::Independent => "independent",
             Method::Dml => "dml",
+            Method::Kdcl => "kdcl",
+            Method::CrossTeaching => "cross-teaching",
             Method::Ctrcl => "ctrcl",
         }
     }

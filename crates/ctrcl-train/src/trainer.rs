@@ -4,6 +4,7 @@
 use crate::checkpoint::{write_checkpoint, write_text_atomic};
 use crate::config::{Method, TrainConfig};
 use crate::evaluate::{dice_on_samples, DiceScores};
+use crate::losses::baselines::{cross_teaching_loss, kdcl_loss};
 use crate::losses::cfcl::{
     alignment_loss, area_downsample, perceive, perception_loss, ProjectionHead,
 };
@@ -91,6 +92,8 @@ impl Terms {
         match method {
             Method::Independent => {}
             Method::Dml => v["dml"] = json!(self.transfer_logit),
+            Method::Kdcl => v["kdcl"] = json!(self.transfer_logit),
+            Method::CrossTeaching => v["cross_teaching"] = json!(self.transfer_logit),
             Method::Ctrcl => {
                 v["rlcl"] = json!(self.transfer_logit);
                 v["cfcl"] = json!(self.transfer_feature);
@@ -135,6 +138,20 @@ fn student_loss<B: AutodiffBackend>(
         Method::Independent => {}
         Method::Dml => {
             let l = dml_loss(peer.logits.clone(), own.logits.clone());
+            terms.transfer_logit = scalar(&l);
+            total = total + l * beta_r;
+        }
+        Method::Kdcl => {
+            let l = kdcl_loss(
+                own.logits.clone(),
+                peer.logits.clone(),
+                cfg.rlcl.temperature,
+            );
+            terms.transfer_logit = scalar(&l);
+            total = total + l * beta_r;
+        }
+        Method::CrossTeaching => {
+            let l = cross_teaching_loss(own.logits.clone(), peer.logits.clone());
             terms.transfer_logit = scalar(&l);
             total = total + l * beta_r;
         }

@@ -9,6 +9,7 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use ctrcl_train::config::{PixelWeight, Rectify, RlclConfig};
+use ctrcl_train::losses::baselines::{cross_teaching_loss, kdcl_loss};
 use ctrcl_train::losses::cfcl::{alignment_loss, area_downsample, perceive, perception_loss};
 use ctrcl_train::losses::rlcl::{dml_loss, rectify, rlcl_loss};
 use ctrcl_train::losses::seg::{cross_entropy, dice_loss, seg_loss};
@@ -169,6 +170,22 @@ fn rlcl_matches_reference_in_every_mode() {
         value(dml_loss(f.logits::<B>("z_a"), f.logits("z_b"))),
         f.expect("dml_b_from_a"),
         "DML",
+    );
+    // KDCL: student b distils the ensemble of a and b; cross teaching: b against argmax of a.
+    close(
+        value(kdcl_loss(f.logits::<B>("z_b"), f.logits("z_a"), 1.0)),
+        f.expect("kdcl_b"),
+        "KDCL",
+    );
+    close(
+        value(kdcl_loss(f.logits::<B>("z_b"), f.logits("z_a"), 2.0)),
+        f.expect("kdcl_b_tau2"),
+        "KDCL at τ = 2",
+    );
+    close(
+        value(cross_teaching_loss(f.logits::<B>("z_b"), f.logits("z_a"))),
+        f.expect("cross_teaching_b_from_a"),
+        "cross teaching",
     );
 }
 

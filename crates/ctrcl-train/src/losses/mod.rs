@@ -1,5 +1,6 @@
 //! The loss terms of METHOD.md §3–§7.
 
+pub mod baselines;
 pub mod cfcl;
 pub mod rlcl;
 pub mod seg;

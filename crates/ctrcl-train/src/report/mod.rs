@@ -314,7 +314,17 @@ fn run_section<B: Backend>(
     // Training curves.
     let mut figures = Vec::new();
     for role in Role::BOTH {
-        let terms = ["ce", "dice", "seg", "rlcl", "cfcl", "total"];
+        let terms = [
+            "ce",
+            "dice",
+            "seg",
+            "dml",
+            "kdcl",
+            "cross_teaching",
+            "rlcl",
+            "cfcl",
+            "total",
+        ];
         let series: Vec<Series> = terms
             .iter()
             .map(|t| Series {

@@ -1,0 +1,80 @@
+//! Transfer terms of the online baselines of METHOD.md §7 that share the pair loop with CTRCL
+//! (DML lives beside RLCL, whose KL it reuses).
+
+use crate::losses::rlcl::kl_to_logits;
+use crate::losses::seg::dice_loss;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+/// KDCL (naive ensemble): the target softmax(mean(z_own, z_peer)/τ), detached, distilled into
+/// the student: τ²·mean over pixels of KL(target ‖ softmax(z_own/τ)).
+///
+/// # Shapes
+/// `own_logits`, `peer_logits`: `[B, K, H, W]` → scalar `[1]`.
+pub fn kdcl_loss<B: Backend>(
+    own_logits: Tensor<B, 4>,
+    peer_logits: Tensor<B, 4>,
+    temperature: f64,
+) -> Tensor<B, 1> {
+    let ensemble = (own_logits.clone().detach() + peer_logits.detach()) / 2.0;
+    let target = softmax(ensemble / temperature, 1);
+    kl_to_logits(target, own_logits, temperature).mean() * (temperature * temperature)
+}
+
+/// Cross teaching (SSL4MIS CTCT form): the soft Dice loss of the student's softmax against the
+/// peer's hard prediction, one-hot of argmax sg[z_peer].
+///
+/// # Shapes
+/// `own_logits`, `peer_logits`: `[B, K, H, W]` → scalar `[1]`.
+pub fn cross_teaching_loss<B: Backend>(
+    own_logits: Tensor<B, 4>,
+    peer_logits: Tensor<B, 4>,
+) -> Tensor<B, 1> {
+    let [b, k, h, w] = peer_logits.dims();
+    let labels = peer_logits.detach().argmax(1); // [B, 1, H, W]
+    let classes = Tensor::<B, 1, Int>::arange(0..k as i64, &labels.device())
+        .reshape([1, k, 1, 1])
+        .expand([b, k, h, w]);
+    let pseudo = labels.expand([b, k, h, w]).equal(classes).float();
+    dice_loss(softmax(own_logits, 1), pseudo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    type A = Autodiff<Flex>;
+
+    fn logits(seed: f32) -> Tensor<A, 4> {
+        let data: Vec<f32> = (0..2 * 3 * 2 * 2)
+            .map(|i| ((i as f32 + seed) * 0.7).sin() * 2.0)
+            .collect();
+        Tensor::<A, 4>::from_data(TensorData::new(data, [2, 3, 2, 2]), &Default::default())
+            .require_grad()
+    }
+
+    #[test]
+    fn only_the_student_receives_gradients() {
+        for which in ["kdcl", "cross-teaching"] {
+            let (own, peer) = (logits(0.0), logits(5.0));
+            let loss = match which {
+                "kdcl" => kdcl_loss(own.clone(), peer.clone(), 2.0),
+                _ => cross_teaching_loss(own.clone(), peer.clone()),
+            };
+            let grads = loss.backward();
+            let g_own = own.grad(&grads).expect("the student is trained");
+            assert!(g_own.abs().sum().into_scalar() > 0.0, "{which}");
+            assert!(
+                peer.grad(&grads).is_none(),
+                "{which}: the peer is a fixed target"
+            );
+        }
+    }
+
+    #[test]
+    fn kdcl_of_identical_students_is_zero() {
+        let z = logits(1.0);
+        let l = kdcl_loss(z.clone(), z, 1.5).into_scalar();
+        assert!(l.abs() < 1e-6, "{l}");
+    }
+}
