@@ -116,6 +116,10 @@ def kdcl(z_own, z_peer, tau=1.0):
     return float(tau * tau * kl(target, softmax(z_own / tau)).mean())
 
 
+def kd(z_teacher, z_student, tau=1.0):
+    return float(tau * tau * kl(softmax(z_teacher / tau), softmax(z_student / tau)).mean())
+
+
 def cross_teaching(z_own, z_peer):
     pseudo = onehot(z_peer.argmax(axis=1), z_own.shape[1])
     return dice(z_own, pseudo)
@@ -175,6 +179,7 @@ out = {
     "rlcl_alignment_only": rlcl(z_a, z_b, y, w=(1.0, 0.0, 0.0))[0],
     "rlcl_certainty_weighted": rlcl(z_a, z_b, y, pixel_weight="certainty")[0],
     "dml_b_from_a": dml(z_a, z_b),
+    "kd_b_from_a_tau2": kd(z_a, z_b, tau=2.0),
     "kdcl_b": kdcl(z_b, z_a),
     "kdcl_b_tau2": kdcl(z_b, z_a, tau=2.0),
     "cross_teaching_b_from_a": cross_teaching(z_b, z_a),

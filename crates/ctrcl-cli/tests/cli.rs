@@ -1128,3 +1128,91 @@ fn kdcl_and_cross_teaching_train_and_log_their_transfer_terms() {
         assert_eq!(run["method"], method);
     }
 }
+
+#[test]
+fn offline_methods_learn_from_a_frozen_teacher_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_path();
+    let teacher = dir.path().join("teacher");
+    let mut sets = tiny_settings(prepared());
+    sets.push("method=independent".into());
+    ok(&train_args(&config, teacher.to_str().unwrap(), &sets));
+    let scores = |run: &Path, role: &str| -> Value {
+        ok(&["test", "--run", run.to_str().unwrap(), "--student", role]);
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("metrics/test-test.json")).unwrap(),
+        )
+        .unwrap();
+        v[role]["transunet"].clone()
+    };
+    // The transformer teaches the CNN (kd); the CNN teaches the transformer (ctrcl-offline).
+    for (method, teacher_role, student_role, key) in [
+        ("kd", "transformer", "cnn", "kd"),
+        ("ctrcl-offline", "cnn", "transformer", "rlcl"),
+    ] {
+        let out = dir.path().join(method);
+        let mut sets = tiny_settings(prepared());
+        sets.extend([
+            format!("method={method}"),
+            format!("teacher.run={}", teacher.display()),
+            format!("teacher.role={teacher_role}"),
+        ]);
+        ok(&train_args(&config, out.to_str().unwrap(), &sets));
+        // The frozen slot predicts exactly what the teacher run's student does.
+        assert_eq!(
+            scores(&out, teacher_role),
+            scores(&teacher, teacher_role),
+            "{method}"
+        );
+        // The kd student starts from the same initialisation as the teacher run's student (same
+        // seed, same batches; ctrcl-offline's CPM heads draw from the generator first): equal
+        // L_seg at the first step, and its total adds β_r·transfer.
+        let steps = step_lines(&out);
+        let first = steps.iter().find(|v| v.get("cnn").is_some()).unwrap();
+        let teacher_steps = step_lines(&teacher);
+        let first_t = teacher_steps
+            .iter()
+            .find(|v| v.get("cnn").is_some())
+            .unwrap();
+        if method == "kd" {
+            assert_eq!(first[student_role]["seg"], first_t[student_role]["seg"]);
+        }
+        let beta = first["beta_r"].as_f64().unwrap();
+        assert!(beta > 0.0);
+        let transfer = first[student_role][key].as_f64().unwrap();
+        let extra = first[student_role]["total"].as_f64().unwrap()
+            - first[student_role]["seg"].as_f64().unwrap();
+        if method == "kd" {
+            assert!(
+                transfer > 0.0 && (extra - beta * transfer).abs() < 1e-5,
+                "{first}"
+            );
+        } else {
+            assert!(extra > 0.0, "{first}");
+        }
+        let last = steps.iter().rev().find(|v| v.get("cnn").is_some()).unwrap();
+        assert!(
+            last[student_role][key].as_f64().is_some_and(f64::is_finite),
+            "{method}: {last}"
+        );
+        if method == "ctrcl-offline" {
+            // The teacher's CPM heads learn to perceive categories on its fixed features.
+            assert!(
+                last[teacher_role]["cfcl"].as_f64().is_some_and(|v| v > 0.0),
+                "{last}"
+            );
+        }
+    }
+    let out = dir.path().join("no-teacher");
+    let mut sets = tiny_settings(prepared());
+    sets.push("method=kd".into());
+    let err = fails(&train_args(&config, out.to_str().unwrap(), &sets));
+    assert!(err.contains("teacher.run"), "{err}");
+    let mut sets = tiny_settings(prepared());
+    sets.extend([
+        "method=kd".into(),
+        format!("teacher.run={}", dir.path().join("nowhere").display()),
+    ]);
+    let err = fails(&train_args(&config, out.to_str().unwrap(), &sets));
+    assert!(err.contains("nowhere"), "{err}");
+}

@@ -23,6 +23,11 @@ pub enum Method {
     /// CTRCL: L_seg + β_r·RLCL + β_f·CFCL.
     #[default]
     Ctrcl,
+    /// Offline knowledge distillation from a frozen teacher (`[teacher]`):
+    /// L_seg + β_r·τ²·KL(sg[softmax(z_T/τ)] ‖ softmax(z_S/τ)).
+    Kd,
+    /// CTRCL's transfers (ARM-rectified logits, CPM features) from a frozen teacher, one way.
+    CtrclOffline,
 }
 
 impl Method {
@@ -33,8 +38,39 @@ impl Method {
             Method::Kdcl => "kdcl",
             Method::CrossTeaching => "cross-teaching",
             Method::Ctrcl => "ctrcl",
+            Method::Kd => "kd",
+            Method::CtrclOffline => "ctrcl-offline",
         }
     }
+
+    /// Whether one student is a frozen teacher loaded from another run.
+    pub fn is_offline(self) -> bool {
+        matches!(self, Method::Kd | Method::CtrclOffline)
+    }
+
+    /// Whether the method uses RLCL/CFCL (and so CPM heads when CFCL is on).
+    pub fn is_ctrcl(self) -> bool {
+        matches!(self, Method::Ctrcl | Method::CtrclOffline)
+    }
+}
+
+/// Which student of the teacher run teaches (and is frozen in this run's slot of that role).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeacherRole {
+    Cnn,
+    #[default]
+    Transformer,
+}
+
+/// The frozen teacher of `kd` and `ctrcl-offline`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeacherConfig {
+    /// Run directory of a finished `ctrcl train` whose student of `role` teaches.
+    pub run: PathBuf,
+    /// `transformer` (default: the Transformer teaches the CNN) or `cnn`.
+    pub role: TeacherRole,
 }
 
 /// How wrong pixels of a soft label are rectified (METHOD.md §4 step 3).
@@ -277,6 +313,7 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
     pub eval: EvalConfig,
+    pub teacher: TeacherConfig,
 }
 
 impl TrainConfig {
@@ -329,7 +366,17 @@ impl TrainConfig {
                 .validate(arch, d.image_size, 1)
                 .map_err(|e| anyhow::anyhow!("{name} = \"{}\": {e}", arch.name()))?;
         }
-        if self.method == Method::Ctrcl && self.cfcl.enabled {
+        if self.method.is_offline() && self.teacher.run.as_os_str().is_empty() {
+            bail!(
+                "method = \"{}\" needs teacher.run = \"RUN_DIR\" (a finished run whose {} student teaches)",
+                self.method.name(),
+                match self.teacher.role {
+                    TeacherRole::Cnn => "cnn",
+                    TeacherRole::Transformer => "transformer",
+                }
+            );
+        }
+        if self.method.is_ctrcl() && self.cfcl.enabled {
             for arch in [self.students.cnn, self.students.transformer] {
                 let taps = self.models.tap_channels(arch);
                 for stride in &self.cfcl.taps {

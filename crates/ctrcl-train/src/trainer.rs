@@ -2,9 +2,9 @@
 //! backward of L_C + L_T, one optimizer step per student with its own gradients.
 
 use crate::checkpoint::{write_checkpoint, write_text_atomic};
-use crate::config::{Method, TrainConfig};
+use crate::config::{Method, TeacherRole, TrainConfig};
 use crate::evaluate::{dice_on_samples, DiceScores};
-use crate::losses::baselines::{cross_teaching_loss, kdcl_loss};
+use crate::losses::baselines::{cross_teaching_loss, kd_loss, kdcl_loss};
 use crate::losses::cfcl::{
     alignment_loss, area_downsample, perceive, perception_loss, ProjectionHead,
 };
@@ -19,7 +19,7 @@ use burn::tensor::backend::AutodiffBackend;
 use ctrcl_data::dataset::Dataset;
 use ctrcl_data::loader::{Batch, BatchLoader};
 use ctrcl_data::split::Split;
-use ctrcl_models::SegOutput;
+use ctrcl_models::{Architecture, SegOutput, Student};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::Write;
@@ -94,7 +94,8 @@ impl Terms {
             Method::Dml => v["dml"] = json!(self.transfer_logit),
             Method::Kdcl => v["kdcl"] = json!(self.transfer_logit),
             Method::CrossTeaching => v["cross_teaching"] = json!(self.transfer_logit),
-            Method::Ctrcl => {
+            Method::Kd => v["kd"] = json!(self.transfer_logit),
+            Method::Ctrcl | Method::CtrclOffline => {
                 v["rlcl"] = json!(self.transfer_logit);
                 v["cfcl"] = json!(self.transfer_feature);
             }
@@ -155,7 +156,16 @@ fn student_loss<B: AutodiffBackend>(
             terms.transfer_logit = scalar(&l);
             total = total + l * beta_r;
         }
-        Method::Ctrcl => {
+        Method::Kd => {
+            let l = kd_loss(
+                peer.logits.clone(),
+                own.logits.clone(),
+                cfg.rlcl.temperature,
+            );
+            terms.transfer_logit = scalar(&l);
+            total = total + l * beta_r;
+        }
+        Method::Ctrcl | Method::CtrclOffline => {
             if cfg.rlcl.enabled {
                 let l = rlcl_loss(
                     peer.logits.clone(),
@@ -227,7 +237,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
     beta_r: f64,
     beta_f: f64,
 ) -> [Terms; 2] {
-    let fractions: Vec<Tensor<B, 4>> = if cfg.method == Method::Ctrcl && cfg.cfcl.enabled {
+    let fractions: Vec<Tensor<B, 4>> = if cfg.method.is_ctrcl() && cfg.cfcl.enabled {
         cfg.cfcl
             .taps
             .iter()
@@ -236,6 +246,11 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
     } else {
         Vec::new()
     };
+    if cfg.method.is_offline() {
+        return offline_step(
+            cfg, students, optims, x, onehot, &fractions, lrs, beta_r, beta_f,
+        );
+    }
     let out_c = students[0].net.forward(x.clone());
     let out_t = students[1].net.forward(x);
     let loss_c = student_loss(
@@ -269,6 +284,177 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
     [loss_c.terms, loss_t.terms]
 }
 
+/// The slot (0 = cnn, 1 = transformer) of the frozen teacher of an offline method.
+fn teacher_slot(cfg: &TrainConfig) -> usize {
+    match cfg.teacher.role {
+        TeacherRole::Cnn => 0,
+        TeacherRole::Transformer => 1,
+    }
+}
+
+/// A frozen network's outputs as constants of the autodiff graph: evaluation mode (BatchNorm
+/// running statistics, no dropout), no gradients, running statistics untouched.
+fn frozen_forward<B: AutodiffBackend>(net: &Student<B>, x: Tensor<B, 4>) -> SegOutput<B> {
+    let out = net.valid().forward(x.inner());
+    SegOutput {
+        logits: Tensor::from_inner(out.logits),
+        features: out
+            .features
+            .into_iter()
+            .map(|(s, f)| (s, Tensor::from_inner(f)))
+            .collect(),
+    }
+}
+
+/// The step of `kd` and `ctrcl-offline`: the teacher slot forwards frozen; the student learns
+/// from it one way; the teacher's CPM heads (ctrcl-offline with CFCL) learn to perceive
+/// categories on the teacher's fixed features. The teacher network itself never changes.
+#[allow(clippy::too_many_arguments)]
+fn offline_step<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    students: &mut [TrainStudent<B>; 2],
+    optims: &mut [StudentOptimizer<B>; 2],
+    x: Tensor<B, 4>,
+    onehot: Tensor<B, 4>,
+    fractions: &[Tensor<B, 4>],
+    lrs: [f64; 2],
+    beta_r: f64,
+    beta_f: f64,
+) -> [Terms; 2] {
+    let t = teacher_slot(cfg);
+    let s = 1 - t;
+    let out_s = students[s].net.forward(x.clone());
+    let out_t = frozen_forward(&students[t].net, x);
+    let loss_s = student_loss(
+        cfg,
+        &out_s,
+        &out_t,
+        &students[s].cpm,
+        &students[t].cpm,
+        &onehot,
+        fractions,
+        beta_r,
+        beta_f,
+    );
+    let seg_t = seg_loss(
+        out_t.logits.clone(),
+        onehot,
+        cfg.seg.ce_weight,
+        cfg.seg.dice_weight,
+    );
+    let mut terms_t = Terms {
+        ce: scalar(&seg_t.ce),
+        dice: scalar(&seg_t.dice),
+        seg: scalar(&seg_t.total),
+        total: scalar(&seg_t.total),
+        ..Default::default()
+    };
+    let mut total = loss_s.total;
+    let teacher_cpm = !students[t].cpm.is_empty();
+    if teacher_cpm {
+        let mut cp = Tensor::<B, 1>::zeros([1], &total.device());
+        for (i, &stride) in cfg.cfcl.taps.iter().enumerate() {
+            let f = out_t
+                .feature(stride)
+                .expect("taps validated with the config");
+            let p = perceive(
+                students[t].cpm[i].forward(f),
+                fractions[i].clone(),
+                cfg.cfcl.temperature,
+            );
+            cp = cp + perception_loss(&p, fractions[i].clone());
+        }
+        terms_t.transfer_feature = scalar(&cp);
+        total = total + cp * beta_f;
+    }
+    let mut grads = total.backward();
+    for i in [s, t] {
+        if i == t && !teacher_cpm {
+            continue;
+        }
+        let g = GradientsParams::from_module(&mut grads, &students[i]);
+        let module = students[i].clone();
+        students[i] = optims[i].step(lrs[i], module, g);
+    }
+    let mut terms = [loss_s.terms, terms_t];
+    if t == 0 {
+        terms.swap(0, 1);
+    }
+    terms
+}
+
+/// For an offline method: the teacher run's architecture and sizes for the teacher's role, so
+/// that this run's config (written to `config.toml`, used by `test` and `--resume`) describes
+/// the network in that slot.
+fn resolve_teacher(cfg: &TrainConfig, class_names: &[String]) -> Result<TrainConfig> {
+    let mut cfg = cfg.clone();
+    let run = cfg.teacher.run.clone();
+    let (tcfg, tinfo) = crate::tester::open_run(&run)
+        .with_context(|| format!("teacher.run = {}", run.display()))?;
+    if tinfo.class_names != class_names {
+        bail!(
+            "teacher.run = {}: its classes {:?} differ from this dataset's {:?}",
+            run.display(),
+            tinfo.class_names,
+            class_names
+        );
+    }
+    if tcfg.data.image_size != cfg.data.image_size {
+        bail!(
+            "teacher.run = {}: trained at image_size {}, this run uses {}; set data.image_size = {0}",
+            run.display(),
+            tcfg.data.image_size,
+            cfg.data.image_size
+        );
+    }
+    let (arch, other) = match cfg.teacher.role {
+        TeacherRole::Cnn => (tcfg.students.cnn, cfg.students.transformer),
+        TeacherRole::Transformer => (tcfg.students.transformer, cfg.students.cnn),
+    };
+    let sizes_differ = match arch {
+        Architecture::Unet => tcfg.models.unet != cfg.models.unet,
+        Architecture::SwinUnet => tcfg.models.swin_unet != cfg.models.swin_unet,
+    };
+    if arch == other && sizes_differ {
+        bail!(
+            "teacher.run = {}: the teacher and the student are both {} with different sizes; \
+             give the student the teacher's models.* sizes",
+            run.display(),
+            arch.name()
+        );
+    }
+    match cfg.teacher.role {
+        TeacherRole::Cnn => cfg.students.cnn = arch,
+        TeacherRole::Transformer => cfg.students.transformer = arch,
+    }
+    match arch {
+        Architecture::Unet => cfg.models.unet = tcfg.models.unet.clone(),
+        Architecture::SwinUnet => cfg.models.swin_unet = tcfg.models.swin_unet.clone(),
+    }
+    cfg.teacher.run = std::fs::canonicalize(&run).unwrap_or(run);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Loads the teacher's checkpoint (its `best-ROLE/`, else `last/`) into a network of `cfg`.
+fn load_teacher<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    k: usize,
+    device: &B::Device,
+) -> Result<Student<B>> {
+    let role = Role::BOTH[teacher_slot(cfg)];
+    let arch = match role {
+        Role::Cnn => cfg.students.cnn,
+        Role::Transformer => cfg.students.transformer,
+    };
+    let dir = crate::tester::checkpoint_dir(&cfg.teacher.run, role)?;
+    let template = cfg
+        .models
+        .init::<B>(arch, cfg.data.image_size, 1, k, device);
+    crate::student::load_net(template, &dir, role, device)
+        .with_context(|| format!("loading the teacher from {}", dir.display()))
+}
+
 pub(crate) fn build_student<B: AutodiffBackend>(
     cfg: &TrainConfig,
     role: Role,
@@ -280,7 +466,7 @@ pub(crate) fn build_student<B: AutodiffBackend>(
         Role::Transformer => cfg.students.transformer,
     };
     let net = cfg.models.init(arch, cfg.data.image_size, 1, k, device);
-    let cpm = if cfg.method == Method::Ctrcl && cfg.cfcl.enabled {
+    let cpm = if cfg.method.is_ctrcl() && cfg.cfcl.enabled {
         let taps = cfg.models.tap_channels(arch);
         cfg.cfcl
             .taps
@@ -324,6 +510,13 @@ pub fn train<B: AutodiffBackend>(
     cfg.validate()?;
     let dataset = Dataset::open(&cfg.data.dataset, cfg.data.normalize)
         .with_context(|| format!("opening dataset {}", cfg.data.dataset.display()))?;
+    let resolved;
+    let cfg = if cfg.method.is_offline() {
+        resolved = resolve_teacher(cfg, &dataset.class_names)?;
+        &resolved
+    } else {
+        cfg
+    };
     prepare_run_dir(out)?;
     let k = dataset.num_classes();
     let size = cfg.data.image_size;
@@ -345,10 +538,13 @@ pub fn train<B: AutodiffBackend>(
     log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "seed": cfg.seed}))?;
 
     B::seed(device, cfg.seed);
-    let students = [
+    let mut students = [
         build_student::<B>(cfg, Role::Cnn, k, device),
         build_student::<B>(cfg, Role::Transformer, k, device),
     ];
+    if cfg.method.is_offline() {
+        students[teacher_slot(cfg)].net = load_teacher(cfg, k, device)?;
+    }
     let optims = [
         StudentOptimizer::<B>::new(&cfg.optim.cnn),
         StudentOptimizer::<B>::new(&cfg.optim.transformer),

@@ -9,7 +9,7 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use ctrcl_train::config::{PixelWeight, Rectify, RlclConfig};
-use ctrcl_train::losses::baselines::{cross_teaching_loss, kdcl_loss};
+use ctrcl_train::losses::baselines::{cross_teaching_loss, kd_loss, kdcl_loss};
 use ctrcl_train::losses::cfcl::{alignment_loss, area_downsample, perceive, perception_loss};
 use ctrcl_train::losses::rlcl::{dml_loss, rectify, rlcl_loss};
 use ctrcl_train::losses::seg::{cross_entropy, dice_loss, seg_loss};
@@ -170,6 +170,17 @@ fn rlcl_matches_reference_in_every_mode() {
         value(dml_loss(f.logits::<B>("z_a"), f.logits("z_b"))),
         f.expect("dml_b_from_a"),
         "DML",
+    );
+    // KD: at τ = 1 it is DML's term; at τ = 2, Hinton's τ²-scaled KL.
+    close(
+        value(kd_loss(f.logits::<B>("z_a"), f.logits("z_b"), 1.0)),
+        f.expect("dml_b_from_a"),
+        "KD at τ = 1",
+    );
+    close(
+        value(kd_loss(f.logits::<B>("z_a"), f.logits("z_b"), 2.0)),
+        f.expect("kd_b_from_a_tau2"),
+        "KD at τ = 2",
     );
     // KDCL: student b distils the ensemble of a and b; cross teaching: b against argmax of a.
     close(

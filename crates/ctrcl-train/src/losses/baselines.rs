@@ -21,6 +21,19 @@ pub fn kdcl_loss<B: Backend>(
     kl_to_logits(target, own_logits, temperature).mean() * (temperature * temperature)
 }
 
+/// Offline KD (Hinton): τ²·mean over pixels of KL(softmax(sg[z_teacher]/τ) ‖ softmax(z_student/τ)).
+///
+/// # Shapes
+/// `teacher_logits`, `student_logits`: `[B, K, H, W]` → scalar `[1]`.
+pub fn kd_loss<B: Backend>(
+    teacher_logits: Tensor<B, 4>,
+    student_logits: Tensor<B, 4>,
+    temperature: f64,
+) -> Tensor<B, 1> {
+    let target = softmax(teacher_logits.detach() / temperature, 1);
+    kl_to_logits(target, student_logits, temperature).mean() * (temperature * temperature)
+}
+
 /// Cross teaching (SSL4MIS CTCT form): the soft Dice loss of the student's softmax against the
 /// peer's hard prediction, one-hot of argmax sg[z_peer].
 ///
