@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import SwinUnet, UNet
+from models import ResUnet, SwinUnet, UNet
 
 
 def seg_loss(logits, onehot):
@@ -23,13 +23,13 @@ def seg_loss(logits, onehot):
     ce = -(onehot * F.log_softmax(logits, 1)).sum(1).mean()
     p = logits.softmax(1)
     inter = (p * onehot).sum((0, 2, 3))
-    dice = 1 - (2 * inter + 1e-5) / (p.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1e-5)
+    dice = 1 - (2 * inter + 1e-5) / ((p * p).sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1e-5)
     return 0.5 * ce + 0.5 * dice.mean()
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["unet", "swin-unet"], required=True)
+    ap.add_argument("--model", choices=["unet", "resunet", "swin-unet"], required=True)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--classes", type=int, default=9)
@@ -49,6 +49,8 @@ def main():
     dev = torch.device(a.device)
     if a.model == "unet":
         net = UNet(1, a.classes, tuple(a.unet_channels))
+    elif a.model == "resunet":
+        net = ResUnet(1, a.classes)
     else:
         net = SwinUnet(a.size, a.classes, embed=a.swin_embed, heads=tuple(a.swin_heads), window=a.swin_window)
     net = net.to(dev)

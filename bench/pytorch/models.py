@@ -42,6 +42,62 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        h = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(h + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResUnet(nn.Module):
+    """ctrcl's resunet: ResNet-34-style encoder, U-Net decoder with transposed-conv up."""
+
+    def __init__(self, in_ch=1, classes=4, ch=(64, 64, 128, 256, 512), blocks=(3, 4, 6, 3), dec=(256, 128, 64, 32, 16)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, ch[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(ch[0])
+        layers, cin = [], ch[0]
+        for s in range(4):
+            stage = []
+            for i in range(blocks[s]):
+                stage.append(BasicBlock(cin, ch[s + 1], (1 if s == 0 else 2) if i == 0 else 1))
+                cin = ch[s + 1]
+            layers.append(nn.Sequential(*stage))
+        self.layers = nn.ModuleList(layers)
+        skips, deep = (ch[3], ch[2], ch[1], ch[0], 0), ch[4]
+        self.up, self.dec = nn.ModuleList(), nn.ModuleList()
+        for j in range(5):
+            self.up.append(nn.ConvTranspose2d(deep, dec[j], 2, stride=2))
+            self.dec.append(nn.Sequential(
+                nn.Conv2d(dec[j] + skips[j], dec[j], 3, padding=1, bias=False), nn.BatchNorm2d(dec[j]), nn.ReLU(),
+                nn.Conv2d(dec[j], dec[j], 3, padding=1, bias=False), nn.BatchNorm2d(dec[j]), nn.ReLU()))
+            deep = dec[j]
+        self.head = nn.Conv2d(dec[4], classes, 1)
+
+    def forward(self, x):
+        stem = F.relu(self.bn1(self.conv1(x)))
+        h = F.max_pool2d(stem, 3, 2, 1)
+        skips = [stem]
+        for layer in self.layers:
+            h = layer(h)
+            skips.append(h)
+        h = skips.pop()
+        for up, dec in zip(self.up, self.dec):
+            h = up(h)
+            if skips:
+                h = torch.cat([h, skips.pop()], 1)
+            h = dec(h)
+        return self.head(h)
+
+
 class WindowAttention(nn.Module):
     def __init__(self, dim, heads, window):
         super().__init__()

@@ -12,10 +12,11 @@ use std::path::PathBuf;
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelArg {
     Unet,
+    Resunet,
     SwinUnet,
     /// The CNN + Transformer pair of the config with its method (CTRCL by default).
     Pair,
-    /// unet, swin-unet and pair, each in its own process.
+    /// unet, resunet, swin-unet and pair, each in its own process.
     All,
 }
 
@@ -113,6 +114,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let target = match args.model {
         ModelArg::Unet => BenchTarget::Student(Architecture::Unet),
+        ModelArg::Resunet => BenchTarget::Student(Architecture::Resunet),
         ModelArg::SwinUnet => BenchTarget::Student(Architecture::SwinUnet),
         _ => BenchTarget::Pair,
     };
@@ -191,7 +193,7 @@ fn run_each(args: &Args, peak: Option<(f64, String)>) -> Result<()> {
     if !args.json {
         print_header(peak.as_ref());
     }
-    for model in ["unet", "swin-unet", "pair"] {
+    for model in ["unet", "resunet", "swin-unet", "pair"] {
         let out = std::process::Command::new(&exe)
             .args(&forwarded)
             .args(["--model", model, "--json"])

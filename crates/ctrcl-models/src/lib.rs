@@ -4,6 +4,7 @@
 //! (8 means 1/8 of the input size), which the feature-wise transfer (CFCL) aligns.
 
 pub mod batchnorm;
+pub mod resunet;
 pub mod swin;
 pub mod swin_unet;
 pub mod unet;
@@ -11,6 +12,7 @@ pub mod unet;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use resunet::{ResUnet, ResUnetConfig};
 pub use swin_unet::{SwinUnet, SwinUnetConfig};
 pub use unet::{UNet, UNetConfig};
 
@@ -44,6 +46,8 @@ impl<B: Backend> SegOutput<B> {
 #[serde(rename_all = "kebab-case")]
 pub enum Architecture {
     Unet,
+    /// ResNet-34-style encoder U-Net.
+    Resunet,
     SwinUnet,
 }
 
@@ -51,6 +55,7 @@ impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Unet => "unet",
+            Architecture::Resunet => "resunet",
             Architecture::SwinUnet => "swin-unet",
         }
     }
@@ -61,6 +66,7 @@ impl Architecture {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSizes {
     pub unet: UNetConfig,
+    pub resunet: ResUnetConfig,
     pub swin_unet: SwinUnetConfig,
 }
 
@@ -70,6 +76,7 @@ pub struct ModelSizes {
 #[derive(Module, Debug)]
 pub enum Student<B: Backend> {
     Unet(UNet<B>),
+    Resunet(ResUnet<B>),
     SwinUnet(SwinUnet<B>),
 }
 
@@ -83,6 +90,7 @@ impl ModelSizes {
     ) -> Result<(), ModelError> {
         match arch {
             Architecture::Unet => self.unet.validate(image_size),
+            Architecture::Resunet => self.resunet.validate(image_size),
             Architecture::SwinUnet => {
                 if in_channels != 1 && in_channels != 3 {
                     return Err(ModelError::Config(format!(
@@ -105,13 +113,15 @@ impl ModelSizes {
     ) -> Student<B> {
         match arch {
             Architecture::Unet => Student::Unet(self.unet.init(in_channels, num_classes, device)),
+            Architecture::Resunet => {
+                Student::Resunet(self.resunet.init(in_channels, num_classes, device))
+            }
             Architecture::SwinUnet => {
                 Student::SwinUnet(self.swin_unet.init(image_size, num_classes, device))
             }
         }
     }
 
-    /// `(stride, channels)` of the feature taps of `arch`.
     /// Multiply-adds of one forward pass of one `image_size²` image (convolutions, linear layers,
     /// attention products; normalisation, activations and softmax are not counted).
     pub fn forward_macs(
@@ -123,13 +133,19 @@ impl ModelSizes {
     ) -> f64 {
         match arch {
             Architecture::Unet => self.unet.forward_macs(image_size, in_channels, num_classes),
+            Architecture::Resunet => {
+                self.resunet
+                    .forward_macs(image_size, in_channels, num_classes)
+            }
             Architecture::SwinUnet => self.swin_unet.forward_macs(image_size, num_classes),
         }
     }
 
+    /// `(stride, channels)` of the feature taps of `arch`.
     pub fn tap_channels(&self, arch: Architecture) -> Vec<(usize, usize)> {
         match arch {
             Architecture::Unet => self.unet.tap_channels(),
+            Architecture::Resunet => self.resunet.tap_channels(),
             Architecture::SwinUnet => self.swin_unet.tap_channels(),
         }
     }
@@ -141,6 +157,7 @@ impl<B: Backend> Student<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {
         match self {
             Student::Unet(m) => m.forward(x),
+            Student::Resunet(m) => m.forward(x),
             Student::SwinUnet(m) => m.forward(x),
         }
     }
@@ -171,6 +188,7 @@ mod tests {
                 depths: [2, 2, 2, 2],
                 ..Default::default()
             },
+            ..Default::default()
         }
     }
 
@@ -187,6 +205,41 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(sizes.forward_macs(Architecture::Unet, 16, 1, 1), 15914.0);
+    }
+
+    #[test]
+    fn resunet_shapes_taps_and_gradients() {
+        let sizes = ModelSizes {
+            resunet: ResUnetConfig {
+                channels: [4, 4, 8, 8, 16],
+                blocks: [1, 2, 1, 1],
+                decoder: [16, 12, 8, 6, 4],
+            },
+            ..Default::default()
+        };
+        let device = Default::default();
+        let m = sizes.init::<TestAutodiff>(Architecture::Resunet, 64, 1, 3, &device);
+        let x = Tensor::random([2, 1, 64, 64], Distribution::Default, &device).require_grad();
+        let out = m.forward(x.clone());
+        assert_eq!(out.logits.dims(), [2, 3, 64, 64]);
+        let taps: Vec<_> = out.features.iter().map(|(s, f)| (*s, f.dims())).collect();
+        assert_eq!(
+            taps,
+            vec![(8, [2, 12, 8, 8]), (4, [2, 8, 16, 16]), (2, [2, 6, 32, 32])]
+        );
+        let channels: Vec<_> = taps.iter().map(|(s, d)| (*s, d[1])).collect();
+        assert_eq!(channels, sizes.tap_channels(Architecture::Resunet));
+        // Every input pixel reaches the output (skips and stem included).
+        let grads = out.logits.sum().backward();
+        let g = x.grad(&grads).unwrap();
+        assert_eq!(
+            g.abs().greater_elem(0.0).int().sum().into_scalar(),
+            2 * 64 * 64
+        );
+        assert!(
+            sizes.validate(Architecture::Resunet, 48, 1).is_err(),
+            "48 is not a multiple of 32"
+        );
     }
 
     #[test]

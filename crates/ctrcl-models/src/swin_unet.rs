@@ -136,7 +136,6 @@ impl SwinUnetConfig {
         Ok(())
     }
 
-    /// Feature-tap channels by stride: 16 → 4C, 8 → 2C, 4 → C.
     /// Multiply-adds of one forward pass per image (see [`crate::ModelSizes::forward_macs`]).
     pub fn forward_macs(&self, image_size: usize, num_classes: usize) -> f64 {
         let c = self.embed_dim as f64;
@@ -171,6 +170,7 @@ impl SwinUnetConfig {
         macs + (image_size * image_size) as f64 * c * num_classes as f64
     }
 
+    /// Feature-tap channels by stride: 16 → 4C, 8 → 2C, 4 → C.
     pub fn tap_channels(&self) -> Vec<(usize, usize)> {
         vec![
             (16, 4 * self.embed_dim),

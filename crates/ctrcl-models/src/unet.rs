@@ -148,7 +148,6 @@ impl UNetConfig {
         }
     }
 
-    /// Channels of the feature taps by stride: 8 → c[3], 4 → c[2], 2 → c[1].
     /// Multiply-adds of one forward pass per image (see [`crate::ModelSizes::forward_macs`]).
     pub fn forward_macs(&self, image_size: usize, in_channels: usize, num_classes: usize) -> f64 {
         let c = self.channels.map(|v| v as f64);
@@ -168,6 +167,7 @@ impl UNetConfig {
         macs + c[0] * num_classes as f64 * area(0)
     }
 
+    /// Channels of the feature taps by stride: 8 → c[3], 4 → c[2], 2 → c[1].
     pub fn tap_channels(&self) -> Vec<(usize, usize)> {
         vec![
             (8, self.channels[3]),

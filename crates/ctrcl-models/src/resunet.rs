@@ -1,0 +1,257 @@
+//! ResUNet: a ResNet-34-style encoder (7×7 stride-2 stem, 3×3 max-pool, basic residual blocks
+//! [3, 4, 6, 3] at strides 4, 8, 16, 32) with a U-Net decoder (2× transposed-conv up, skip
+//! concatenation, two 3×3 conv + BatchNorm + ReLU) back to the input size (METHOD.md §2's "any CNN"
+//! slot). Feature taps: decoder outputs at strides 8, 4 and 2, like the U-Net's, so the pair's
+//! CFCL taps carry over. Layer names follow torchvision's ResNet where weights would be imported.
+
+use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
+use crate::{ModelError, SegOutput};
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResUnetConfig {
+    /// Stem width, then the widths of the four residual stages (ResNet-34: 64, 64, 128, 256, 512).
+    pub channels: [usize; 5],
+    /// Basic blocks per residual stage (ResNet-34: 3, 4, 6, 3).
+    pub blocks: [usize; 4],
+    /// Decoder widths at strides 16, 8, 4, 2, 1.
+    pub decoder: [usize; 5],
+}
+
+impl Default for ResUnetConfig {
+    fn default() -> Self {
+        ResUnetConfig {
+            channels: [64, 64, 128, 256, 512],
+            blocks: [3, 4, 6, 3],
+            decoder: [256, 128, 64, 32, 16],
+        }
+    }
+}
+
+fn conv<B: Backend>(cin: usize, cout: usize, k: usize, stride: usize, d: &B::Device) -> Conv2d<B> {
+    let p = k / 2;
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(false)
+        .init(d)
+}
+
+/// ResNet basic block: two 3×3 convs with BatchNorm, identity or 1×1-projection shortcut.
+#[derive(Module, Debug)]
+pub struct BasicBlock<B: Backend> {
+    conv1: Conv2d<B>,
+    bn1: BatchNorm2d<B>,
+    conv2: Conv2d<B>,
+    bn2: BatchNorm2d<B>,
+    downsample: Option<(Conv2d<B>, BatchNorm2d<B>)>,
+}
+
+impl<B: Backend> BasicBlock<B> {
+    fn new(cin: usize, cout: usize, stride: usize, d: &B::Device) -> Self {
+        BasicBlock {
+            conv1: conv(cin, cout, 3, stride, d),
+            bn1: BatchNorm2dConfig::new(cout).init(d),
+            conv2: conv(cout, cout, 3, 1, d),
+            bn2: BatchNorm2dConfig::new(cout).init(d),
+            downsample: (stride != 1 || cin != cout).then(|| {
+                (
+                    conv(cin, cout, 1, stride, d),
+                    BatchNorm2dConfig::new(cout).init(d),
+                )
+            }),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let h = relu(self.bn1.forward(self.conv1.forward(x.clone())));
+        let h = self.bn2.forward(self.conv2.forward(h));
+        let shortcut = match &self.downsample {
+            Some((c, bn)) => bn.forward(c.forward(x)),
+            None => x,
+        };
+        relu(h + shortcut)
+    }
+}
+
+/// Decoder step: 2× transposed-conv up, concatenation with the skip, two conv + BN + ReLU.
+#[derive(Module, Debug)]
+pub struct DecoderBlock<B: Backend> {
+    up: ConvTranspose2d<B>,
+    conv1: Conv2d<B>,
+    bn1: BatchNorm2d<B>,
+    conv2: Conv2d<B>,
+    bn2: BatchNorm2d<B>,
+}
+
+impl<B: Backend> DecoderBlock<B> {
+    fn new(c_deep: usize, c_skip: usize, cout: usize, d: &B::Device) -> Self {
+        DecoderBlock {
+            up: ConvTranspose2dConfig::new([c_deep, cout], [2, 2])
+                .with_stride([2, 2])
+                .init(d),
+            conv1: conv(cout + c_skip, cout, 3, 1, d),
+            bn1: BatchNorm2dConfig::new(cout).init(d),
+            conv2: conv(cout, cout, 3, 1, d),
+            bn2: BatchNorm2dConfig::new(cout).init(d),
+        }
+    }
+
+    fn forward(&self, deep: Tensor<B, 4>, skip: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
+        let up = self.up.forward(deep);
+        let h = match skip {
+            Some(s) => Tensor::cat(vec![up, s], 1),
+            None => up,
+        };
+        let h = relu(self.bn1.forward(self.conv1.forward(h)));
+        relu(self.bn2.forward(self.conv2.forward(h)))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResUnet<B: Backend> {
+    conv1: Conv2d<B>,
+    bn1: BatchNorm2d<B>,
+    maxpool: MaxPool2d,
+    layers: Vec<Vec<BasicBlock<B>>>,
+    decoder: Vec<DecoderBlock<B>>,
+    head: Conv2d<B>,
+}
+
+impl ResUnetConfig {
+    pub fn validate(&self, image_size: usize) -> Result<(), ModelError> {
+        if self.channels.contains(&0) || self.decoder.contains(&0) || self.blocks.contains(&0) {
+            return Err(ModelError::Config(
+                "resunet.channels, .blocks and .decoder must all be positive".into(),
+            ));
+        }
+        if image_size == 0 || !image_size.is_multiple_of(32) {
+            return Err(ModelError::Config(format!(
+                "resunet needs an image size divisible by 32 (stride-32 encoder); got {image_size}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn init<B: Backend>(
+        &self,
+        in_channels: usize,
+        num_classes: usize,
+        d: &B::Device,
+    ) -> ResUnet<B> {
+        let c = self.channels;
+        let mut layers = Vec::with_capacity(4);
+        let mut cin = c[0];
+        for stage in 0..4 {
+            let stride = if stage == 0 { 1 } else { 2 };
+            let blocks = (0..self.blocks[stage])
+                .map(|i| {
+                    let b = BasicBlock::new(cin, c[stage + 1], if i == 0 { stride } else { 1 }, d);
+                    cin = c[stage + 1];
+                    b
+                })
+                .collect();
+            layers.push(blocks);
+        }
+        // Skips at strides 16, 8, 4, 2 (stage 3, 2, 1 outputs and the stem); none at stride 1.
+        let skips = [c[3], c[2], c[1], c[0], 0];
+        let mut deep = c[4];
+        let decoder = (0..5)
+            .map(|j| {
+                let b = DecoderBlock::new(deep, skips[j], self.decoder[j], d);
+                deep = self.decoder[j];
+                b
+            })
+            .collect();
+        ResUnet {
+            conv1: Conv2dConfig::new([in_channels, c[0]], [7, 7])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
+                .with_bias(false)
+                .init(d),
+            bn1: BatchNorm2dConfig::new(c[0]).init(d),
+            maxpool: MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
+            layers,
+            decoder,
+            head: Conv2dConfig::new([self.decoder[4], num_classes], [1, 1]).init(d),
+        }
+    }
+
+    /// Channels of the feature taps by stride (decoder outputs): 8, 4, 2.
+    pub fn tap_channels(&self) -> Vec<(usize, usize)> {
+        vec![
+            (8, self.decoder[1]),
+            (4, self.decoder[2]),
+            (2, self.decoder[3]),
+        ]
+    }
+
+    /// Multiply-adds of one forward pass per image (see [`crate::ModelSizes::forward_macs`]).
+    pub fn forward_macs(&self, image_size: usize, in_channels: usize, num_classes: usize) -> f64 {
+        let c = self.channels.map(|v| v as f64);
+        let area = |stride: usize| ((image_size / stride) * (image_size / stride)) as f64;
+        let mut macs = 49.0 * in_channels as f64 * c[0] * area(2);
+        let mut cin = c[0];
+        for stage in 0..4 {
+            let stride = 4 << stage;
+            let cout = c[stage + 1];
+            for i in 0..self.blocks[stage] {
+                macs += 9.0 * (cin * cout + cout * cout) * area(stride);
+                if i == 0 && (stage > 0 || cin != cout) {
+                    macs += cin * cout * area(stride);
+                }
+                cin = cout;
+            }
+        }
+        let skips = [c[3], c[2], c[1], c[0], 0.0];
+        let mut deep = c[4];
+        for (j, (&width, skip)) in self.decoder.iter().zip(skips).enumerate() {
+            let out = width as f64;
+            let stride = 16 >> j;
+            // 2×2 stride-2 transposed conv: one input pixel feeds four output pixels.
+            macs += deep * out * area(stride);
+            macs += 9.0 * ((out + skip) * out + out * out) * area(stride);
+            deep = out;
+        }
+        macs + deep * num_classes as f64 * area(1)
+    }
+}
+
+impl<B: Backend> ResUnet<B> {
+    /// # Shapes
+    /// `x`: `[B, Cin, H, W]` → logits `[B, K, H, W]`; features at strides 8, 4, 2 with
+    /// `decoder[1]`, `decoder[2]`, `decoder[3]` channels.
+    pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {
+        let stem = relu(self.bn1.forward(self.conv1.forward(x))); // stride 2
+        let mut h = self.maxpool.forward(stem.clone()); // stride 4
+        let mut skips = vec![stem];
+        for stage in &self.layers {
+            for block in stage {
+                h = block.forward(h);
+            }
+            skips.push(h.clone()); // strides 4, 8, 16, 32
+        }
+        let mut h = skips.pop().expect("four stages");
+        let mut features = Vec::with_capacity(3);
+        for (j, block) in self.decoder.iter().enumerate() {
+            h = block.forward(h, skips.pop());
+            let stride = 16 >> j;
+            if (2..=8).contains(&stride) {
+                features.push((stride, h.clone()));
+            }
+        }
+        SegOutput {
+            logits: self.head.forward(h),
+            features,
+        }
+    }
+}
