@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod evaluate;
+mod experiment;
 mod quickstart;
 mod table;
 
@@ -95,6 +96,8 @@ enum Command {
     },
     /// Metrics of predicted label maps against references (Dice, Jaccard, HD95, ASD), per case.
     Evaluate(evaluate::Args),
+    /// Run a matrix of trainings (methods, ablations × pairs × seeds) and write the results table.
+    Experiment(experiment::Args),
     /// Time training steps and inference of the students and the pair (synthetic batches).
     Bench(bench::Args),
     /// Fetch ICBM152, train with `independent` and `ctrcl`, test both students, print the table.
@@ -275,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(args) => evaluate::run(args)?,
         Command::Quickstart(args) => quickstart::run(args)?,
         Command::Bench(args) => bench::run(args)?,
+        Command::Experiment(args) => experiment::run(args)?,
     }
     Ok(())
 }

@@ -1248,3 +1248,75 @@ fn resunet_trains_with_ctrcl_beside_the_swin_unet() {
         "{last}"
     );
 }
+
+#[test]
+fn experiment_runs_the_matrix_resumably_and_tables_mean_and_std() {
+    let dir = tempfile::tempdir().unwrap();
+    let sets: Vec<String> = tiny_settings(prepared())
+        .into_iter()
+        .map(|s| format!("{s:?}"))
+        .collect();
+    let exp = dir.path().join("tiny.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name = \"tiny\"\nconfig = {:?}\nmethods = [\"independent\", \"ctrcl\"]\nseeds = [0, 1]\nset = [{}]\n\n[ablations]\nno-cfcl = [\"cfcl.enabled=false\"]\n",
+            config_path(),
+            sets.join(", ")
+        ),
+    )
+    .unwrap();
+    let (out, results) = (dir.path().join("runs"), dir.path().join("tiny.md"));
+    let args = [
+        "experiment",
+        "--config",
+        exp.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+    ];
+    ok(&args);
+    let md = std::fs::read_to_string(&results).unwrap();
+    // The ctrcl cnn row: mean ± sample std of the two seeds' test mean Dice.
+    let dice = |seed: u64| -> f64 {
+        let path = out.join(format!(
+            "unet+swin-unet/ctrcl/seed{seed}/metrics/test-test.json"
+        ));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        v["cnn"]["transunet"]["mean"]["dice"].as_f64().unwrap()
+    };
+    let (a, b) = (dice(0), dice(1));
+    let (mean, std) = ((a + b) / 2.0, (a - b).abs() / 2f64.sqrt());
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| unet+swin-unet | ctrcl | cnn (unet) |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(row.contains(&format!("**{mean:.4} ± {std:.4}**")), "{row}");
+    assert!(
+        md.contains("## CTRCL ablations") && md.contains("| no-cfcl |"),
+        "{md}"
+    );
+    assert!(md.matches("seed").count() >= 6, "{md}");
+    // Rerunning reuses every finished cell and writes the same table.
+    let again = ctrcl(&args);
+    assert!(again.status.success());
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(log.matches("done already").count(), 6, "{log}");
+    let md2 = std::fs::read_to_string(&results).unwrap();
+    let body = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(body(&md), body(&md2));
+    // A typo in the experiment file names the key.
+    std::fs::write(
+        &exp,
+        "name = \"x\"\nconfig = \"c.toml\"\nmethod = [\"ctrcl\"]\n",
+    )
+    .unwrap();
+    let err = fails(&["experiment", "--config", exp.to_str().unwrap()]);
+    assert!(err.contains("method"), "{err}");
+}

@@ -1,0 +1,419 @@
+//! `ctrcl experiment`: a matrix of training runs (methods and ablations × student pairs × seeds)
+//! from one file, resumable cell by cell, summarised as a Markdown results table with mean ± std
+//! over seeds (the paper's tables, on the data we have).
+
+use crate::{backend, prepare};
+use anyhow::{bail, Context, Result};
+use ctrcl_data::split::Split;
+use ctrcl_train::student::Role;
+use ctrcl_train::TrainConfig;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Experiment file (TOML; configs/experiments/*.toml document the keys).
+    #[arg(long)]
+    config: PathBuf,
+    /// Folder of the run directories (default: runs/experiments/NAME). Rerunning continues it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Results Markdown (default: docs/results/NAME.md).
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+/// The experiment file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentFile {
+    pub name: String,
+    /// Training config of every cell, relative to the experiment file.
+    pub config: PathBuf,
+    pub methods: Vec<String>,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// `[cnn, transformer]` pairs; default: the config's pair.
+    #[serde(default)]
+    pub pairs: Vec<[String; 2]>,
+    /// Overrides applied to every cell (`key=value`, as `--set`).
+    #[serde(default)]
+    pub set: Vec<String>,
+    /// Extra CTRCL cells: name → overrides (e.g. `no-rlcl = ["rlcl.enabled=false"]`).
+    #[serde(default)]
+    pub ablations: BTreeMap<String, Vec<String>>,
+    /// Prepare this source (`icbm152`) into OUT/data/SOURCE and use it as the dataset.
+    #[serde(default)]
+    pub prepare: Option<String>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0, 1, 2]
+}
+
+/// One run of the matrix.
+#[derive(Debug, Clone)]
+struct Cell {
+    pair: [String; 2],
+    /// A method name, or an ablation name (a ctrcl variant).
+    variant: String,
+    is_ablation: bool,
+    seed: u64,
+    overrides: Vec<String>,
+    dir: PathBuf,
+}
+
+fn cells(exp: &ExperimentFile, base: &TrainConfig, out: &Path) -> Vec<Cell> {
+    let pairs = if exp.pairs.is_empty() {
+        vec![[
+            base.students.cnn.name().to_string(),
+            base.students.transformer.name().to_string(),
+        ]]
+    } else {
+        exp.pairs.clone()
+    };
+    let mut variants: Vec<(String, bool, Vec<String>)> = exp
+        .methods
+        .iter()
+        .map(|m| (m.clone(), false, vec![format!("method={m}")]))
+        .collect();
+    for (name, sets) in &exp.ablations {
+        let mut o = vec!["method=ctrcl".to_string()];
+        o.extend(sets.iter().cloned());
+        variants.push((name.clone(), true, o));
+    }
+    let mut out_cells = Vec::new();
+    for pair in &pairs {
+        for (variant, is_ablation, sets) in &variants {
+            for &seed in &exp.seeds {
+                let mut overrides = exp.set.clone();
+                overrides.extend(sets.iter().cloned());
+                overrides.push(format!("students.cnn={}", pair[0]));
+                overrides.push(format!("students.transformer={}", pair[1]));
+                overrides.push(format!("seed={seed}"));
+                out_cells.push(Cell {
+                    pair: pair.clone(),
+                    variant: variant.clone(),
+                    is_ablation: *is_ablation,
+                    seed,
+                    overrides,
+                    dir: out
+                        .join(format!("{}+{}", pair[0], pair[1]))
+                        .join(variant)
+                        .join(format!("seed{seed}")),
+                });
+            }
+        }
+    }
+    out_cells
+}
+
+/// Mean and sample standard deviation (n − 1); std is NaN for one value.
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+fn cell_text(values: &[f64], digits: usize) -> String {
+    let (m, s) = mean_std(values);
+    if s.is_nan() {
+        format!("{m:.digits$}")
+    } else {
+        format!("{m:.digits$} ± {s:.digits$}")
+    }
+}
+
+/// Runs (or continues) one cell; returns its test metrics.
+fn run_cell(
+    cell: &Cell,
+    base_text: &str,
+    base_dir: &Path,
+    dataset: Option<&Path>,
+) -> Result<Value> {
+    let metrics_path = cell.dir.join("metrics").join("test-test.json");
+    let read = || -> Result<Value> {
+        serde_json::from_str(&std::fs::read_to_string(&metrics_path)?)
+            .with_context(|| format!("{} is not valid JSON", metrics_path.display()))
+    };
+    if let Ok(v) = read() {
+        if Role::BOTH.iter().all(|r| !v[r.name()].is_null()) {
+            eprintln!("done already: {}", cell.dir.display());
+            return Ok(v);
+        }
+    }
+    if cell.dir.join("last").join("state.json").exists() {
+        let finished = std::fs::read_to_string(cell.dir.join("log.jsonl"))
+            .map(|l| l.contains("\"event\":\"end\""))
+            .unwrap_or(false);
+        if !finished {
+            eprintln!("resuming {}", cell.dir.display());
+            backend::resume(&cell.dir, true)?;
+        }
+    } else {
+        let mut cfg = TrainConfig::from_toml(base_text, &cell.overrides)
+            .with_context(|| format!("cell {}", cell.dir.display()))?;
+        if cfg.data.dataset.is_relative() && dataset.is_none() {
+            cfg.data.dataset = base_dir.join(&cfg.data.dataset);
+        }
+        if let Some(d) = dataset {
+            cfg.data.dataset = d.to_path_buf();
+        }
+        eprintln!("training {}", cell.dir.display());
+        backend::train(&cfg, &cell.dir, true)?;
+    }
+    backend::test(&cell.dir, &Role::BOTH, Split::Test, None)?;
+    read()
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("cannot read {}", args.config.display()))?;
+    let exp: ExperimentFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", args.config.display(), e.message().trim()))?;
+    if exp.methods.is_empty() && exp.ablations.is_empty() {
+        bail!("{}: give at least one method", args.config.display());
+    }
+    if exp.seeds.is_empty() {
+        bail!("{}: give at least one seed", args.config.display());
+    }
+    let here = args.config.parent().unwrap_or(Path::new("."));
+    let config_path = here.join(&exp.config);
+    let base_text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "cannot read the experiment's config {}",
+            config_path.display()
+        )
+    })?;
+    let base = TrainConfig::from_toml(&base_text, &exp.set)
+        .with_context(|| format!("in {}", config_path.display()))?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/experiments").join(&exp.name));
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("docs/results").join(format!("{}.md", exp.name)));
+    let dataset = match &exp.prepare {
+        Some(source) => {
+            let dir = out.join("data").join(source);
+            if !dir.join("dataset.json").exists() {
+                eprintln!("preparing {source} in {}", dir.display());
+                prepare(source, &dir, None)?;
+            }
+            Some(dir)
+        }
+        None => None,
+    };
+    let all = cells(&exp, &base, &out);
+    // Every cell's config must parse before hours of training start.
+    for cell in &all {
+        TrainConfig::from_toml(&base_text, &cell.overrides)
+            .with_context(|| format!("cell {} of {}", cell.dir.display(), args.config.display()))?;
+    }
+    eprintln!("{} runs in {}", all.len(), out.display());
+    let started = std::time::Instant::now();
+    let mut metrics = Vec::with_capacity(all.len());
+    for (i, cell) in all.iter().enumerate() {
+        eprintln!(
+            "[{}/{}] {} seed {}",
+            i + 1,
+            all.len(),
+            cell.variant,
+            cell.seed
+        );
+        metrics.push(run_cell(cell, &base_text, here, dataset.as_deref())?);
+    }
+    let class_names: Vec<String> = {
+        let c = metrics[0]["classes"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut v: Vec<(usize, String)> = c
+            .iter()
+            .filter_map(|(k, n)| Some((k.parse().ok()?, n.as_str()?.to_string())))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, n)| n).collect()
+    };
+    let md = results_markdown(
+        &exp,
+        &args,
+        &all,
+        &metrics,
+        &class_names,
+        &base,
+        started.elapsed().as_secs_f64(),
+    );
+    ctrcl_data::error::write_atomic(&results, md.as_bytes())?;
+    print!("{md}");
+    println!("written: {}", results.display());
+    Ok(())
+}
+
+fn results_markdown(
+    exp: &ExperimentFile,
+    args: &Args,
+    cells: &[Cell],
+    metrics: &[Value],
+    class_names: &[String],
+    base: &TrainConfig,
+    seconds: f64,
+) -> String {
+    let machine = crate::bench::machine_peak_gflops()
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let mut md = format!("# {} (experiment)\n\n", exp.name);
+    let _ = writeln!(
+        md,
+        "```\nctrcl experiment --config {}\n```\nCommit {}; {}; backend {}; {} runs in {:.0} min (finished cells are \
+         reused, so this is the time of the last invocation). Config `{}` with {}; seeds {:?}; {} iterations of batch \
+         {} at {}×{}. Test split, TransUNet convention (Dice, Jaccard, HD95 in mm), mean ± sample std over seeds.\n",
+        args.config.display(),
+        git_commit(),
+        machine,
+        backend::NAME,
+        cells.len(),
+        seconds / 60.0,
+        exp.config.display(),
+        if exp.set.is_empty() { "no overrides".to_string() } else { format!("`{}`", exp.set.join("`, `")) },
+        exp.seeds,
+        base.schedule.iterations,
+        base.data.batch_size,
+        base.data.image_size,
+        base.data.image_size
+    );
+    let table = |md: &mut String, ablations: bool| {
+        let _ = write!(md, "| pair | method | student |");
+        for c in class_names {
+            let _ = write!(md, " {c} |");
+        }
+        md.push_str(" mean Dice | mean Jaccard | mean HD95 |\n|---|---|---|");
+        md.push_str(&"---|".repeat(class_names.len() + 3));
+        md.push('\n');
+        let mut groups: Vec<(&[String; 2], &str)> = Vec::new();
+        for c in cells {
+            let wanted = !ablations && !c.is_ablation
+                || ablations
+                    && (c.is_ablation || c.variant == "ctrcl" || c.variant == "independent");
+            if wanted && !groups.iter().any(|(p, v)| *p == &c.pair && *v == c.variant) {
+                groups.push((&c.pair, &c.variant));
+            }
+        }
+        for (pair, variant) in groups {
+            let runs: Vec<&Value> = cells
+                .iter()
+                .zip(metrics)
+                .filter(|(c, _)| &c.pair == pair && c.variant == variant)
+                .map(|(_, m)| m)
+                .collect();
+            for role in Role::BOTH {
+                let collect = |path: &[&str]| -> Vec<f64> {
+                    runs.iter()
+                        .filter_map(|m| {
+                            path.iter()
+                                .try_fold(&m[role.name()], |n, k| n.get(*k))
+                                .and_then(Value::as_f64)
+                        })
+                        .collect()
+                };
+                let arch = &pair[role as usize];
+                let _ = write!(
+                    md,
+                    "| {}+{} | {variant} | {} ({arch}) |",
+                    pair[0],
+                    pair[1],
+                    role.name()
+                );
+                for c in 1..=class_names.len() {
+                    let key = c.to_string();
+                    let _ = write!(
+                        md,
+                        " {} |",
+                        cell_text(&collect(&["transunet", "per_class", &key, "dice"]), 4)
+                    );
+                }
+                let _ = writeln!(
+                    md,
+                    " **{}** | {} | {} |",
+                    cell_text(&collect(&["transunet", "mean", "dice"]), 4),
+                    cell_text(&collect(&["transunet", "mean", "jaccard"]), 4),
+                    cell_text(&collect(&["transunet", "mean", "hd95"]), 2)
+                );
+            }
+        }
+    };
+    md.push_str("## Methods\n\n");
+    table(&mut md, false);
+    if !exp.ablations.is_empty() {
+        md.push_str("\n## CTRCL ablations\n\n");
+        for (name, sets) in &exp.ablations {
+            let _ = writeln!(md, "- `{name}`: `{}`", sets.join("`, `"));
+        }
+        md.push('\n');
+        table(&mut md, true);
+    }
+    md.push_str("\n## Runs\n\n");
+    for c in cells {
+        let _ = writeln!(md, "- `{}`", c.dir.display());
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_experiments_parse_and_every_cell_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/experiments");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let exp: ExperimentFile =
+                toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let text = std::fs::read_to_string(dir.join(&exp.config)).unwrap();
+            let base = TrainConfig::from_toml(&text, &exp.set).unwrap();
+            let all = cells(&exp, &base, Path::new("out"));
+            let variants = exp.methods.len() + exp.ablations.len();
+            assert_eq!(all.len(), variants * exp.seeds.len() * exp.pairs.len().max(1));
+            for cell in &all {
+                TrainConfig::from_toml(&text, &cell.overrides)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", cell.dir.display()));
+            }
+            n += 1;
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn mean_and_sample_std() {
+        // numpy: np.mean([0.70, 0.74, 0.72]) = 0.72, np.std(..., ddof=1) = 0.02
+        let (m, s) = mean_std(&[0.70, 0.74, 0.72]);
+        assert!(
+            (m - 0.72).abs() < 1e-12 && (s - 0.02).abs() < 1e-12,
+            "{m} {s}"
+        );
+        assert!(mean_std(&[0.5]).1.is_nan());
+        assert_eq!(cell_text(&[0.70, 0.74, 0.72], 3), "0.720 ± 0.020");
+        assert_eq!(cell_text(&[0.5], 2), "0.50");
+    }
+}
