@@ -394,7 +394,10 @@ mod tests {
             let base = TrainConfig::from_toml(&text, &exp.set).unwrap();
             let all = cells(&exp, &base, Path::new("out"));
             let variants = exp.methods.len() + exp.ablations.len();
-            assert_eq!(all.len(), variants * exp.seeds.len() * exp.pairs.len().max(1));
+            assert_eq!(
+                all.len(),
+                variants * exp.seeds.len() * exp.pairs.len().max(1)
+            );
             for cell in &all {
                 TrainConfig::from_toml(&text, &cell.overrides)
                     .unwrap_or_else(|e| panic!("{}: {e:#}", cell.dir.display()));

@@ -135,6 +135,16 @@ pub struct StudentsConfig {
     pub transformer: Architecture,
 }
 
+impl StudentsConfig {
+    /// The architecture of the student in `role`.
+    pub fn of(&self, role: crate::student::Role) -> Architecture {
+        match role {
+            crate::student::Role::Cnn => self.cnn,
+            crate::student::Role::Transformer => self.transformer,
+        }
+    }
+}
+
 impl Default for StudentsConfig {
     fn default() -> Self {
         StudentsConfig {

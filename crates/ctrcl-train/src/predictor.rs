@@ -4,8 +4,8 @@
 //! give PNG label maps of the input's size.
 
 use crate::evaluate::{predict_native, NativePrediction};
-use crate::student::{load_net, Role};
-use crate::tester::{checkpoint_dir, open_run};
+use crate::student::Role;
+use crate::tester::{load_student, open_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::{normalize_in_place, Geometry, Upsample};
@@ -80,16 +80,9 @@ impl<B: Backend> Predictor<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let (cfg, info) = open_run(run)?;
-        let arch = match role {
-            Role::Cnn => cfg.students.cnn,
-            Role::Transformer => cfg.students.transformer,
-        };
-        let dir = checkpoint_dir(run, role)?;
-        let template =
-            cfg.models
-                .init::<B>(arch, cfg.data.image_size, 1, info.class_names.len(), device);
+        let (net, dir) = load_student::<B>(run, &cfg, role, info.class_names.len(), device)?;
         Ok(Predictor {
-            net: load_net(template, &dir, role, device)?,
+            net,
             size: cfg.data.image_size,
             normalize: cfg.data.normalize,
             upsample: options.upsample.unwrap_or(cfg.eval.upsample),

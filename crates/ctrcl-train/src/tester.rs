@@ -12,6 +12,7 @@ use ctrcl_data::dataset::{Dataset, Upsample};
 use ctrcl_data::split::Split;
 use ctrcl_metrics::distance::Hd95Mode;
 use ctrcl_metrics::modes::{class_mean, evaluate_case, ClassMetrics, Mode};
+use ctrcl_models::Student;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -69,6 +70,22 @@ pub fn checkpoint_dir(run: &Path, role: Role) -> Result<PathBuf> {
         })
 }
 
+/// The deployable student of `role` in run directory `run` (configured by `cfg`, `k` classes),
+/// loaded from its checkpoint directory, which is returned too.
+pub fn load_student<B: Backend>(
+    run: &Path,
+    cfg: &TrainConfig,
+    role: Role,
+    k: usize,
+    device: &B::Device,
+) -> Result<(Student<B>, PathBuf)> {
+    let dir = checkpoint_dir(run, role)?;
+    let template = cfg
+        .models
+        .init::<B>(cfg.students.of(role), cfg.data.image_size, 1, k, device);
+    Ok((load_net(template, &dir, role, device)?, dir))
+}
+
 /// Tests `roles` of the run on `split`; writes `metrics/test-SPLIT.json` in the run directory.
 /// `upsample` overrides the run's `eval.upsample`.
 pub fn test_run<B: Backend>(
@@ -86,13 +103,8 @@ pub fn test_run<B: Backend>(
     let size = cfg.data.image_size;
     let mut students = Vec::new();
     for &role in roles {
-        let arch = match role {
-            Role::Cnn => cfg.students.cnn,
-            Role::Transformer => cfg.students.transformer,
-        };
-        let dir = checkpoint_dir(run, role)?;
-        let template = cfg.models.init::<B>(arch, size, 1, k, device);
-        let net = load_net(template, &dir, role, device)?;
+        let arch = cfg.students.of(role);
+        let (net, dir) = load_student::<B>(run, &cfg, role, k, device)?;
         let (pred, truth) = predict_split(&net, &dataset, split, size, upsample, device);
         // The stacked slab is (Z, Y, X) in row-major order; NIfTI spacing is (x, y, z).
         let [w, h, _] = dataset.case.image.dims;

@@ -445,16 +445,9 @@ fn load_teacher<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Student<B>> {
     let role = Role::BOTH[teacher_slot(cfg)];
-    let arch = match role {
-        Role::Cnn => cfg.students.cnn,
-        Role::Transformer => cfg.students.transformer,
-    };
-    let dir = crate::tester::checkpoint_dir(&cfg.teacher.run, role)?;
-    let template = cfg
-        .models
-        .init::<B>(arch, cfg.data.image_size, 1, k, device);
-    crate::student::load_net(template, &dir, role, device)
-        .with_context(|| format!("loading the teacher from {}", dir.display()))
+    let (net, _) = crate::tester::load_student::<B>(&cfg.teacher.run, cfg, role, k, device)
+        .with_context(|| format!("loading the teacher from {}", cfg.teacher.run.display()))?;
+    Ok(net)
 }
 
 pub(crate) fn build_student<B: AutodiffBackend>(
@@ -463,10 +456,7 @@ pub(crate) fn build_student<B: AutodiffBackend>(
     k: usize,
     device: &B::Device,
 ) -> TrainStudent<B> {
-    let arch = match role {
-        Role::Cnn => cfg.students.cnn,
-        Role::Transformer => cfg.students.transformer,
-    };
+    let arch = cfg.students.of(role);
     let net = cfg.models.init(arch, cfg.data.image_size, 1, k, device);
     let cpm = if cfg.method.is_ctrcl() && cfg.cfcl.enabled {
         let taps = cfg.models.tap_channels(arch);

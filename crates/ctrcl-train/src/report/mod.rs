@@ -6,8 +6,8 @@ pub mod overlay;
 pub mod plot;
 
 use crate::evaluate::predict_native;
-use crate::student::{load_net, Role};
-use crate::tester::{checkpoint_dir, open_run, test_run};
+use crate::student::Role;
+use crate::tester::{load_student, open_run, test_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::Dataset;
@@ -418,14 +418,7 @@ fn write_overlays<B: Backend>(
         serde_json::from_value(view.metrics["upsample"].clone()).unwrap_or(cfg.eval.upsample);
     let mut preds: Vec<Vec<u8>> = Vec::new();
     for role in Role::BOTH {
-        let arch = match role {
-            Role::Cnn => cfg.students.cnn,
-            Role::Transformer => cfg.students.transformer,
-        };
-        let template =
-            cfg.models
-                .init::<B>(arch, cfg.data.image_size, 1, dataset.num_classes(), device);
-        let net = load_net(template, &checkpoint_dir(&view.dir, role)?, role, device)?;
+        let (net, _) = load_student::<B>(&view.dir, &cfg, role, dataset.num_classes(), device)?;
         let images = picks.iter().map(|&i| slices[i].image.as_slice());
         preds.push(
             predict_native(
