@@ -114,6 +114,14 @@ enum DataCommand {
         #[arg(long)]
         dest: Option<PathBuf>,
     },
+    /// What a file or folder holds: format, shape, dtype, min/max, spacing, orientation, labels.
+    Inspect {
+        /// A .nii/.nii.gz/.npy/.npz/.png/.jpg file, or a folder of them.
+        path: PathBuf,
+        /// Print JSON (keys: format, shape, dtype, min, max, spacing, unique; arrays for npz).
+        #[arg(long)]
+        json: bool,
+    },
     /// Convert a fetched dataset to the nnU-Net raw layout with ctrcl's split.
     Prepare {
         #[arg(long, default_value = "icbm152")]
@@ -188,6 +196,14 @@ fn run(cli: Cli) -> Result<()> {
             let src = ctrcl_data::fetch::source(&source)?;
             let dir = ctrcl_data::fetch::fetch(src, dest.as_deref(), &mut |m| eprintln!("{m}"))?;
             println!("{}", dir.display());
+        }
+        Command::Data(DataCommand::Inspect { path, json }) => {
+            let v = ctrcl_data::inspect::inspect(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", inspect_text(&path.display().to_string(), &v));
+            }
         }
         Command::Data(DataCommand::Prepare { source, out, cache }) => {
             prepare(&source, &out, cache.as_deref())?;
@@ -281,6 +297,64 @@ fn run(cli: Cli) -> Result<()> {
         Command::Experiment(args) => experiment::run(args)?,
     }
     Ok(())
+}
+
+/// Human-readable lines of an `inspect` result (nested for npz members and folder files).
+fn inspect_text(name: &str, v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match v["format"].as_str() {
+        Some("folder") => {
+            let _ = writeln!(out, "{name}: folder");
+            if let Some(d) = v["dataset"].as_object() {
+                let _ = writeln!(
+                    out,
+                    "  dataset.json: {}",
+                    serde_json::Value::Object(d.clone())
+                );
+            }
+            for (file, fv) in v["files"].as_object().into_iter().flatten() {
+                out.push_str(&inspect_text(&format!("  {file}"), fv));
+            }
+            for folder in v["folders"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "  {}/", folder.as_str().unwrap_or("?"));
+            }
+        }
+        Some("npz") => {
+            let _ = writeln!(out, "{name}: npz");
+            for (array, av) in v["arrays"].as_object().into_iter().flatten() {
+                out.push_str(&inspect_text(&format!("  {array}"), av));
+            }
+        }
+        format => {
+            let _ = write!(
+                out,
+                "{name}: {} {} {}, min {} max {}",
+                format.unwrap_or("?"),
+                v["dtype"].as_str().unwrap_or("?"),
+                v["shape"],
+                v["min"],
+                v["max"]
+            );
+            if !v["spacing"].is_null() {
+                let _ = write!(out, ", spacing {}", v["spacing"]);
+            }
+            if let Some(o) = v["orientation"].as_str() {
+                let _ = write!(out, ", {o}");
+            }
+            match v["unique"].as_array() {
+                Some(u) => {
+                    let _ = write!(out, ", values {}", serde_json::Value::Array(u.clone()));
+                }
+                None if v["dtype"].as_str().is_some_and(|d| d.contains("int")) => {
+                    out.push_str(", more than 1000 distinct values");
+                }
+                None => {}
+            }
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Fetches (if needed) and prepares a source.

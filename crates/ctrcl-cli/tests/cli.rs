@@ -1320,3 +1320,28 @@ fn experiment_runs_the_matrix_resumably_and_tables_mean_and_std() {
     let err = fails(&["experiment", "--config", exp.to_str().unwrap()]);
     assert!(err.contains("method"), "{err}");
 }
+
+#[test]
+fn data_inspect_describes_the_prepared_dataset() {
+    let labels = prepared().join("labelsTr/icbm152.nii.gz");
+    let v: Value = serde_json::from_str(&ok(&[
+        "data",
+        "inspect",
+        labels.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    // The DATA.md facts of the prepared labels: NIfTI header order X, Y, Z, 1 mm, RAS, 4 classes.
+    assert_eq!(v["shape"], serde_json::json!([197, 233, 189]));
+    assert_eq!(v["dtype"], "uint8");
+    assert_eq!(v["unique"], serde_json::json!([0, 1, 2, 3]));
+    assert_eq!(v["spacing"], serde_json::json!([1.0, 1.0, 1.0]));
+    assert_eq!(v["orientation"], "RAS");
+    let text = ok(&["data", "inspect", prepared().to_str().unwrap()]);
+    assert!(
+        text.contains("folder") && text.contains("labelsTr/"),
+        "{text}"
+    );
+    let err = fails(&["data", "inspect", "/nonexistent/x.nii.gz"]);
+    assert!(err.contains("/nonexistent/x.nii.gz"), "{err}");
+}

@@ -77,9 +77,21 @@ pub struct LabelPng {
     pub binary_255: bool,
 }
 
-/// Reads a PNG label map: 1–16-bit grey values or palette indices as stored; an RGB(A) file only
-/// if it is grey (R = G = B). Values above 255 are an error; a 0/255 mask becomes 0/1.
-pub fn read_label_png(path: &Path) -> Result<LabelPng> {
+/// The samples of a PNG exactly as stored (palette indices, not colours; 1–16-bit values).
+#[derive(Debug, Clone)]
+pub struct PngSamples {
+    pub h: usize,
+    pub w: usize,
+    /// Samples per pixel (1 grey or palette, 2 grey + alpha, 3 RGB, 4 RGBA).
+    pub channels: usize,
+    pub bit_depth: usize,
+    pub indexed: bool,
+    /// Row-major `h × w × channels`.
+    pub values: Vec<u16>,
+}
+
+/// Reads a PNG without any colour transformation.
+pub fn read_png_samples(path: &Path) -> Result<PngSamples> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let bad = |e: png::DecodingError| DataError::invalid(path, format!("not a valid PNG: {e}"));
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
@@ -92,42 +104,54 @@ pub fn read_label_png(path: &Path) -> Result<LabelPng> {
     let frame = reader.next_frame(&mut buf).map_err(bad)?;
     let (w, h) = (frame.width as usize, frame.height as usize);
     let bits = frame.bit_depth as usize;
-    let samples = frame.color_type.samples();
-    let mut values: Vec<u16> = Vec::with_capacity(w * h);
+    let channels = frame.color_type.samples();
+    let mut values: Vec<u16> = Vec::with_capacity(w * h * channels);
     for row in buf[..frame.line_size * h].chunks(frame.line_size) {
-        for x in 0..w {
-            let sample = |s: usize| -> u16 {
-                let i = x * samples + s;
-                match bits {
-                    16 => u16::from_be_bytes([row[2 * i], row[2 * i + 1]]),
-                    8 => u16::from(row[i]),
-                    _ => {
-                        let per_byte = 8 / bits;
-                        let shift = 8 - bits * (i % per_byte + 1);
-                        u16::from((row[i / per_byte] >> shift) & ((1 << bits) - 1) as u8)
-                    }
+        for i in 0..w * channels {
+            values.push(match bits {
+                16 => u16::from_be_bytes([row[2 * i], row[2 * i + 1]]),
+                8 => u16::from(row[i]),
+                _ => {
+                    let per_byte = 8 / bits;
+                    let shift = 8 - bits * (i % per_byte + 1);
+                    u16::from((row[i / per_byte] >> shift) & ((1 << bits) - 1) as u8)
                 }
-            };
-            let v = match frame.color_type {
-                png::ColorType::Grayscale | png::ColorType::Indexed => sample(0),
-                png::ColorType::GrayscaleAlpha => sample(0),
-                png::ColorType::Rgb | png::ColorType::Rgba => {
-                    let (r, g, b) = (sample(0), sample(1), sample(2));
-                    if r != g || g != b {
-                        return Err(DataError::invalid(
-                            path,
-                            format!(
-                                "colour label map: pixel ({x}, {}) is RGB ({r}, {g}, {b}); \
-                                 save class indices as a grey or palette PNG",
-                                values.len() / w
-                            ),
-                        ));
-                    }
-                    r
-                }
-            };
-            values.push(v);
+            });
         }
+    }
+    Ok(PngSamples {
+        h,
+        w,
+        channels,
+        bit_depth: bits,
+        indexed: frame.color_type == png::ColorType::Indexed,
+        values,
+    })
+}
+
+/// Reads a PNG label map: 1–16-bit grey values or palette indices as stored; an RGB(A) file only
+/// if it is grey (R = G = B). Values above 255 are an error; a 0/255 mask becomes 0/1.
+pub fn read_label_png(path: &Path) -> Result<LabelPng> {
+    let png = read_png_samples(path)?;
+    let (h, w, c) = (png.h, png.w, png.channels);
+    let mut values: Vec<u16> = Vec::with_capacity(w * h);
+    for (i, px) in png.values.chunks(c).enumerate() {
+        // Grey (+ alpha) or palette: the first sample; RGB(A): only when grey.
+        if c >= 3 && (px[0] != px[1] || px[1] != px[2]) {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "colour label map: pixel ({}, {}) is RGB ({}, {}, {}); \
+                     save class indices as a grey or palette PNG",
+                    i % w,
+                    i / w,
+                    px[0],
+                    px[1],
+                    px[2]
+                ),
+            ));
+        }
+        values.push(px[0]);
     }
     if let Some((i, v)) = values.iter().enumerate().find(|(_, &v)| v > 255) {
         return Err(DataError::invalid(

@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod error;
 pub mod fetch;
 pub mod image2d;
+pub mod inspect;
 pub mod labels;
 pub mod loader;
 pub mod nifti;

@@ -1,8 +1,157 @@
-//! NumPy `.npy` output (format 1.0, little-endian float32, C order), for probability maps that
-//! users load with `numpy.load`.
+//! NumPy `.npy` files: output (format 1.0, little-endian float32, C order) for probability maps
+//! that users load with `numpy.load`, and input of numeric arrays of any NumPy dtype, C or
+//! Fortran order, format 1.0–3.0.
 
-use crate::error::{write_atomic, Result};
+use crate::error::{write_atomic, DataError, Result};
 use std::path::Path;
+
+/// An array read from a `.npy` file, values converted to f64 in C (row-major) order.
+#[derive(Debug, Clone)]
+pub struct NpyArray {
+    /// Shape as stored (NumPy order).
+    pub shape: Vec<usize>,
+    /// NumPy's name of the stored type: `uint8`, `int16`, `float32`, `bool`, ….
+    pub dtype: String,
+    pub data: Vec<f64>,
+}
+
+/// Parses `.npy` bytes (`path` only names the file in errors).
+pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
+    let bad = |m: String| DataError::invalid(path, m);
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file (no \\x93NUMPY magic)".into()));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize,
+            12,
+        ),
+        v => return Err(bad(format!("unsupported .npy format version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| bad("truncated or non-text .npy header".into()))?;
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+        Some(header[at..].trim_start().strip_prefix(':')?.trim_start())
+    };
+    let descr = field("descr")
+        .and_then(|v| v.strip_prefix('\''))
+        .and_then(|v| v.split('\'').next())
+        .ok_or_else(|| bad(format!("no descr in header {header:?}")))?;
+    let fortran = field("fortran_order")
+        .ok_or_else(|| bad(format!("no fortran_order in header {header:?}")))?
+        .starts_with("True");
+    let shape_text = field("shape")
+        .and_then(|v| v.strip_prefix('('))
+        .and_then(|v| v.split(')').next())
+        .ok_or_else(|| bad(format!("no shape in header {header:?}")))?;
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse()
+                .map_err(|_| bad(format!("bad shape ({shape_text})")))
+        })
+        .collect::<Result<_>>()?;
+    let (big, kind, size) = {
+        let b = descr.as_bytes();
+        if b.len() < 3 {
+            return Err(bad(format!("unsupported dtype '{descr}'")));
+        }
+        let size: usize = descr[2..]
+            .parse()
+            .map_err(|_| bad(format!("unsupported dtype '{descr}'")))?;
+        (b[0] == b'>', b[1], size)
+    };
+    let dtype = match (kind, size) {
+        (b'b', 1) => "bool".to_string(),
+        (b'u', n) if [1, 2, 4, 8].contains(&n) => format!("uint{}", 8 * n),
+        (b'i', n) if [1, 2, 4, 8].contains(&n) => format!("int{}", 8 * n),
+        (b'f', n) if [2, 4, 8].contains(&n) => format!("float{}", 8 * n),
+        _ => {
+            return Err(bad(format!(
+                "unsupported dtype '{descr}' (numeric arrays only)"
+            )))
+        }
+    };
+    let count: usize = shape.iter().product();
+    let body = &bytes[start + header_len..];
+    if body.len() < count * size {
+        return Err(bad(format!(
+            "data holds {} bytes, the header promises {} ({count} × {size})",
+            body.len(),
+            count * size
+        )));
+    }
+    let value = |chunk: &[u8]| -> f64 {
+        let mut b = [0u8; 8];
+        b[..size].copy_from_slice(chunk);
+        if big {
+            b[..size].reverse();
+        }
+        match (kind, size) {
+            (b'b' | b'u', 1) => b[0] as f64,
+            (b'i', 1) => b[0] as i8 as f64,
+            (b'u', 2) => u16::from_le_bytes([b[0], b[1]]) as f64,
+            (b'i', 2) => i16::from_le_bytes([b[0], b[1]]) as f64,
+            (b'u', 4) => u32::from_le_bytes(b[..4].try_into().expect("4")) as f64,
+            (b'i', 4) => i32::from_le_bytes(b[..4].try_into().expect("4")) as f64,
+            (b'u', 8) => u64::from_le_bytes(b) as f64,
+            (b'i', 8) => i64::from_le_bytes(b) as f64,
+            (b'f', 2) => half_to_f64(u16::from_le_bytes([b[0], b[1]])),
+            (b'f', 4) => f32::from_le_bytes(b[..4].try_into().expect("4")) as f64,
+            _ => f64::from_le_bytes(b),
+        }
+    };
+    let stored: Vec<f64> = body[..count * size].chunks_exact(size).map(value).collect();
+    let data = if fortran && shape.len() > 1 {
+        fortran_to_c(&stored, &shape)
+    } else {
+        stored
+    };
+    Ok(NpyArray { shape, dtype, data })
+}
+
+/// Reads a `.npy` file.
+pub fn read_npy(path: &Path) -> Result<NpyArray> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    parse_npy(path, &bytes)
+}
+
+fn half_to_f64(h: u16) -> f64 {
+    let sign = if h >> 15 == 1 { -1.0 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as f64;
+    sign * match exp {
+        0 => frac * 2f64.powi(-24),
+        31 if frac == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        e => (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
+    }
+}
+
+/// Column-major (first index fastest) values → row-major order of the same shape.
+fn fortran_to_c(values: &[f64], shape: &[usize]) -> Vec<f64> {
+    let n = shape.len();
+    let mut out = vec![0.0; values.len()];
+    let mut idx = vec![0usize; n];
+    for v in values {
+        let c: usize = idx.iter().zip(shape).fold(0, |acc, (i, d)| acc * d + i);
+        out[c] = *v;
+        for a in 0..n {
+            idx[a] += 1;
+            if idx[a] < shape[a] {
+                break;
+            }
+            idx[a] = 0;
+        }
+    }
+    out
+}
 
 /// Writes `data` with `shape` (C order) to `path` atomically.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
@@ -35,6 +184,36 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_what_numpy_writes() {
+        // scripts/reference/npy_fixtures.py wrote these with numpy; values in C order below (the
+        // last float16 is the largest subnormal, 1023·2⁻²⁴).
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/npy");
+        let f = read_npy(&dir.join("int16_fortran_2x3.npy")).unwrap();
+        assert_eq!((f.shape.clone(), f.dtype.as_str()), (vec![2, 3], "int16"));
+        assert_eq!(f.data, vec![-3.0, 0.0, 7.0, 1000.0, -32768.0, 5.0]);
+        let b = read_npy(&dir.join("float64_be_3.npy")).unwrap();
+        assert_eq!((b.shape.clone(), b.dtype.as_str()), (vec![3], "float64"));
+        assert_eq!(b.data, vec![0.5, -2.25, 1e300]);
+        let u = read_npy(&dir.join("uint8_2x2x2.npy")).unwrap();
+        assert_eq!(u.data, (0..8).map(|v| v as f64 * 30.0).collect::<Vec<_>>());
+        let h = read_npy(&dir.join("float16_4.npy")).unwrap();
+        assert_eq!(h.data, vec![1.0, -0.5, 65504.0, 1023.0 * 2f64.powi(-24)]);
+        // Our own writer's output reads back.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("p.npy");
+        write_npy_f32(&path, &[2, 1, 2], &[1.0, 2.0, 3.0, 4.5]).unwrap();
+        let back = read_npy(&path).unwrap();
+        assert_eq!(
+            (back.shape, back.data),
+            (vec![2, 1, 2], vec![1.0, 2.0, 3.0, 4.5])
+        );
+        // Truncated data is an error naming the file.
+        let bytes = std::fs::read(dir.join("int16_fortran_2x3.npy")).unwrap();
+        let err = parse_npy(Path::new("cut.npy"), &bytes[..bytes.len() - 3]).unwrap_err();
+        assert!(err.to_string().contains("cut.npy") && err.to_string().contains("promises"));
+    }
 
     #[test]
     fn header_is_what_numpy_writes() {

@@ -1,0 +1,300 @@
+//! `ctrcl data inspect`: what a file or a folder holds — format, shape (the file's own axis order:
+//! NIfTI X, Y, Z; NumPy order for npy/npz; H, W[, C] for images), stored dtype in NumPy's names,
+//! min/max, spacing and orientation where known, and the sorted unique values of integer data.
+
+use crate::error::{DataError, Result};
+use crate::image2d::{image_stem, is_png, read_png_samples};
+use crate::nifti::{nifti_stem, read_nifti, NiftiType};
+use crate::npy::parse_npy;
+use serde_json::{json, Map, Value};
+use std::io::Read;
+use std::path::Path;
+
+/// Most unique values listed; integer arrays with more report `unique: null`.
+pub const MAX_UNIQUE: usize = 1000;
+
+/// `{"format", "shape", "dtype", "min", "max", "spacing", "unique", ...}` of one array.
+fn array_json(format: &str, shape: &[usize], dtype: &str, values: &[f64]) -> Value {
+    let (min, max) = values
+        .iter()
+        .filter(|v| !v.is_nan())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let integer = dtype.starts_with("int") || dtype.starts_with("uint") || dtype == "bool";
+    let unique = integer.then(|| {
+        let mut u: Vec<i64> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for &v in values {
+            if seen.insert(v as i64) && seen.len() > MAX_UNIQUE {
+                return None;
+            }
+        }
+        u.extend(seen);
+        Some(u)
+    });
+    let finite = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+    json!({
+        "format": format,
+        "shape": shape,
+        "dtype": dtype,
+        "min": finite(min),
+        "max": finite(max),
+        "spacing": Value::Null,
+        "unique": unique.flatten(),
+    })
+}
+
+fn nifti_dtype(t: NiftiType) -> &'static str {
+    match t {
+        NiftiType::U8 => "uint8",
+        NiftiType::I8 => "int8",
+        NiftiType::I16 => "int16",
+        NiftiType::U16 => "uint16",
+        NiftiType::I32 => "int32",
+        NiftiType::U32 => "uint32",
+        NiftiType::I64 => "int64",
+        NiftiType::U64 => "uint64",
+        NiftiType::F32 => "float32",
+        NiftiType::F64 => "float64",
+    }
+}
+
+/// Axis codes of an affine (nibabel's `aff2axcodes`): for each voxel axis, the world axis it
+/// mostly follows, as R/L, A/P, S/I by the sign.
+pub fn axis_codes(affine: &[[f64; 4]; 3]) -> String {
+    (0..3)
+        .map(|col| {
+            let row = (0..3)
+                .max_by(|&a, &b| affine[a][col].abs().total_cmp(&affine[b][col].abs()))
+                .expect("three rows");
+            let positive = affine[row][col] >= 0.0;
+            match (row, positive) {
+                (0, true) => 'R',
+                (0, false) => 'L',
+                (1, true) => 'A',
+                (1, false) => 'P',
+                (2, true) => 'S',
+                _ => 'I',
+            }
+        })
+        .collect()
+}
+
+/// Describes one file; `None` if ctrcl does not read its format.
+pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
+    if nifti_stem(path).is_some() {
+        let v = read_nifti(path)?;
+        let values: Vec<f64> = v.data.iter().map(|&x| f64::from(x)).collect();
+        let mut j = array_json("nifti", &v.dims, nifti_dtype(v.dtype), &values);
+        // Integer storage scaled by a slope is not integer data any more.
+        if v.data.iter().any(|x| x.fract() != 0.0) {
+            j["unique"] = Value::Null;
+        }
+        j["spacing"] = json!(v.spacing);
+        j["orientation"] = json!(axis_codes(&v.affine));
+        return Ok(Some(j));
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("npy") => {
+            let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+            let a = parse_npy(path, &bytes)?;
+            Ok(Some(array_json("npy", &a.shape, &a.dtype, &a.data)))
+        }
+        Some("npz") => inspect_npz(path).map(Some),
+        _ if is_png(path) => {
+            let p = read_png_samples(path)?;
+            let shape = if p.channels == 1 {
+                vec![p.h, p.w]
+            } else {
+                vec![p.h, p.w, p.channels]
+            };
+            let dtype = if p.bit_depth == 16 { "uint16" } else { "uint8" };
+            let values: Vec<f64> = p.values.iter().map(|&v| f64::from(v)).collect();
+            let mut j = array_json("png", &shape, dtype, &values);
+            j["palette"] = json!(p.indexed);
+            Ok(Some(j))
+        }
+        _ if image_stem(path).is_some() => {
+            let img = image::ImageReader::open(path)
+                .map_err(|e| DataError::io(path, e))?
+                .with_guessed_format()
+                .map_err(|e| DataError::io(path, e))?
+                .decode()
+                .map_err(|e| DataError::invalid(path, format!("cannot decode image: {e}")))?;
+            let c = img.color().channel_count() as usize;
+            let (h, w) = (img.height() as usize, img.width() as usize);
+            let rgb = img.to_rgb8();
+            let values: Vec<f64> = if c == 1 {
+                rgb.pixels().map(|p| f64::from(p[0])).collect()
+            } else {
+                rgb.as_raw().iter().map(|&v| f64::from(v)).collect()
+            };
+            let shape = if c == 1 { vec![h, w] } else { vec![h, w, 3] };
+            Ok(Some(array_json("jpeg", &shape, "uint8", &values)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Every `.npy` member of an `.npz` archive (stored or deflated) under `arrays`.
+fn inspect_npz(path: &Path) -> Result<Value> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| DataError::invalid(path, format!("not a valid .npz (zip) archive: {e}")))?;
+    let mut arrays = Map::new();
+    for i in 0..zip.len() {
+        let mut member = zip
+            .by_index(i)
+            .map_err(|e| DataError::invalid(path, format!("member {i}: {e}")))?;
+        let name = member.name().to_string();
+        let mut bytes = Vec::new();
+        member
+            .read_to_end(&mut bytes)
+            .map_err(|e| DataError::invalid(path, format!("member {name}: {e}")))?;
+        let inner = path.join(&name);
+        let a = parse_npy(&inner, &bytes)?;
+        let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
+        arrays.insert(key, array_json("npy", &a.shape, &a.dtype, &a.data));
+    }
+    Ok(json!({"format": "npz", "arrays": arrays}))
+}
+
+/// A file, or a folder: its readable files (not recursive) under `files`, and its
+/// `dataset.json` under `dataset` if it has one.
+pub fn inspect(path: &Path) -> Result<Value> {
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| DataError::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        let mut files = Map::new();
+        for entry in entries.iter().filter(|p| p.is_file()) {
+            if let Some(v) = inspect_file(entry)? {
+                let name = entry.file_name().map(|n| n.to_string_lossy().into_owned());
+                files.insert(name.unwrap_or_default(), v);
+            }
+        }
+        let dataset = std::fs::read_to_string(path.join("dataset.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let subfolders: Vec<String> = entries
+            .iter()
+            .filter(|p| p.is_dir())
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        return Ok(json!({
+            "format": "folder",
+            "files": files,
+            "folders": subfolders,
+            "dataset": dataset,
+        }));
+    }
+    inspect_file(path)?.ok_or_else(|| {
+        DataError::invalid(
+            path,
+            "not a format ctrcl reads (.nii, .nii.gz, .npy, .npz, .png, .jpg, .jpeg)",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nifti::write_nifti;
+
+    #[test]
+    fn axis_codes_follow_the_affine() {
+        let ras = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ];
+        assert_eq!(axis_codes(&ras), "RAS");
+        // LPS with the first two voxel axes swapped: (x → -A = P, y → -R = L, z → S).
+        let m = [
+            [0.0, -0.8, 0.0, 0.0],
+            [-0.7, 0.0, 0.1, 0.0],
+            [0.0, 0.0, 2.5, 0.0],
+        ];
+        assert_eq!(axis_codes(&m), "PLS");
+    }
+
+    #[test]
+    fn nifti_npy_npz_and_png_are_described() {
+        let dir = tempfile::tempdir().unwrap();
+        let nii = dir.path().join("labels.nii.gz");
+        let affine = [
+            [-1.0, 0.0, 0.0, 0.0],
+            [0.0, -1.0, 0.0, 0.0],
+            [0.0, 0.0, 2.0, 0.0],
+        ];
+        let data: Vec<f32> = (0..24).map(|i| (i % 3) as f32).collect();
+        write_nifti(&nii, [4, 3, 2], &data, true, None, [1.0, 1.0, 2.0], affine).unwrap();
+        let v = inspect(&nii).unwrap();
+        assert_eq!(v["shape"], json!([4, 3, 2]));
+        assert_eq!(v["dtype"], "uint8");
+        assert_eq!(v["unique"], json!([0, 1, 2]));
+        assert_eq!(
+            (v["min"].as_f64(), v["max"].as_f64()),
+            (Some(0.0), Some(2.0))
+        );
+        assert_eq!(v["spacing"], json!([1.0, 1.0, 2.0]));
+        assert_eq!(v["orientation"], "LPS");
+
+        let npy_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/npy");
+        let v = inspect(&npy_dir.join("int16_fortran_2x3.npy")).unwrap();
+        assert_eq!(
+            (v["shape"].clone(), v["dtype"].clone()),
+            (json!([2, 3]), json!("int16"))
+        );
+        assert_eq!(v["unique"], json!([-32768, -3, 0, 5, 7, 1000]));
+        let f = inspect(&npy_dir.join("float64_be_3.npy")).unwrap();
+        assert!(f["unique"].is_null(), "no unique values for float data");
+
+        // An npz of two members, one deflated, as np.savez_compressed writes.
+        let npz = dir.path().join("case.npz");
+        {
+            use std::io::Write;
+            let mut w = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+            let stored = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            let deflated = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            w.start_file("image.npy", stored).unwrap();
+            w.write_all(&std::fs::read(npy_dir.join("float64_be_3.npy")).unwrap())
+                .unwrap();
+            w.start_file("label.npy", deflated).unwrap();
+            w.write_all(&std::fs::read(npy_dir.join("uint8_2x2x2.npy")).unwrap())
+                .unwrap();
+            w.finish().unwrap();
+        }
+        let v = inspect(&npz).unwrap();
+        assert_eq!(v["arrays"]["label"]["shape"], json!([2, 2, 2]));
+        assert_eq!(
+            v["arrays"]["label"]["unique"],
+            json!([0, 30, 60, 90, 120, 150, 180, 210])
+        );
+        assert_eq!(v["arrays"]["image"]["dtype"], "float64");
+
+        let png = dir.path().join("mask.png");
+        crate::image2d::write_label_png(&png, &[0, 3, 3, 1, 0, 0], 2, 3).unwrap();
+        let v = inspect(&png).unwrap();
+        assert_eq!(
+            (v["shape"].clone(), v["unique"].clone()),
+            (json!([2, 3]), json!([0, 1, 3]))
+        );
+
+        let folder = inspect(dir.path()).unwrap();
+        assert_eq!(folder["files"].as_object().unwrap().len(), 3);
+        let err = inspect(&dir.path().join("notes.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("notes.txt"), "{err}");
+    }
+}
