@@ -164,10 +164,8 @@ fn parse_nifti(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
         (348, _) => false,
         (_, 348) => true,
         (540, _) | (_, 540) => {
-            return Err(DataError::invalid(
-                path,
-                "NIfTI-2 files are not supported yet (sizeof_hdr = 540)",
-            ))
+            let as_one = nifti2_as_nifti1(path, bytes, size_be == 540)?;
+            return parse_nifti(path, &as_one);
         }
         _ => {
             return Err(DataError::invalid(
@@ -278,6 +276,89 @@ fn parse_nifti(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
         dtype,
         header: bytes[..HEADER_SIZE].to_vec(),
     })
+}
+
+/// NIfTI-2 (540-byte header, 64-bit dims and offsets, f64 pixdim and affine) rewritten as the
+/// equivalent NIfTI-1 file in the same byte order — header, 4 extension bytes, the voxel data
+/// unchanged — so that one parser serves both. Dims above 32767 do not fit NIfTI-1 and are
+/// refused; f64 geometry is kept to f32 precision.
+fn nifti2_as_nifti1(path: &Path, bytes: &[u8], big_endian: bool) -> Result<Vec<u8>> {
+    const HEADER2: usize = 540;
+    if bytes.len() < HEADER2 {
+        return Err(DataError::invalid(
+            path,
+            format!(
+                "file is {} bytes, shorter than a NIfTI-2 header (540)",
+                bytes.len()
+            ),
+        ));
+    }
+    if &bytes[4..8] != b"n+2\0" {
+        return Err(DataError::invalid(
+            path,
+            "bad NIfTI-2 magic (expected \"n+2\")",
+        ));
+    }
+    let rd = |at: usize, n: usize| -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(&bytes[at..at + n]);
+        if big_endian {
+            b[..n].reverse();
+        }
+        b
+    };
+    let i16_at = |at: usize| i16::from_le_bytes(rd(at, 2)[..2].try_into().expect("2"));
+    let i32_at = |at: usize| i32::from_le_bytes(rd(at, 4)[..4].try_into().expect("4"));
+    let i64_at = |at: usize| i64::from_le_bytes(rd(at, 8));
+    let f64_at = |at: usize| f64::from_le_bytes(rd(at, 8));
+    let mut h = vec![0u8; HEADER_SIZE];
+    let mut put = |at: usize, v: &[u8]| {
+        let mut b = v.to_vec();
+        if big_endian {
+            b.reverse();
+        }
+        h[at..at + b.len()].copy_from_slice(&b);
+    };
+    put(0, &348i32.to_le_bytes());
+    for i in 0..8 {
+        let d = i64_at(16 + 8 * i);
+        let d = i16::try_from(d).map_err(|_| {
+            DataError::invalid(
+                path,
+                format!("dim[{i}] = {d} is too large for ctrcl (max 32767)"),
+            )
+        })?;
+        put(40 + 2 * i, &d.to_le_bytes());
+        put(76 + 4 * i, &(f64_at(104 + 8 * i) as f32).to_le_bytes());
+    }
+    put(70, &i16_at(12).to_le_bytes());
+    put(72, &i16_at(14).to_le_bytes());
+    let vox_offset = i64_at(168);
+    let data_start = usize::try_from(vox_offset)
+        .ok()
+        .filter(|&o| o >= HEADER2 && o <= bytes.len())
+        .ok_or_else(|| {
+            DataError::invalid(
+                path,
+                format!("vox_offset {vox_offset} is invalid (must be >= 544)"),
+            )
+        })?;
+    put(108, &(DATA_OFFSET as f32).to_le_bytes());
+    put(112, &(f64_at(176) as f32).to_le_bytes());
+    put(116, &(f64_at(184) as f32).to_le_bytes());
+    put(252, &(i32_at(344) as i16).to_le_bytes());
+    put(254, &(i32_at(348) as i16).to_le_bytes());
+    for (k, at) in [352, 360, 368, 376, 384, 392].into_iter().enumerate() {
+        put(256 + 4 * k, &(f64_at(at) as f32).to_le_bytes());
+    }
+    for k in 0..12 {
+        put(280 + 4 * k, &(f64_at(400 + 8 * k) as f32).to_le_bytes());
+    }
+    h[123] = bytes[500 + if big_endian { 3 } else { 0 }]; // xyzt_units (low byte of the i32)
+    h[344..348].copy_from_slice(b"n+1\0");
+    h.extend_from_slice(&[0u8; 4]);
+    h.extend_from_slice(&bytes[data_start..]);
+    Ok(h)
 }
 
 fn decode_voxels(raw: &[u8], dtype: NiftiType, swap: bool, slope: f32, inter: f32) -> Vec<f32> {
@@ -558,6 +639,74 @@ mod tests {
         bytes.extend_from_slice(&data);
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read_nifti(&path).unwrap().data, sample(dims));
+    }
+
+    #[test]
+    fn nifti2_files_read_as_nibabel_reads_them() {
+        // scripts/reference/nifti2_fixtures.py: nibabel 5.4.2 wrote both files (int16 with its own
+        // slope and intercept, an oblique sform; little- and big-endian) and recorded what it
+        // reads back. Values compare within f32 rounding of slope·x + intercept.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/nifti2");
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        for order in ["le", "be"] {
+            let e = &expected[order];
+            let v = read_nifti(&dir.join(format!("int16_{order}.nii.gz"))).unwrap();
+            let dims: Vec<usize> = e["dims"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(v.dims.to_vec(), dims, "{order}");
+            assert_eq!(v.dtype, NiftiType::I16);
+            let data: Vec<f32> = e["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_f64().unwrap() as f32)
+                .collect();
+            for (g, w) in v.data.iter().zip(&data) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{order}: {g} vs {w}"
+                );
+            }
+            for (got, want) in v.spacing.iter().zip(e["spacing"].as_array().unwrap()) {
+                assert!(
+                    (*got as f64 - want.as_f64().unwrap()).abs() < 1e-6,
+                    "{order}"
+                );
+            }
+            // f64 geometry kept to f32 precision.
+            for (row, want) in v.affine.iter().zip(e["affine"].as_array().unwrap()) {
+                for (g, w) in row.iter().zip(want.as_array().unwrap()) {
+                    assert!(
+                        (g - w.as_f64().unwrap()).abs() < 1e-5,
+                        "{order}: {:?}",
+                        v.affine
+                    );
+                }
+            }
+        }
+        // A truncated NIfTI-2 file names itself.
+        let bytes = {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(std::fs::File::open(dir.join("int16_le.nii.gz")).unwrap())
+                .read_to_end(&mut out)
+                .unwrap();
+            out
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let cut = tmp.path().join("cut2.nii");
+        std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+        let err = read_nifti(&cut).unwrap_err().to_string();
+        assert!(
+            err.contains("cut2.nii") && err.contains("truncated"),
+            "{err}"
+        );
     }
 
     #[test]
