@@ -78,7 +78,11 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
             )))
         }
     };
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|c| c.checked_mul(size).is_some())
+        .ok_or_else(|| bad(format!("shape ({shape_text}) is too large")))?;
     let body = &bytes[start + header_len..];
     if body.len() < count * size {
         return Err(bad(format!(
@@ -209,6 +213,12 @@ mod tests {
             (back.shape, back.data),
             (vec![2, 1, 2], vec![1.0, 2.0, 3.0, 4.5])
         );
+        // An absurd shape is an error, not an overflow.
+        let huge = b"\x93NUMPY\x01\x00\x51\x00{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }";
+        let err = parse_npy(Path::new("huge.npy"), huge)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too large"), "{err}");
         // Truncated data is an error naming the file.
         let bytes = std::fs::read(dir.join("int16_fortran_2x3.npy")).unwrap();
         let err = parse_npy(Path::new("cut.npy"), &bytes[..bytes.len() - 3]).unwrap_err();
