@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import ResUnet, SwinUnet, UNet
+from models import ResUnet, SegFormer, SwinUnet, UNet
 
 
 def seg_loss(logits, onehot):
@@ -29,7 +29,7 @@ def seg_loss(logits, onehot):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["unet", "resunet", "swin-unet"], required=True)
+    ap.add_argument("--model", choices=["unet", "resunet", "swin-unet", "segformer"], required=True)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--classes", type=int, default=9)
@@ -51,6 +51,8 @@ def main():
         net = UNet(1, a.classes, tuple(a.unet_channels))
     elif a.model == "resunet":
         net = ResUnet(1, a.classes)
+    elif a.model == "segformer":
+        net = SegFormer(1, a.classes)
     else:
         net = SwinUnet(a.size, a.classes, embed=a.swin_embed, heads=tuple(a.swin_heads), window=a.swin_window)
     net = net.to(dev)

@@ -25,7 +25,7 @@ def run(cmd, env=None):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["unet", "resunet", "swin-unet"])
+    ap.add_argument("--models", nargs="+", default=["unet", "resunet", "swin-unet", "segformer"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--classes", type=int, default=9)

@@ -239,3 +239,88 @@ class SwinUnet(nn.Module):
         b, _, c = t.shape
         side = self.grid * self.patch
         return self.head(t.transpose(1, 2).reshape(b, c, side, side))
+
+
+class EfficientAttention(nn.Module):
+    def __init__(self, dim, heads, sr):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.sr = nn.Conv2d(dim, dim, sr, sr) if sr > 1 else None
+        self.norm = nn.LayerNorm(dim) if sr > 1 else None
+
+    def forward(self, x, h, w):
+        b, n, c = x.shape
+        hd = c // self.heads
+        q = self.q(x).view(b, n, self.heads, hd).transpose(1, 2)
+        if self.sr is not None:
+            x = self.norm(self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2))
+        k, v = self.kv(x).view(b, -1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
+        attn = ((q * hd ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class MixFfn(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x, h, w):
+        x = self.fc1(x)
+        b, n, c = x.shape
+        x = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+        return self.fc2(F.gelu(x))
+
+
+class MitBlock(nn.Module):
+    def __init__(self, dim, heads, sr, mlp_ratio):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = EfficientAttention(dim, heads, sr)
+        self.ffn = MixFfn(dim, mlp_ratio * dim)
+
+    def forward(self, x, h, w):
+        x = x + self.attn(self.norm1(x), h, w)
+        return x + self.ffn(self.norm2(x), h, w)
+
+
+class SegFormer(nn.Module):
+    """ctrcl's segformer (MiT-B0 sizes): overlapping patch embeddings, efficient attention,
+    Mix-FFN, all-MLP decoder."""
+
+    def __init__(self, in_ch=1, classes=4, dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), heads=(1, 2, 5, 8),
+                 sr=(8, 4, 2, 1), mlp_ratio=4, decoder_dim=256):
+        super().__init__()
+        self.embed, self.embed_norm, self.blocks, self.norm = (nn.ModuleList() for _ in range(4))
+        cin = in_ch
+        for i in range(4):
+            k, s = (7, 4) if i == 0 else (3, 2)
+            self.embed.append(nn.Conv2d(cin, dims[i], k, s, k // 2))
+            self.embed_norm.append(nn.LayerNorm(dims[i]))
+            self.blocks.append(nn.ModuleList([MitBlock(dims[i], heads[i], sr[i], mlp_ratio) for _ in range(depths[i])]))
+            self.norm.append(nn.LayerNorm(dims[i]))
+            cin = dims[i]
+        self.project = nn.ModuleList([nn.Linear(d, decoder_dim) for d in dims])
+        self.fuse = nn.Sequential(nn.Conv2d(4 * decoder_dim, decoder_dim, 1, bias=False), nn.BatchNorm2d(decoder_dim), nn.ReLU())
+        self.head = nn.Conv2d(decoder_dim, classes, 1)
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        projected = []
+        for i in range(4):
+            x = self.embed[i](x)
+            b, c, sh, sw = x.shape
+            t = self.embed_norm[i](x.flatten(2).transpose(1, 2))
+            for blk in self.blocks[i]:
+                t = blk(t, sh, sw)
+            t = self.norm[i](t)
+            projected.append(self.project[i](t).transpose(1, 2).reshape(b, -1, sh, sw))
+            x = t.transpose(1, 2).reshape(b, c, sh, sw)
+        up = [p if p.shape[2] == h // 4 else F.interpolate(p, (h // 4, w // 4), mode="bilinear", align_corners=False)
+              for p in reversed(projected)]
+        logits = self.head(self.fuse(torch.cat(up, 1)))
+        return F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)

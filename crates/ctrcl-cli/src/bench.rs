@@ -14,9 +14,10 @@ pub enum ModelArg {
     Unet,
     Resunet,
     SwinUnet,
+    Segformer,
     /// The CNN + Transformer pair of the config with its method (CTRCL by default).
     Pair,
-    /// unet, resunet, swin-unet and pair, each in its own process.
+    /// unet, resunet, swin-unet, segformer and pair, each in its own process.
     All,
 }
 
@@ -115,6 +116,7 @@ pub fn run(args: Args) -> Result<()> {
     let target = match args.model {
         ModelArg::Unet => BenchTarget::Student(Architecture::Unet),
         ModelArg::Resunet => BenchTarget::Student(Architecture::Resunet),
+        ModelArg::Segformer => BenchTarget::Student(Architecture::Segformer),
         ModelArg::SwinUnet => BenchTarget::Student(Architecture::SwinUnet),
         _ => BenchTarget::Pair,
     };
@@ -193,7 +195,7 @@ fn run_each(args: &Args, peak: Option<(f64, String)>) -> Result<()> {
     if !args.json {
         print_header(peak.as_ref());
     }
-    for model in ["unet", "resunet", "swin-unet", "pair"] {
+    for model in ["unet", "resunet", "swin-unet", "segformer", "pair"] {
         let out = std::process::Command::new(&exe)
             .args(&forwarded)
             .args(["--model", model, "--json"])

@@ -1062,7 +1062,10 @@ fn bench_reports_every_model_with_the_documented_keys() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let models: Vec<&str> = lines.iter().map(|v| v["model"].as_str().unwrap()).collect();
-    assert_eq!(models, ["unet", "resunet", "swin-unet", "pair"]);
+    assert_eq!(
+        models,
+        ["unet", "resunet", "swin-unet", "segformer", "pair"]
+    );
     for v in &lines {
         for key in [
             "ms_per_step",
@@ -1086,8 +1089,8 @@ fn bench_reports_every_model_with_the_documented_keys() {
     // The pair's forward FLOPs are the two students' (counted from the architecture; the same
     // counts as PyTorch's FlopCounterMode on bench/pytorch's twins, docs/benchmarks.md).
     let flop = |i: usize| lines[i]["forward_gflop_per_image"].as_f64().unwrap();
-    assert!((flop(3) - flop(0) - flop(2)).abs() < 1e-12);
-    assert_eq!(lines[3]["method"], "ctrcl");
+    assert!((flop(4) - flop(0) - flop(2)).abs() < 1e-12);
+    assert_eq!(lines[4]["method"], "ctrcl");
     let err = fails(&["bench", "--model", "swin-unet", "--size", "36"]);
     assert!(err.contains("36"), "{err}");
 }
@@ -1218,7 +1221,7 @@ fn offline_methods_learn_from_a_frozen_teacher_run() {
 }
 
 #[test]
-fn resunet_trains_with_ctrcl_beside_the_swin_unet() {
+fn resunet_and_segformer_train_together_with_ctrcl() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r");
     let mut sets = tiny_settings(prepared());
@@ -1227,6 +1230,11 @@ fn resunet_trains_with_ctrcl_beside_the_swin_unet() {
         "models.resunet.channels=[4,4,8,8,8]".into(),
         "models.resunet.blocks=[1,1,1,1]".into(),
         "models.resunet.decoder=[8,8,8,4,4]".into(),
+        "students.transformer=segformer".into(),
+        "models.segformer.dims=[8,8,16,16]".into(),
+        "models.segformer.heads=[1,1,2,2]".into(),
+        "models.segformer.sr_ratios=[2,2,1,1]".into(),
+        "models.segformer.decoder_dim=8".into(),
     ]);
     ok(&train_args(&config_path(), out.to_str().unwrap(), &sets));
     let table = ok(&["test", "--run", out.to_str().unwrap()]);
@@ -1235,12 +1243,19 @@ fn resunet_trains_with_ctrcl_beside_the_swin_unet() {
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics/test-test.json")).unwrap())
             .unwrap();
     assert_eq!(metrics["cnn"]["architecture"], "resunet");
+    assert_eq!(metrics["transformer"]["architecture"], "segformer");
     let last = step_lines(&out)
         .into_iter()
         .rev()
         .find(|v| v.get("cnn").is_some())
         .unwrap();
-    // CFCL aligns the resunet's stride-8 and stride-4 decoder taps with the Swin-UNet's.
+    // CFCL aligns the resunet's stride-8 and stride-4 decoder taps with the SegFormer's.
+    assert!(
+        last["transformer"]["rlcl"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{last}"
+    );
     assert!(
         last["cnn"]["cfcl"]
             .as_f64()

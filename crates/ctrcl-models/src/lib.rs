@@ -5,6 +5,7 @@
 
 pub mod batchnorm;
 pub mod resunet;
+pub mod segformer;
 pub mod swin;
 pub mod swin_unet;
 pub mod unet;
@@ -13,6 +14,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use resunet::{ResUnet, ResUnetConfig};
+pub use segformer::{SegFormer, SegFormerConfig};
 pub use swin_unet::{SwinUnet, SwinUnetConfig};
 pub use unet::{UNet, UNetConfig};
 
@@ -49,6 +51,8 @@ pub enum Architecture {
     /// ResNet-34-style encoder U-Net.
     Resunet,
     SwinUnet,
+    /// SegFormer (Mix-Transformer encoder, all-MLP decoder).
+    Segformer,
 }
 
 impl Architecture {
@@ -57,6 +61,7 @@ impl Architecture {
             Architecture::Unet => "unet",
             Architecture::Resunet => "resunet",
             Architecture::SwinUnet => "swin-unet",
+            Architecture::Segformer => "segformer",
         }
     }
 }
@@ -68,6 +73,7 @@ pub struct ModelSizes {
     pub unet: UNetConfig,
     pub resunet: ResUnetConfig,
     pub swin_unet: SwinUnetConfig,
+    pub segformer: SegFormerConfig,
 }
 
 /// A student network of either family, so both students share one Rust type.
@@ -78,6 +84,7 @@ pub enum Student<B: Backend> {
     Unet(UNet<B>),
     Resunet(ResUnet<B>),
     SwinUnet(SwinUnet<B>),
+    Segformer(SegFormer<B>),
 }
 
 impl ModelSizes {
@@ -91,6 +98,7 @@ impl ModelSizes {
         match arch {
             Architecture::Unet => self.unet.validate(image_size),
             Architecture::Resunet => self.resunet.validate(image_size),
+            Architecture::Segformer => self.segformer.validate(image_size),
             Architecture::SwinUnet => {
                 if in_channels != 1 && in_channels != 3 {
                     return Err(ModelError::Config(format!(
@@ -116,6 +124,9 @@ impl ModelSizes {
             Architecture::Resunet => {
                 Student::Resunet(self.resunet.init(in_channels, num_classes, device))
             }
+            Architecture::Segformer => {
+                Student::Segformer(self.segformer.init(in_channels, num_classes, device))
+            }
             Architecture::SwinUnet => {
                 Student::SwinUnet(self.swin_unet.init(image_size, num_classes, device))
             }
@@ -137,6 +148,10 @@ impl ModelSizes {
                 self.resunet
                     .forward_macs(image_size, in_channels, num_classes)
             }
+            Architecture::Segformer => {
+                self.segformer
+                    .forward_macs(image_size, in_channels, num_classes)
+            }
             Architecture::SwinUnet => self.swin_unet.forward_macs(image_size, num_classes),
         }
     }
@@ -146,6 +161,7 @@ impl ModelSizes {
         match arch {
             Architecture::Unet => self.unet.tap_channels(),
             Architecture::Resunet => self.resunet.tap_channels(),
+            Architecture::Segformer => self.segformer.tap_channels(),
             Architecture::SwinUnet => self.swin_unet.tap_channels(),
         }
     }
@@ -158,6 +174,7 @@ impl<B: Backend> Student<B> {
         match self {
             Student::Unet(m) => m.forward(x),
             Student::Resunet(m) => m.forward(x),
+            Student::Segformer(m) => m.forward(x),
             Student::SwinUnet(m) => m.forward(x),
         }
     }
@@ -240,6 +257,49 @@ mod tests {
             sizes.validate(Architecture::Resunet, 48, 1).is_err(),
             "48 is not a multiple of 32"
         );
+    }
+
+    #[test]
+    fn segformer_shapes_taps_and_gradients() {
+        let sizes = ModelSizes {
+            segformer: SegFormerConfig {
+                dims: [8, 16, 16, 32],
+                heads: [1, 2, 2, 4],
+                sr_ratios: [4, 2, 1, 1],
+                decoder_dim: 16,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let device = Default::default();
+        let m = sizes.init::<TestAutodiff>(Architecture::Segformer, 64, 1, 3, &device);
+        let x = Tensor::random([2, 1, 64, 64], Distribution::Default, &device).require_grad();
+        let out = m.forward(x.clone());
+        assert_eq!(out.logits.dims(), [2, 3, 64, 64]);
+        let taps: Vec<_> = out.features.iter().map(|(s, f)| (*s, f.dims())).collect();
+        assert_eq!(
+            taps,
+            vec![
+                (16, [2, 16, 4, 4]),
+                (8, [2, 16, 8, 8]),
+                (4, [2, 16, 16, 16])
+            ]
+        );
+        let channels: Vec<_> = taps.iter().map(|(s, d)| (*s, d[1])).collect();
+        assert_eq!(channels, sizes.tap_channels(Architecture::Segformer));
+        // The overlapping 7×7 stride-4 embedding reaches every input pixel.
+        let grads = out.logits.sum().backward();
+        let g = x.grad(&grads).unwrap();
+        assert_eq!(
+            g.abs().greater_elem(0.0).int().sum().into_scalar(),
+            2 * 64 * 64
+        );
+        assert!(sizes.validate(Architecture::Segformer, 64, 1).is_ok());
+        assert!(sizes.validate(Architecture::Segformer, 48, 1).is_err());
+        // A spatial reduction that does not divide its stage grid (16 at 64 pixels) is refused.
+        let mut odd = sizes.clone();
+        odd.segformer.sr_ratios = [3, 2, 1, 1];
+        assert!(odd.validate(Architecture::Segformer, 64, 1).is_err());
     }
 
     #[test]

@@ -414,6 +414,7 @@ fn resolve_teacher(cfg: &TrainConfig, class_names: &[String]) -> Result<TrainCon
     let sizes_differ = match arch {
         Architecture::Unet => tcfg.models.unet != cfg.models.unet,
         Architecture::Resunet => tcfg.models.resunet != cfg.models.resunet,
+        Architecture::Segformer => tcfg.models.segformer != cfg.models.segformer,
         Architecture::SwinUnet => tcfg.models.swin_unet != cfg.models.swin_unet,
     };
     if arch == other && sizes_differ {
@@ -431,6 +432,7 @@ fn resolve_teacher(cfg: &TrainConfig, class_names: &[String]) -> Result<TrainCon
     match arch {
         Architecture::Unet => cfg.models.unet = tcfg.models.unet.clone(),
         Architecture::Resunet => cfg.models.resunet = tcfg.models.resunet.clone(),
+        Architecture::Segformer => cfg.models.segformer = tcfg.models.segformer.clone(),
         Architecture::SwinUnet => cfg.models.swin_unet = tcfg.models.swin_unet.clone(),
     }
     cfg.teacher.run = std::fs::canonicalize(&run).unwrap_or(run);

@@ -1,0 +1,341 @@
+//! SegFormer with a Mix-Transformer encoder (MiT-B0 sizes by default): overlapping patch
+//! embeddings (7×7/4, then 3×3/2), efficient self-attention with spatial reduction, Mix-FFN with a
+//! 3×3 depthwise convolution; the all-MLP decoder projects every stage to a common width,
+//! upsamples to 1/4 (bilinear, align_corners = false), fuses with a 1×1 conv + BatchNorm + ReLU,
+//! classifies and upsamples ×4. Feature taps: the projected stage features at strides 16, 8, 4
+//! (the decoder's own per-scale features, like the Swin-UNet's).
+
+use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
+use crate::{ModelError, SegOutput};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, relu, softmax};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegFormerConfig {
+    /// Widths of the four stages (MiT-B0: 32, 64, 160, 256).
+    pub dims: [usize; 4],
+    pub depths: [usize; 4],
+    pub heads: [usize; 4],
+    /// Spatial reduction of keys and values per stage (8, 4, 2, 1).
+    pub sr_ratios: [usize; 4],
+    pub mlp_ratio: usize,
+    /// Width of the all-MLP decoder (MiT-B0: 256).
+    pub decoder_dim: usize,
+}
+
+impl Default for SegFormerConfig {
+    fn default() -> Self {
+        SegFormerConfig {
+            dims: [32, 64, 160, 256],
+            depths: [2, 2, 2, 2],
+            heads: [1, 2, 5, 8],
+            sr_ratios: [8, 4, 2, 1],
+            mlp_ratio: 4,
+            decoder_dim: 256,
+        }
+    }
+}
+
+fn bilinear() -> InterpolateOptions {
+    InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false)
+}
+
+/// `[B, C, H, W]` → `[B, H·W, C]`.
+fn to_tokens<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    x.flatten::<3>(2, 3).swap_dims(1, 2)
+}
+
+/// `[B, H·W, C]` → `[B, C, H, W]`.
+fn to_map<B: Backend>(x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 4> {
+    let [b, _, c] = x.dims();
+    x.swap_dims(1, 2).reshape([b, c, h, w])
+}
+
+/// Efficient self-attention: keys and values from the map reduced by a `sr × sr` stride-`sr`
+/// convolution (+ LayerNorm).
+#[derive(Module, Debug)]
+pub struct EfficientAttention<B: Backend> {
+    q: Linear<B>,
+    kv: Linear<B>,
+    proj: Linear<B>,
+    sr: Option<(Conv2d<B>, LayerNorm<B>)>,
+    heads: usize,
+}
+
+impl<B: Backend> EfficientAttention<B> {
+    fn new(dim: usize, heads: usize, sr: usize, d: &B::Device) -> Self {
+        EfficientAttention {
+            q: LinearConfig::new(dim, dim).init(d),
+            kv: LinearConfig::new(dim, 2 * dim).init(d),
+            proj: LinearConfig::new(dim, dim).init(d),
+            sr: (sr > 1).then(|| {
+                (
+                    Conv2dConfig::new([dim, dim], [sr, sr])
+                        .with_stride([sr, sr])
+                        .init(d),
+                    LayerNormConfig::new(dim).init(d),
+                )
+            }),
+            heads,
+        }
+    }
+
+    /// # Shapes
+    /// `x`: `[B, H·W, C]` → `[B, H·W, C]`.
+    fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
+        let [b, n, c] = x.dims();
+        let hd = c / self.heads;
+        let q = self
+            .q
+            .forward(x.clone())
+            .reshape([b, n, self.heads, hd])
+            .swap_dims(1, 2); // [B, heads, N, hd]
+        let kv_in = match &self.sr {
+            Some((conv, norm)) => norm.forward(to_tokens(conv.forward(to_map(x, h, w)))),
+            None => x,
+        };
+        let m = kv_in.dims()[1];
+        let kv = self
+            .kv
+            .forward(kv_in)
+            .reshape([b, m, 2, self.heads, hd])
+            .permute([2, 0, 3, 1, 4]); // [2, B, heads, M, hd]
+        let k = kv.clone().narrow(0, 0, 1).reshape([b, self.heads, m, hd]);
+        let v = kv.narrow(0, 1, 1).reshape([b, self.heads, m, hd]);
+        let attn = softmax((q * (hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)), 3);
+        self.proj
+            .forward(attn.matmul(v).swap_dims(1, 2).reshape([b, n, c]))
+    }
+}
+
+/// Mix-FFN: linear, 3×3 depthwise conv on the map, GELU, linear.
+#[derive(Module, Debug)]
+pub struct MixFfn<B: Backend> {
+    fc1: Linear<B>,
+    dwconv: Conv2d<B>,
+    fc2: Linear<B>,
+}
+
+impl<B: Backend> MixFfn<B> {
+    fn new(dim: usize, hidden: usize, d: &B::Device) -> Self {
+        MixFfn {
+            fc1: LinearConfig::new(dim, hidden).init(d),
+            dwconv: Conv2dConfig::new([hidden, hidden], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_groups(hidden)
+                .init(d),
+            fc2: LinearConfig::new(hidden, dim).init(d),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
+        let x = self.fc1.forward(x);
+        let x = to_tokens(self.dwconv.forward(to_map(x, h, w)));
+        self.fc2.forward(gelu(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct MitBlock<B: Backend> {
+    norm1: LayerNorm<B>,
+    attn: EfficientAttention<B>,
+    norm2: LayerNorm<B>,
+    ffn: MixFfn<B>,
+}
+
+impl<B: Backend> MitBlock<B> {
+    fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x), h, w);
+        x.clone() + self.ffn.forward(self.norm2.forward(x), h, w)
+    }
+}
+
+/// One encoder stage: overlapping patch embedding, blocks, LayerNorm.
+#[derive(Module, Debug)]
+pub struct MitStage<B: Backend> {
+    embed: Conv2d<B>,
+    embed_norm: LayerNorm<B>,
+    blocks: Vec<MitBlock<B>>,
+    norm: LayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct SegFormer<B: Backend> {
+    stages: Vec<MitStage<B>>,
+    /// Per-stage projection to the decoder width.
+    project: Vec<Linear<B>>,
+    fuse: Conv2d<B>,
+    fuse_norm: BatchNorm2d<B>,
+    head: Conv2d<B>,
+}
+
+impl SegFormerConfig {
+    pub fn validate(&self, image_size: usize) -> Result<(), ModelError> {
+        if self.dims.contains(&0) || self.heads.contains(&0) || self.sr_ratios.contains(&0) {
+            return Err(ModelError::Config(
+                "segformer.dims, .heads and .sr_ratios must be positive".into(),
+            ));
+        }
+        if let Some(i) = (0..4).find(|&i| !self.dims[i].is_multiple_of(self.heads[i])) {
+            return Err(ModelError::Config(format!(
+                "segformer: stage {} width {} is not divisible by its {} heads",
+                i + 1,
+                self.dims[i],
+                self.heads[i]
+            )));
+        }
+        if image_size == 0 || !image_size.is_multiple_of(32) {
+            return Err(ModelError::Config(format!(
+                "segformer needs an image size divisible by 32 (stride-32 encoder); got {image_size}"
+            )));
+        }
+        if let Some(i) =
+            (0..4).find(|&i| !(image_size >> (2 + i)).is_multiple_of(self.sr_ratios[i]))
+        {
+            return Err(ModelError::Config(format!(
+                "segformer: stage {} grid {} is not divisible by its spatial reduction {}",
+                i + 1,
+                image_size >> (2 + i),
+                self.sr_ratios[i]
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn init<B: Backend>(
+        &self,
+        in_channels: usize,
+        num_classes: usize,
+        d: &B::Device,
+    ) -> SegFormer<B> {
+        let mut stages = Vec::with_capacity(4);
+        let mut cin = in_channels;
+        for i in 0..4 {
+            let (k, s) = if i == 0 { (7, 4) } else { (3, 2) };
+            let dim = self.dims[i];
+            stages.push(MitStage {
+                embed: Conv2dConfig::new([cin, dim], [k, k])
+                    .with_stride([s, s])
+                    .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
+                    .init(d),
+                embed_norm: LayerNormConfig::new(dim).init(d),
+                blocks: (0..self.depths[i])
+                    .map(|_| MitBlock {
+                        norm1: LayerNormConfig::new(dim).init(d),
+                        attn: EfficientAttention::new(dim, self.heads[i], self.sr_ratios[i], d),
+                        norm2: LayerNormConfig::new(dim).init(d),
+                        ffn: MixFfn::new(dim, self.mlp_ratio * dim, d),
+                    })
+                    .collect(),
+                norm: LayerNormConfig::new(dim).init(d),
+            });
+            cin = dim;
+        }
+        let e = self.decoder_dim;
+        SegFormer {
+            stages,
+            project: self
+                .dims
+                .iter()
+                .map(|&c| LinearConfig::new(c, e).init(d))
+                .collect(),
+            fuse: Conv2dConfig::new([4 * e, e], [1, 1])
+                .with_bias(false)
+                .init(d),
+            fuse_norm: BatchNorm2dConfig::new(e).init(d),
+            head: Conv2dConfig::new([e, num_classes], [1, 1]).init(d),
+        }
+    }
+
+    /// Channels of the feature taps by stride: 16, 8, 4 → the decoder width.
+    pub fn tap_channels(&self) -> Vec<(usize, usize)> {
+        vec![
+            (16, self.decoder_dim),
+            (8, self.decoder_dim),
+            (4, self.decoder_dim),
+        ]
+    }
+
+    /// Multiply-adds of one forward pass per image (see [`crate::ModelSizes::forward_macs`]).
+    pub fn forward_macs(&self, image_size: usize, in_channels: usize, num_classes: usize) -> f64 {
+        let mut macs = 0.0;
+        let mut cin = in_channels as f64;
+        for i in 0..4 {
+            let side = image_size >> (2 + i);
+            let n = (side * side) as f64;
+            let d = self.dims[i] as f64;
+            let k = if i == 0 { 7.0 } else { 3.0 };
+            macs += k * k * cin * d * n; // overlapping patch embedding
+            let sr = self.sr_ratios[i];
+            let m = ((side / sr) * (side / sr)) as f64;
+            let hidden = (self.mlp_ratio * self.dims[i]) as f64;
+            let block = n * d * d // q
+                + if sr > 1 { (sr * sr) as f64 * d * d * m } else { 0.0 } // reduction conv
+                + m * d * 2.0 * d // kv
+                + 2.0 * n * m * d // QKᵀ and AV
+                + n * d * d // proj
+                + n * d * hidden * 2.0 // fc1, fc2
+                + 9.0 * hidden * n; // depthwise 3×3
+            macs += self.depths[i] as f64 * block;
+            cin = d;
+        }
+        let e = self.decoder_dim as f64;
+        for i in 0..4 {
+            let side = image_size >> (2 + i);
+            macs += (side * side) as f64 * self.dims[i] as f64 * e;
+        }
+        let quarter = ((image_size / 4) * (image_size / 4)) as f64;
+        macs + quarter * (4.0 * e * e + e * num_classes as f64)
+    }
+}
+
+impl<B: Backend> SegFormer<B> {
+    /// # Shapes
+    /// `x`: `[B, Cin, H, W]` → logits `[B, K, H, W]`; features at strides 16, 8, 4 with the
+    /// decoder width.
+    pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {
+        let [_, _, h, w] = x.dims();
+        let mut map = x;
+        let mut projected = Vec::with_capacity(4);
+        for (stage, project) in self.stages.iter().zip(&self.project) {
+            let e = stage.embed.forward(map);
+            let [_, _, sh, sw] = e.dims();
+            let mut t = stage.embed_norm.forward(to_tokens(e));
+            for block in &stage.blocks {
+                t = block.forward(t, sh, sw);
+            }
+            let t = stage.norm.forward(t);
+            projected.push(to_map(project.forward(t.clone()), sh, sw));
+            map = to_map(t, sh, sw);
+        }
+        let (qh, qw) = (h / 4, w / 4);
+        let features = [2usize, 1, 0]
+            .iter()
+            .map(|&i| (4 << i, projected[i].clone()))
+            .collect();
+        // Deepest first, as the reference implementation concatenates.
+        let up: Vec<Tensor<B, 4>> = projected
+            .into_iter()
+            .rev()
+            .map(|p| {
+                if p.dims()[2] == qh {
+                    p
+                } else {
+                    interpolate(p, [qh, qw], bilinear())
+                }
+            })
+            .collect();
+        let fused = relu(
+            self.fuse_norm
+                .forward(self.fuse.forward(Tensor::cat(up, 1))),
+        );
+        let logits = interpolate(self.head.forward(fused), [h, w], bilinear());
+        SegOutput { logits, features }
+    }
+}
