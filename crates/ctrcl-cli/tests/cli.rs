@@ -1360,3 +1360,65 @@ fn data_inspect_describes_the_prepared_dataset() {
     let err = fails(&["data", "inspect", "/nonexistent/x.nii.gz"]);
     assert!(err.contains("/nonexistent/x.nii.gz"), "{err}");
 }
+
+#[test]
+fn accumulating_two_half_batches_equals_one_full_batch() {
+    // Where the two are mathematically equal: no BatchNorm (two Swin-UNets: LayerNorm only),
+    // no stochastic depth, a loss that is a mean over pixels (CE only), SGD, no augmentation.
+    // One step of batch 4 and one step of 2 × 2 accumulated then see the same four samples.
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, batch: &str, accumulate: &str| -> PathBuf {
+        let out = dir.path().join(name);
+        let mut sets = tiny_settings(prepared());
+        sets.retain(|s| !s.starts_with("data.batch_size") && !s.starts_with("schedule."));
+        sets.extend([
+            format!("data.batch_size={batch}"),
+            format!("optim.accumulate={accumulate}"),
+            "students.cnn=swin-unet".into(),
+            "models.swin_unet.drop_path=0.0".into(),
+            "method=independent".into(),
+            "seg.dice_weight=0.0".into(),
+            "seg.ce_weight=1.0".into(),
+            "optim.transformer.optimizer=sgd".into(),
+            "optim.transformer.lr=0.5".into(),
+            "optim.cnn.lr=0.5".into(),
+            "data.augment=none".into(),
+            "schedule.iterations=2".into(),
+            "schedule.log_every=1".into(),
+            "schedule.validate_every=2".into(),
+        ]);
+        ok(&train_args(&config_path(), out.to_str().unwrap(), &sets));
+        out
+    };
+    let full = run("full", "4", "1");
+    let halves = run("halves", "2", "2");
+    let losses = |r: &Path| -> Vec<f64> {
+        step_lines(r)
+            .iter()
+            .filter(|v| v.get("cnn").is_some())
+            .flat_map(|v| {
+                [
+                    v["cnn"]["ce"].as_f64().unwrap(),
+                    v["transformer"]["ce"].as_f64().unwrap(),
+                ]
+            })
+            .collect()
+    };
+    let (a, b) = (losses(&full), losses(&halves));
+    assert_eq!(a.len(), 4);
+    // Step 1: the same loss before any update; step 2: after identical updates (float rounding).
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+    }
+    // A large lr makes the first update visible in the second step's loss.
+    assert!((a[0] - a[2]).abs() > 1e-3, "{a:?}");
+    let start: Value = serde_json::from_str(
+        std::fs::read_to_string(halves.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(start["accumulate"], 2);
+}

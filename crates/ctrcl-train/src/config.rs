@@ -263,6 +263,10 @@ pub struct OptimConfig {
     pub transformer: StudentOptimConfig,
     /// Exponent of the poly decay lr·(1 − it/max_it)^power, for both students.
     pub poly_power: f64,
+    /// Batches per optimizer step (gradient accumulation): the step follows the mean gradient of
+    /// `accumulate` batches of `data.batch_size`, i.e. an effective batch of accumulate × batch_size.
+    /// Learning rates are not rescaled: give the lr you would use for the effective batch.
+    pub accumulate: usize,
 }
 
 impl Default for OptimConfig {
@@ -271,6 +275,7 @@ impl Default for OptimConfig {
             cnn: StudentOptimConfig::default(),
             transformer: StudentOptimConfig::default(),
             poly_power: 0.9,
+            accumulate: 1,
         }
     }
 }
@@ -352,6 +357,9 @@ impl TrainConfig {
         let d = &self.data;
         if d.batch_size == 0 {
             bail!("data.batch_size must be at least 1");
+        }
+        if self.optim.accumulate == 0 {
+            bail!("optim.accumulate must be at least 1");
         }
         if self.schedule.iterations == 0 {
             bail!("schedule.iterations must be at least 1");

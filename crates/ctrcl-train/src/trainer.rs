@@ -13,7 +13,7 @@ use crate::losses::seg::seg_loss;
 use crate::student::{recorder, Role, StudentOptimizer, TrainStudent};
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use ctrcl_data::dataset::Dataset;
@@ -87,6 +87,16 @@ pub(crate) struct Terms {
 }
 
 impl Terms {
+    /// `self += other · w`, field by field (averaging over accumulated batches).
+    fn add_scaled(&mut self, other: &Terms, w: f64) {
+        self.ce += other.ce * w;
+        self.dice += other.dice * w;
+        self.seg += other.seg * w;
+        self.transfer_logit += other.transfer_logit * w;
+        self.transfer_feature += other.transfer_feature * w;
+        self.total += other.total * w;
+    }
+
     fn json(&self, method: Method) -> serde_json::Value {
         let mut v = json!({"ce": self.ce, "dice": self.dice, "seg": self.seg, "total": self.total});
         match method {
@@ -220,23 +230,27 @@ fn onehot_tensor<B: Backend>(batch: &Batch, k: usize, device: &B::Device) -> Ten
     Tensor::from_data(TensorData::new(data, [b, k, s, s]), device)
 }
 
-/// One collaborative step (METHOD.md §7): both students forward `x`, each student's loss (L_seg
-/// plus the method's transfer terms), one backward of the sum, one optimizer update per student.
-/// Returns each student's loss terms; the caller checks them for non-finite values.
+/// The losses of one batch: each student's terms, the sum to differentiate, and which slots
+/// learn (a frozen teacher without CPM heads does not).
+pub(crate) struct PairLoss<B: Backend> {
+    pub(crate) terms: [Terms; 2],
+    total: Tensor<B, 1>,
+    learns: [bool; 2],
+}
+
+/// Both students forward `x`; each student's loss (L_seg plus the method's transfer terms,
+/// METHOD.md §7). Offline methods forward the teacher slot frozen.
 ///
 /// # Shapes
 /// `x`: `[B, 1, S, S]`; `onehot`: `[B, K, S, S]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn pair_step<B: AutodiffBackend>(
+pub(crate) fn pair_loss<B: AutodiffBackend>(
     cfg: &TrainConfig,
-    students: &mut [TrainStudent<B>; 2],
-    optims: &mut [StudentOptimizer<B>; 2],
+    students: &[TrainStudent<B>; 2],
     x: Tensor<B, 4>,
     onehot: Tensor<B, 4>,
-    lrs: [f64; 2],
     beta_r: f64,
     beta_f: f64,
-) -> [Terms; 2] {
+) -> PairLoss<B> {
     let fractions: Vec<Tensor<B, 4>> = if cfg.method.is_ctrcl() && cfg.cfcl.enabled {
         cfg.cfcl
             .taps
@@ -247,9 +261,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
         Vec::new()
     };
     if cfg.method.is_offline() {
-        return offline_step(
-            cfg, students, optims, x, onehot, &fractions, lrs, beta_r, beta_f,
-        );
+        return offline_loss(cfg, students, x, onehot, &fractions, beta_r, beta_f);
     }
     let out_c = students[0].net.forward(x.clone());
     let out_t = students[1].net.forward(x);
@@ -275,13 +287,65 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
         beta_r,
         beta_f,
     );
-    let mut grads = (loss_c.total + loss_t.total).backward();
-    for i in 0..2 {
-        let g = GradientsParams::from_module(&mut grads, &students[i]);
-        let module = students[i].clone();
-        students[i] = optims[i].step(lrs[i], module, g);
+    PairLoss {
+        terms: [loss_c.terms, loss_t.terms],
+        total: loss_c.total + loss_t.total,
+        learns: [true, true],
     }
-    [loss_c.terms, loss_t.terms]
+}
+
+/// One optimizer step of both students over `batches` (gradient accumulation when there are
+/// several: each batch's loss is divided by their number, so the step follows the mean gradient
+/// — the gradient of one batch of all their samples, BatchNorm statistics aside). Returns the
+/// loss terms averaged over the batches; the caller checks them for non-finite values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pair_step<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    students: &mut [TrainStudent<B>; 2],
+    optims: &mut [StudentOptimizer<B>; 2],
+    batches: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
+    lrs: [f64; 2],
+    beta_r: f64,
+    beta_f: f64,
+) -> [Terms; 2] {
+    let n = batches.len();
+    assert!(n > 0, "a step needs at least one batch");
+    if n == 1 {
+        // The plain path, without scaling or accumulation (bit-identical to a single batch).
+        let (x, onehot) = batches.into_iter().next().expect("one batch");
+        let loss = pair_loss(cfg, students, x, onehot, beta_r, beta_f);
+        let mut grads = loss.total.backward();
+        for i in 0..2 {
+            if loss.learns[i] {
+                let g = GradientsParams::from_module(&mut grads, &students[i]);
+                let module = students[i].clone();
+                students[i] = optims[i].step(lrs[i], module, g);
+            }
+        }
+        return loss.terms;
+    }
+    let mut accumulators = [GradientsAccumulator::new(), GradientsAccumulator::new()];
+    let mut terms = [Terms::default(); 2];
+    let mut learns = [false; 2];
+    for (x, onehot) in batches {
+        let loss = pair_loss(cfg, students, x, onehot, beta_r, beta_f);
+        let mut grads = (loss.total / n as f64).backward();
+        for i in 0..2 {
+            if loss.learns[i] {
+                let g = GradientsParams::from_module(&mut grads, &students[i]);
+                accumulators[i].accumulate(&students[i], g);
+            }
+            terms[i].add_scaled(&loss.terms[i], 1.0 / n as f64);
+        }
+        learns = loss.learns;
+    }
+    for i in 0..2 {
+        if learns[i] {
+            let module = students[i].clone();
+            students[i] = optims[i].step(lrs[i], module, accumulators[i].grads());
+        }
+    }
+    terms
 }
 
 /// The slot (0 = cnn, 1 = transformer) of the frozen teacher of an offline method.
@@ -306,21 +370,18 @@ fn frozen_forward<B: AutodiffBackend>(net: &Student<B>, x: Tensor<B, 4>) -> SegO
     }
 }
 
-/// The step of `kd` and `ctrcl-offline`: the teacher slot forwards frozen; the student learns
+/// The losses of `kd` and `ctrcl-offline`: the teacher slot forwards frozen; the student learns
 /// from it one way; the teacher's CPM heads (ctrcl-offline with CFCL) learn to perceive
 /// categories on the teacher's fixed features. The teacher network itself never changes.
-#[allow(clippy::too_many_arguments)]
-fn offline_step<B: AutodiffBackend>(
+fn offline_loss<B: AutodiffBackend>(
     cfg: &TrainConfig,
-    students: &mut [TrainStudent<B>; 2],
-    optims: &mut [StudentOptimizer<B>; 2],
+    students: &[TrainStudent<B>; 2],
     x: Tensor<B, 4>,
     onehot: Tensor<B, 4>,
     fractions: &[Tensor<B, 4>],
-    lrs: [f64; 2],
     beta_r: f64,
     beta_f: f64,
-) -> [Terms; 2] {
+) -> PairLoss<B> {
     let t = teacher_slot(cfg);
     let s = 1 - t;
     let out_s = students[s].net.forward(x.clone());
@@ -367,20 +428,17 @@ fn offline_step<B: AutodiffBackend>(
         terms_t.transfer_feature = scalar(&cp);
         total = total + cp * beta_f;
     }
-    let mut grads = total.backward();
-    for i in [s, t] {
-        if i == t && !teacher_cpm {
-            continue;
-        }
-        let g = GradientsParams::from_module(&mut grads, &students[i]);
-        let module = students[i].clone();
-        students[i] = optims[i].step(lrs[i], module, g);
-    }
     let mut terms = [loss_s.terms, terms_t];
+    let mut learns = [true, teacher_cpm];
     if t == 0 {
         terms.swap(0, 1);
+        learns.swap(0, 1);
     }
-    terms
+    PairLoss {
+        terms,
+        total,
+        learns,
+    }
 }
 
 /// For an offline method: the teacher run's architecture and sizes for the teacher's role, so
@@ -529,7 +587,7 @@ pub fn train<B: AutodiffBackend>(
     write_text_atomic(&out.join("run.json"), &serde_json::to_string_pretty(&info)?)?;
     let log = std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
     let mut log = RunLog { file: log };
-    log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "seed": cfg.seed}))?;
+    log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "seed": cfg.seed}))?;
 
     B::seed(device, cfg.seed);
     let mut students = [
@@ -713,14 +771,16 @@ fn run_loop<B: AutodiffBackend>(
     let val_samples = dataset.samples(Split::Val, size);
     let total = cfg.schedule.iterations;
     let rampup_steps = cfg.schedule.rampup_fraction * total as f64;
-    let loader = BatchLoader::start(
+    // With accumulation, step t consumes batches t·N .. t·N + N − 1 of the loader's stream.
+    let accumulate = cfg.optim.accumulate;
+    let mut loader = BatchLoader::start(
         train_samples,
         size,
         cfg.data.batch_size,
         cfg.seed,
         cfg.data.augment,
-        first_step,
-        total,
+        first_step * accumulate,
+        total * accumulate,
         cfg.data.workers,
     );
 
@@ -742,26 +802,30 @@ fn run_loop<B: AutodiffBackend>(
         cfg.students.transformer.name()
     ));
     let started = Instant::now();
-    for mut batch in loader {
-        let step = batch.step;
+    for step in first_step..total {
         B::seed(device, step_seed(cfg.seed, step));
         let beta_r = ramp_up(cfg.rlcl.weight, step, rampup_steps);
         let beta_f = ramp_up(cfg.cfcl.weight, step, rampup_steps);
         let lrs = base_lr.map(|lr| poly_lr(lr, step, total, cfg.optim.poly_power));
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(
-                std::mem::take(&mut batch.images),
-                [batch.batch, 1, size, size],
-            ),
-            device,
-        );
-        let onehot = onehot_tensor::<B>(&batch, k, device);
+        let mut batches = Vec::with_capacity(accumulate);
+        for _ in 0..accumulate {
+            let mut batch = loader
+                .next()
+                .context("the batch loader stopped early (a worker thread failed)")?;
+            let x = Tensor::<B, 4>::from_data(
+                TensorData::new(
+                    std::mem::take(&mut batch.images),
+                    [batch.batch, 1, size, size],
+                ),
+                device,
+            );
+            batches.push((x, onehot_tensor::<B>(&batch, k, device)));
+        }
         let [terms_c, terms_t] = pair_step(
             cfg,
             &mut students,
             &mut optims,
-            x,
-            onehot,
+            batches,
             lrs,
             beta_r,
             beta_f,
