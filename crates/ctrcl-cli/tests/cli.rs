@@ -1227,9 +1227,17 @@ fn resunet_and_segformer_train_together_with_ctrcl() {
     let mut sets = tiny_settings(prepared());
     sets.extend([
         "students.cnn=resunet".to_string(),
-        "models.resunet.channels=[4,4,8,8,8]".into(),
-        "models.resunet.blocks=[1,1,1,1]".into(),
+        // The tiny torchvision-layout ResNet of scripts/reference/resnet_fixture.py.
+        "models.resunet.channels=[4,4,8,8,16]".into(),
+        "models.resunet.blocks=[1,2,1,1]".into(),
         "models.resunet.decoder=[8,8,8,4,4]".into(),
+        format!(
+            "models.resunet.pretrained={:?}",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../ctrcl-models/tests/data/resnet_tiny.pth")
+                .display()
+                .to_string()
+        ),
         "students.transformer=segformer".into(),
         "models.segformer.dims=[8,8,16,16]".into(),
         "models.segformer.heads=[1,1,2,2]".into(),
@@ -1244,6 +1252,23 @@ fn resunet_and_segformer_train_together_with_ctrcl() {
             .unwrap();
     assert_eq!(metrics["cnn"]["architecture"], "resunet");
     assert_eq!(metrics["transformer"]["architecture"], "segformer");
+    // The encoder started from the checkpoint; what did not fit is reported.
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let event: Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["event"] == "pretrained")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(event["role"], "cnn");
+    assert!(event["loaded"].as_u64().unwrap() > 40, "{event}");
+    assert!(
+        event["unexpected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "fc.weight"),
+        "{event}"
+    );
     let last = step_lines(&out)
         .into_iter()
         .rev()

@@ -231,6 +231,7 @@ mod tests {
                 channels: [4, 4, 8, 8, 16],
                 blocks: [1, 2, 1, 1],
                 decoder: [16, 12, 8, 6, 4],
+                ..Default::default()
             },
             ..Default::default()
         };

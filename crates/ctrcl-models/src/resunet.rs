@@ -6,12 +6,36 @@
 
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::{ModelError, SegOutput};
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What a weight import matched: tensors loaded, model tensors the file lacks (left as
+/// initialised), and file tensors the model does not use.
+#[derive(Debug, Clone, Default)]
+pub struct ImportReport {
+    pub loaded: Vec<String>,
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+}
+
+/// torchvision ResNet key → ctrcl ResUnet key (applied in order; `layerN` → `layers.N−1`,
+/// BatchNorm `weight`/`bias` → `gamma`/`beta`).
+const TORCHVISION_KEY_MAP: [(&str, &str); 8] = [
+    (r"^layer1\.", "layers.0."),
+    (r"^layer2\.", "layers.1."),
+    (r"^layer3\.", "layers.2."),
+    (r"^layer4\.", "layers.3."),
+    (r"(^|\.)(bn\d)\.weight$", "${1}${2}.gamma"),
+    (r"(^|\.)(bn\d)\.bias$", "${1}${2}.beta"),
+    (r"downsample\.1\.weight$", "downsample.1.gamma"),
+    (r"downsample\.1\.bias$", "downsample.1.beta"),
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +46,9 @@ pub struct ResUnetConfig {
     pub blocks: [usize; 4],
     /// Decoder widths at strides 16, 8, 4, 2, 1.
     pub decoder: [usize; 5],
+    /// A torchvision-layout ResNet state dict (`.pth`, e.g. ImageNet ResNet-34) whose weights
+    /// initialise the encoder of a new training run; empty: none.
+    pub pretrained: std::path::PathBuf,
 }
 
 impl Default for ResUnetConfig {
@@ -30,6 +57,7 @@ impl Default for ResUnetConfig {
             channels: [64, 64, 128, 256, 512],
             blocks: [3, 4, 6, 3],
             decoder: [256, 128, 64, 32, 16],
+            pretrained: Default::default(),
         }
     }
 }
@@ -116,7 +144,8 @@ impl<B: Backend> DecoderBlock<B> {
 
 #[derive(Module, Debug)]
 pub struct ResUnet<B: Backend> {
-    conv1: Conv2d<B>,
+    /// Stem convolution (public so a checkpoint's RGB stem can be adapted to grey inputs).
+    pub conv1: Conv2d<B>,
     bn1: BatchNorm2d<B>,
     maxpool: MaxPool2d,
     layers: Vec<Vec<BasicBlock<B>>>,
@@ -226,20 +255,84 @@ impl ResUnetConfig {
     }
 }
 
+impl ResUnetConfig {
+    /// A ResUnet whose encoder holds the weights of a torchvision-layout ResNet state dict
+    /// (`.pth`: `conv1`, `bn1`, `layer1`…`layer4` of BasicBlocks, `fc` ignored), with an explicit
+    /// key map. For `in_channels = 1` the RGB stem is summed over its input channels — the
+    /// network then sees a grey image as the RGB network sees it repeated on R, G and B. The
+    /// decoder and head keep their initialisation.
+    pub fn init_pretrained<B: Backend>(
+        &self,
+        path: &Path,
+        in_channels: usize,
+        num_classes: usize,
+        device: &B::Device,
+    ) -> Result<(ResUnet<B>, ImportReport), ModelError> {
+        use burn_store::{ModuleSnapshot, PytorchStore};
+        if in_channels != 1 && in_channels != 3 {
+            return Err(ModelError::Config(format!(
+                "ImageNet weights need 1- or 3-channel inputs, got {in_channels}"
+            )));
+        }
+        let mut store = PytorchStore::from_file(path).allow_partial(true);
+        for (from, to) in TORCHVISION_KEY_MAP {
+            store = store.with_key_remapping(from, to);
+        }
+        let mut net = self.init::<B>(3, num_classes, device);
+        let result = net
+            .load_from(&mut store)
+            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+        if let Some(e) = result.errors.first() {
+            return Err(ModelError::Config(format!(
+                "{}: {} tensor(s) do not fit the resunet sizes (first: {e:?}); \
+                 set models.resunet.channels/blocks to the checkpoint's",
+                path.display(),
+                result.errors.len()
+            )));
+        }
+        if result.applied.is_empty() {
+            return Err(ModelError::Config(format!(
+                "{}: no tensor matched a torchvision ResNet layout",
+                path.display()
+            )));
+        }
+        if in_channels == 1 {
+            // Detached: a new leaf parameter, also under autodiff.
+            let w = net.conv1.weight.val().sum_dim(1).detach();
+            net.conv1.weight = Param::from_tensor(w);
+        }
+        let report = ImportReport {
+            loaded: result.applied,
+            missing: result.missing.into_iter().map(|(p, _)| p).collect(),
+            unexpected: result.unused,
+        };
+        Ok((net, report))
+    }
+}
+
 impl<B: Backend> ResUnet<B> {
+    /// Encoder outputs: the stem (stride 2) and the four residual stages (strides 4 … 32).
+    ///
     /// # Shapes
-    /// `x`: `[B, Cin, H, W]` → logits `[B, K, H, W]`; features at strides 8, 4, 2 with
-    /// `decoder[1]`, `decoder[2]`, `decoder[3]` channels.
-    pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {
-        let stem = relu(self.bn1.forward(self.conv1.forward(x))); // stride 2
-        let mut h = self.maxpool.forward(stem.clone()); // stride 4
-        let mut skips = vec![stem];
+    /// `x`: `[B, Cin, H, W]` → `[B, c[0], H/2, W/2]`, then `[B, c[i+1], H/2^(i+2), …]`.
+    pub fn encode(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        let stem = relu(self.bn1.forward(self.conv1.forward(x)));
+        let mut h = self.maxpool.forward(stem.clone());
+        let mut out = vec![stem];
         for stage in &self.layers {
             for block in stage {
                 h = block.forward(h);
             }
-            skips.push(h.clone()); // strides 4, 8, 16, 32
+            out.push(h.clone());
         }
+        out
+    }
+
+    /// # Shapes
+    /// `x`: `[B, Cin, H, W]` → logits `[B, K, H, W]`; features at strides 8, 4, 2 with
+    /// `decoder[1]`, `decoder[2]`, `decoder[3]` channels.
+    pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {
+        let mut skips = self.encode(x); // strides 2, 4, 8, 16, 32
         let mut h = skips.pop().expect("four stages");
         let mut features = Vec::with_capacity(3);
         for (j, block) in self.decoder.iter().enumerate() {
@@ -253,5 +346,99 @@ impl<B: Backend> ResUnet<B> {
             logits: self.head.forward(h),
             features,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_backend::TestBackend;
+
+    /// scripts/reference/resnet_fixture.py: a tiny torchvision-layout ResNet saved with
+    /// torch.save, and its encoder output in eval mode for a fixed grey input repeated on RGB.
+    #[test]
+    fn torchvision_weights_reproduce_pytorch_encoder_outputs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("resnet_tiny.json")).unwrap())
+                .unwrap();
+        let ints = |k: &str| -> Vec<usize> {
+            fixture[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect()
+        };
+        let floats = |k: &str| -> Vec<f32> {
+            fixture[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        };
+        let (w, b) = (ints("widths"), ints("blocks"));
+        let cfg = ResUnetConfig {
+            channels: [w[0], w[1], w[2], w[3], w[4]],
+            blocks: [b[0], b[1], b[2], b[3]],
+            decoder: [8, 8, 8, 4, 4],
+            ..Default::default()
+        };
+        let device = Default::default();
+        let (net, report) = cfg
+            .init_pretrained::<TestBackend>(&dir.join("resnet_tiny.pth"), 1, 3, &device)
+            .unwrap();
+        // Every encoder tensor came from the file; the classifier and the BatchNorm counters
+        // are reported unused; the decoder was not in the file.
+        let n_keys = fixture["keys"].as_array().unwrap().len();
+        let unused_expected = fixture["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| {
+                let k = k.as_str().unwrap();
+                k.starts_with("fc.") || k.ends_with("num_batches_tracked")
+            })
+            .count();
+        assert_eq!(report.loaded.len(), n_keys - unused_expected, "{report:?}");
+        assert_eq!(
+            report.unexpected.len(),
+            unused_expected,
+            "{:?}",
+            report.unexpected
+        );
+        assert!(
+            report
+                .missing
+                .iter()
+                .all(|k| k.starts_with("decoder") || k.starts_with("head")),
+            "{:?}",
+            report.missing
+        );
+        let s = ints("input_shape");
+        let x = Tensor::<TestBackend, 4>::from_data(
+            TensorData::new(floats("input"), [s[0], s[1], s[2], s[3]]),
+            &device,
+        );
+        let got = net.encode(x).pop().unwrap();
+        let e = ints("encoded_shape");
+        assert_eq!(got.dims().to_vec(), e);
+        let got: Vec<f32> = got.into_data().to_vec().unwrap();
+        let want = floats("encoded");
+        // f32 on both sides through ~10 convolutions: 1e-4 absolute on values of order 1.
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+        }
+        // A checkpoint of other sizes is a clear error.
+        let wrong = ResUnetConfig {
+            channels: [8, 8, 8, 8, 8],
+            ..cfg
+        };
+        let err = wrong
+            .init_pretrained::<TestBackend>(&dir.join("resnet_tiny.pth"), 1, 3, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("resnet_tiny.pth"), "{err}");
     }
 }

@@ -597,6 +597,23 @@ pub fn train<B: AutodiffBackend>(
     if cfg.method.is_offline() {
         students[teacher_slot(cfg)].net = load_teacher(cfg, k, device)?;
     }
+    for (i, role) in Role::BOTH.into_iter().enumerate() {
+        let path = &cfg.models.resunet.pretrained;
+        let teacher = cfg.method.is_offline() && i == teacher_slot(cfg);
+        if cfg.students.of(role) == Architecture::Resunet
+            && !path.as_os_str().is_empty()
+            && !teacher
+        {
+            let (net, report) = cfg
+                .models
+                .resunet
+                .init_pretrained::<B>(path, 1, k, device)
+                .map_err(|e| anyhow::anyhow!("models.resunet.pretrained: {e}"))?;
+            students[i].net = Student::Resunet(net);
+            log.line(json!({"event": "pretrained", "role": role.name(), "file": path,
+                "loaded": report.loaded.len(), "missing": report.missing, "unexpected": report.unexpected}))?;
+        }
+    }
     let optims = [
         StudentOptimizer::<B>::new(&cfg.optim.cnn),
         StudentOptimizer::<B>::new(&cfg.optim.transformer),
