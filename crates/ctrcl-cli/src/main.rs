@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fetch and prepare real datasets.
+    /// Fetch, prepare and inspect datasets.
     #[command(subcommand)]
     Data(DataCommand),
     /// Train a CNN and a Transformer student together (or resume an interrupted run).

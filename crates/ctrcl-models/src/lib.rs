@@ -4,6 +4,7 @@
 //! (8 means 1/8 of the input size), which the feature-wise transfer (CFCL) aligns.
 
 pub mod batchnorm;
+pub mod import;
 pub mod resunet;
 pub mod segformer;
 pub mod swin;
@@ -13,6 +14,7 @@ pub mod unet;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use import::ImportReport;
 pub use resunet::{ResUnet, ResUnetConfig};
 pub use segformer::{SegFormer, SegFormerConfig};
 pub use swin_unet::{SwinUnet, SwinUnetConfig};

@@ -5,7 +5,7 @@
 //! CFCL taps carry over. Layer names follow torchvision's ResNet where weights would be imported.
 
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
-use crate::{ModelError, SegOutput};
+use crate::{ImportReport, ModelError, SegOutput};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -14,15 +14,6 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// What a weight import matched: tensors loaded, model tensors the file lacks (left as
-/// initialised), and file tensors the model does not use.
-#[derive(Debug, Clone, Default)]
-pub struct ImportReport {
-    pub loaded: Vec<String>,
-    pub missing: Vec<String>,
-    pub unexpected: Vec<String>,
-}
 
 /// torchvision ResNet key → ctrcl ResUnet key (applied in order; `layerN` → `layers.N−1`,
 /// BatchNorm `weight`/`bias` → `gamma`/`beta`).
@@ -268,44 +259,21 @@ impl ResUnetConfig {
         num_classes: usize,
         device: &B::Device,
     ) -> Result<(ResUnet<B>, ImportReport), ModelError> {
-        use burn_store::{ModuleSnapshot, PytorchStore};
         if in_channels != 1 && in_channels != 3 {
             return Err(ModelError::Config(format!(
                 "ImageNet weights need 1- or 3-channel inputs, got {in_channels}"
             )));
         }
-        let mut store = PytorchStore::from_file(path).allow_partial(true);
-        for (from, to) in TORCHVISION_KEY_MAP {
-            store = store.with_key_remapping(from, to);
-        }
-        let mut net = self.init::<B>(3, num_classes, device);
-        let result = net
-            .load_from(&mut store)
-            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
-        if let Some(e) = result.errors.first() {
-            return Err(ModelError::Config(format!(
-                "{}: {} tensor(s) do not fit the resunet sizes (first: {e:?}); \
-                 set models.resunet.channels/blocks to the checkpoint's",
-                path.display(),
-                result.errors.len()
-            )));
-        }
-        if result.applied.is_empty() {
-            return Err(ModelError::Config(format!(
-                "{}: no tensor matched a torchvision ResNet layout",
-                path.display()
-            )));
-        }
+        let (mut net, report) = crate::import::load_pytorch(
+            self.init::<B>(3, num_classes, device),
+            path,
+            &TORCHVISION_KEY_MAP,
+        )?;
         if in_channels == 1 {
             // Detached: a new leaf parameter, also under autodiff.
             let w = net.conv1.weight.val().sum_dim(1).detach();
             net.conv1.weight = Param::from_tensor(w);
         }
-        let report = ImportReport {
-            loaded: result.applied,
-            missing: result.missing.into_iter().map(|(p, _)| p).collect(),
-            unexpected: result.unused,
-        };
         Ok((net, report))
     }
 }

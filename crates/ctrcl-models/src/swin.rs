@@ -183,8 +183,10 @@ impl<B: Backend> SwinBlock<B> {
         let shortcut = x.clone();
         let mut t = self.norm1.forward(x).reshape([b, h, w, c]);
         let shift = self.shift as i64;
+        // Burn's `roll` moves elements the other way from `torch.roll` (Burn: roll([0,1,2,3], 1)
+        // = [1,2,3,0]; torch: [3,0,1,2]), so Swin's torch.roll(x, −s) is roll(x, +s) here.
         if shift > 0 {
-            t = t.roll(&[-shift, -shift], &[1, 2]);
+            t = t.roll(&[shift, shift], &[1, 2]);
         }
         let windows = t
             .reshape([b, h / ws, ws, w / ws, ws, c])
@@ -197,7 +199,7 @@ impl<B: Backend> SwinBlock<B> {
             .permute([0, 1, 3, 2, 4, 5])
             .reshape([b, h, w, c]);
         if shift > 0 {
-            t = t.roll(&[shift, shift], &[1, 2]);
+            t = t.roll(&[-shift, -shift], &[1, 2]);
         }
         let x = shortcut + drop_path(t.reshape([b, l, c]), self.drop_path);
         let mlp = self
