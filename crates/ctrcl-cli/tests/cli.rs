@@ -1447,3 +1447,47 @@ fn accumulating_two_half_batches_equals_one_full_batch() {
     .unwrap();
     assert_eq!(start["accumulate"], 2);
 }
+
+#[test]
+fn swin_unet_starts_from_an_official_layout_checkpoint() {
+    // tiny_settings' Swin-UNet has the sizes of scripts/reference/swin_fixture.py's encoder.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let mut sets = tiny_settings(prepared());
+    sets.push(format!(
+        "models.swin_unet.pretrained={:?}",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../ctrcl-models/tests/data/swin_tiny.pth")
+            .display()
+            .to_string()
+    ));
+    ok(&train_args(&config_path(), out.to_str().unwrap(), &sets));
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let event: Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["event"] == "pretrained")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(event["role"], "transformer");
+    assert_eq!(event["unexpected"].as_array().unwrap().len(), 2, "{event}");
+    // A checkpoint of other sizes is a clear error naming the key and the file.
+    let mut sets = tiny_settings(prepared());
+    sets.retain(|s| !s.starts_with("models.swin_unet.embed_dim"));
+    sets.push("models.swin_unet.embed_dim=16".into());
+    sets.push(format!(
+        "models.swin_unet.pretrained={:?}",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../ctrcl-models/tests/data/swin_tiny.pth")
+            .display()
+            .to_string()
+    ));
+    let err = fails(&train_args(
+        &config_path(),
+        dir.path().join("bad").to_str().unwrap(),
+        &sets,
+    ));
+    assert!(
+        err.contains("models.swin_unet.pretrained") && err.contains("swin_tiny.pth"),
+        "{err}"
+    );
+}

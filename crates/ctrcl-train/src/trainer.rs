@@ -598,18 +598,31 @@ pub fn train<B: AutodiffBackend>(
         students[teacher_slot(cfg)].net = load_teacher(cfg, k, device)?;
     }
     for (i, role) in Role::BOTH.into_iter().enumerate() {
-        let path = &cfg.models.resunet.pretrained;
-        let teacher = cfg.method.is_offline() && i == teacher_slot(cfg);
-        if cfg.students.of(role) == Architecture::Resunet
-            && !path.as_os_str().is_empty()
-            && !teacher
-        {
-            let (net, report) = cfg
-                .models
-                .resunet
-                .init_pretrained::<B>(path, 1, k, device)
-                .map_err(|e| anyhow::anyhow!("models.resunet.pretrained: {e}"))?;
-            students[i].net = Student::Resunet(net);
+        if cfg.method.is_offline() && i == teacher_slot(cfg) {
+            continue;
+        }
+        let m = &cfg.models;
+        let imported = match cfg.students.of(role) {
+            Architecture::Resunet if !m.resunet.pretrained.as_os_str().is_empty() => {
+                let path = &m.resunet.pretrained;
+                let (net, report) = m
+                    .resunet
+                    .init_pretrained::<B>(path, 1, k, device)
+                    .map_err(|e| anyhow::anyhow!("models.resunet.pretrained: {e}"))?;
+                Some((Student::Resunet(net), report, path))
+            }
+            Architecture::SwinUnet if !m.swin_unet.pretrained.as_os_str().is_empty() => {
+                let path = &m.swin_unet.pretrained;
+                let (net, report) = m
+                    .swin_unet
+                    .init_pretrained::<B>(path, size, k, device)
+                    .map_err(|e| anyhow::anyhow!("models.swin_unet.pretrained: {e}"))?;
+                Some((Student::SwinUnet(net), report, path))
+            }
+            _ => None,
+        };
+        if let Some((net, report, path)) = imported {
+            students[i].net = net;
             log.line(json!({"event": "pretrained", "role": role.name(), "file": path,
                 "loaded": report.loaded.len(), "missing": report.missing, "unexpected": report.unexpected}))?;
         }
