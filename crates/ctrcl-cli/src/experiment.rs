@@ -231,6 +231,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     eprintln!("{} runs in {}", all.len(), out.display());
     let started = std::time::Instant::now();
+    let commit = git_commit();
     let mut metrics = Vec::with_capacity(all.len());
     for (i, cell) in all.iter().enumerate() {
         eprintln!(
@@ -261,6 +262,7 @@ pub fn run(args: Args) -> Result<()> {
         &metrics,
         &class_names,
         &base,
+        &commit,
         started.elapsed().as_secs_f64(),
     );
     ctrcl_data::error::write_atomic(&results, md.as_bytes())?;
@@ -269,6 +271,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn results_markdown(
     exp: &ExperimentFile,
     args: &Args,
@@ -276,6 +279,7 @@ fn results_markdown(
     metrics: &[Value],
     class_names: &[String],
     base: &TrainConfig,
+    commit: &str,
     seconds: f64,
 ) -> String {
     let machine = crate::bench::machine_peak_gflops()
@@ -284,11 +288,11 @@ fn results_markdown(
     let mut md = format!("# {} (experiment)\n\n", exp.name);
     let _ = writeln!(
         md,
-        "```\nctrcl experiment --config {}\n```\nCommit {}; {}; backend {}; {} runs in {:.0} min (finished cells are \
+        "```\nctrcl experiment --config {}\n```\nCommit {} (at the start of this invocation); {}; backend {}; {} runs in {:.0} min (finished cells are \
          reused, so this is the time of the last invocation). Config `{}` with {}; seeds {:?}; {} iterations of batch \
          {} at {}×{}. Test split, TransUNet convention (Dice, Jaccard, HD95 in mm), mean ± sample std over seeds.\n",
         args.config.display(),
-        git_commit(),
+        commit,
         machine,
         backend::NAME,
         cells.len(),
