@@ -10,27 +10,17 @@ eval mode for a fixed input: the reference for ctrcl's ResNet weight import
 import json
 import os
 
+import sys
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../bench/pytorch"))
+from models import BasicBlock  # noqa: E402  (torchvision's BasicBlock layout)
+
 torch.manual_seed(0)
 WIDTHS, BLOCKS = (4, 4, 8, 8, 16), (1, 2, 1, 1)
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                           if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        h = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(h + (self.downsample(x) if self.downsample is not None else x))
 
 
 class ResNet(nn.Module):

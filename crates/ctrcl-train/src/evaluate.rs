@@ -40,7 +40,7 @@ impl DiceScores {
     }
 }
 
-/// Predicts label maps for square `size × size` images.
+/// Predicts label maps for square `size × size` images (arg-max of the class probabilities).
 ///
 /// # Shapes
 /// each image: `size·size` values → each prediction: `size·size` labels.
@@ -50,23 +50,10 @@ pub fn predict<B: Backend>(
     size: usize,
     device: &B::Device,
 ) -> Vec<Vec<u8>> {
-    let mut out = Vec::with_capacity(images.len());
-    for chunk in images.chunks(INFERENCE_BATCH) {
-        let data: Vec<f32> = chunk.iter().flat_map(|img| img.iter().copied()).collect();
-        let x =
-            Tensor::<B, 4>::from_data(TensorData::new(data, [chunk.len(), 1, size, size]), device);
-        let labels = net.forward(x).logits.argmax(1); // [b, 1, S, S]
-        let flat: Vec<i64> = labels
-            .into_data()
-            .convert::<i64>()
-            .to_vec()
-            .expect("int data");
-        out.extend(
-            flat.chunks(size * size)
-                .map(|c| c.iter().map(|&v| v as u8).collect()),
-        );
-    }
-    out
+    predict_probabilities(net, images, size, device)
+        .into_iter()
+        .map(|p| argmax_classes(&p, p.len() / (size * size)))
+        .collect()
 }
 
 /// Dice at the training size over a set of samples (validation during training).
