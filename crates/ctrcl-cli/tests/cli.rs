@@ -424,6 +424,24 @@ fn write_fixture_cases(root: &Path) -> Value {
     doc
 }
 
+/// Runs `ctrcl evaluate` on `dir/pred` vs `dir/truth` in `mode`, writing `dir/out`; returns the
+/// JSON it wrote.
+fn evaluate_json(dir: &Path, pred: &str, truth: &str, mode: &str, out: &str) -> Value {
+    let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
+    ok(&[
+        "evaluate",
+        "--pred",
+        &p(pred),
+        "--truth",
+        &p(truth),
+        "--mode",
+        mode,
+        "--out",
+        &p(out),
+    ]);
+    serde_json::from_str(&std::fs::read_to_string(dir.join(out)).unwrap()).unwrap()
+}
+
 fn assert_metric(got: &Value, want: &Value, tol: f64, what: &str) {
     match (got.as_f64(), want.as_f64()) {
         (Some(g), Some(w)) => assert!((g - w).abs() <= tol, "{what}: ctrcl {g}, medpy {w}"),
@@ -437,34 +455,8 @@ fn evaluate_matches_medpy_in_both_modes() {
     let dir = tempfile::tempdir().unwrap();
     let doc = write_fixture_cases(dir.path());
     let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
-    ok(&[
-        "evaluate",
-        "--pred",
-        &p("pred"),
-        "--truth",
-        &p("truth"),
-        "--mode",
-        "strict",
-        "--out",
-        &p("strict.json"),
-    ]);
-    ok(&[
-        "evaluate",
-        "--pred",
-        &p("pred"),
-        "--truth",
-        &p("truth"),
-        "--mode",
-        "transunet",
-        "--out",
-        &p("tu.json"),
-    ]);
-    let strict: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("strict.json")).unwrap())
-            .unwrap();
-    let tu: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("tu.json")).unwrap())
-            .unwrap();
+    let strict = evaluate_json(dir.path(), "pred", "truth", "strict", "strict.json");
+    let tu = evaluate_json(dir.path(), "pred", "truth", "transunet", "tu.json");
     assert_eq!(strict["mode"], "strict");
     let csv = std::fs::read_to_string(dir.path().join("strict.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 6 * 3, "header + cases × classes");
@@ -726,20 +718,7 @@ fn evaluate_reads_png_label_maps_and_matches_medpy_in_2d() {
     write("bin_pred", "wm", &wm("pred"));
     write("bin_truth", "wm", &wm("truth"));
 
-    ok(&[
-        "evaluate",
-        "--pred",
-        &p("pred"),
-        "--truth",
-        &p("truth"),
-        "--mode",
-        "strict",
-        "--out",
-        &p("strict.json"),
-    ]);
-    let strict: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("strict.json")).unwrap())
-            .unwrap();
+    let strict = evaluate_json(dir.path(), "pred", "truth", "strict", "strict.json");
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let got = strict["cases"]
