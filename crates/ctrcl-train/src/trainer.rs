@@ -147,31 +147,16 @@ fn student_loss<B: AutodiffBackend>(
     let mut total = seg.total;
     match cfg.method {
         Method::Independent => {}
-        Method::Dml => {
-            let l = dml_loss(peer.logits.clone(), own.logits.clone());
-            terms.transfer_logit = scalar(&l);
-            total = total + l * beta_r;
-        }
-        Method::Kdcl => {
-            let l = kdcl_loss(
-                own.logits.clone(),
-                peer.logits.clone(),
-                cfg.rlcl.temperature,
-            );
-            terms.transfer_logit = scalar(&l);
-            total = total + l * beta_r;
-        }
-        Method::CrossTeaching => {
-            let l = cross_teaching_loss(own.logits.clone(), peer.logits.clone());
-            terms.transfer_logit = scalar(&l);
-            total = total + l * beta_r;
-        }
-        Method::Kd => {
-            let l = kd_loss(
-                peer.logits.clone(),
-                own.logits.clone(),
-                cfg.rlcl.temperature,
-            );
+        Method::Dml | Method::Kdcl | Method::CrossTeaching | Method::Kd => {
+            // The logit-space baselines: one transfer term, weighted by β_r.
+            let (z_own, z_peer) = (own.logits.clone(), peer.logits.clone());
+            let tau = cfg.rlcl.temperature;
+            let l = match cfg.method {
+                Method::Dml => dml_loss(z_peer, z_own),
+                Method::Kdcl => kdcl_loss(z_own, z_peer, tau),
+                Method::CrossTeaching => cross_teaching_loss(z_own, z_peer),
+                _ => kd_loss(z_peer, z_own, tau),
+            };
             terms.transfer_logit = scalar(&l);
             total = total + l * beta_r;
         }
