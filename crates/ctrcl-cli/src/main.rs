@@ -108,6 +108,7 @@ enum Command {
 enum DataCommand {
     /// Download a dataset's package with pip, verify sha256, extract into the cache.
     Fetch {
+        /// icbm152 (brain MRI, 4 classes), lits117 (liver CT, 3 classes), ctchest (chest CT, 8).
         #[arg(long, default_value = "icbm152")]
         source: String,
         /// Cache directory (default: $CTRCL_CACHE, $XDG_CACHE_HOME/ctrcl or ~/.cache/ctrcl).
@@ -116,7 +117,7 @@ enum DataCommand {
     },
     /// What a file or folder holds: format, shape, dtype, min/max, spacing, orientation, labels.
     Inspect {
-        /// A .nii/.nii.gz/.npy/.npz/.png/.jpg file, or a folder of them.
+        /// A .nii/.nii.gz/.nrrd/.nhdr/.mrc/.npy/.npz/.png/.jpg file, or a folder of them.
         path: PathBuf,
         /// Print JSON (keys: format, shape, dtype, min, max, spacing, unique; arrays for npz).
         #[arg(long)]
@@ -124,6 +125,7 @@ enum DataCommand {
     },
     /// Convert a fetched dataset to the nnU-Net raw layout with ctrcl's split.
     Prepare {
+        /// icbm152, lits117 or ctchest (fetched first if needed).
         #[arg(long, default_value = "icbm152")]
         source: String,
         /// Output directory (dataset.json, imagesTr/, labelsTr/, ctrcl_split.json).
@@ -361,6 +363,6 @@ fn inspect_text(name: &str, v: &serde_json::Value) -> String {
 pub fn prepare(source: &str, out: &std::path::Path, cache: Option<&std::path::Path>) -> Result<()> {
     let src = ctrcl_data::fetch::source(source)?;
     let fetched = ctrcl_data::fetch::fetch(src, cache, &mut |m| eprintln!("{m}"))?;
-    ctrcl_data::prepare::prepare_icbm152(&fetched, out)
+    ctrcl_data::prepare::prepare_source(source, &fetched, out)
         .with_context(|| format!("preparing {source}"))
 }

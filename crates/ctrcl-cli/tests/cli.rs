@@ -1470,3 +1470,110 @@ fn swin_unet_starts_from_an_official_layout_checkpoint() {
         "{err}"
     );
 }
+
+/// `data inspect --json` of a file.
+fn inspect_json(path: &Path) -> Value {
+    serde_json::from_str(&ok(&["data", "inspect", path.to_str().unwrap(), "--json"])).unwrap()
+}
+
+#[test]
+fn real_ct_sources_read_with_their_documented_geometry_and_train() {
+    // DATA.md §2: lits117 is a 128³ float32 HU crop in MRC with labels 0/1/2; ctchest is a
+    // 128×128×34 int32 HU gzip NRRD at 3.05×3.05×10 mm with labels 0..7 (7 structures).
+    let fetched = PathBuf::from(ok(&["data", "fetch", "--source", "lits117"]).trim());
+    let img = inspect_json(&fetched.join("img_117.mrc"));
+    assert_eq!(img["format"], "mrc");
+    assert_eq!(img["shape"], serde_json::json!([128, 128, 128]));
+    assert_eq!(img["dtype"], "float32");
+    assert_eq!(
+        (img["min"].as_f64(), img["max"].as_f64()),
+        (Some(-1063.25), Some(1877.25))
+    );
+    assert_eq!(
+        img["spacing"],
+        Value::Null,
+        "the MRC header records no voxel size"
+    );
+    let lab = inspect_json(&fetched.join("lab_117.mrc"));
+    assert_eq!(
+        (&lab["dtype"], &lab["unique"]),
+        (&"uint16".into(), &serde_json::json!([0, 1, 2]))
+    );
+
+    let fetched = PathBuf::from(ok(&["data", "fetch", "--source", "ctchest"]).trim());
+    let ct = inspect_json(&fetched.join("CTChest4.nrrd"));
+    assert_eq!(ct["shape"], serde_json::json!([128, 128, 34]));
+    assert_eq!(ct["dtype"], "int32");
+    assert_eq!(
+        ct["orientation"], "RAS",
+        "LPS directions (-3.05, -3.05, 10) are RAS after the flip"
+    );
+    let spacing: Vec<f64> = serde_json::from_value(ct["spacing"].clone()).unwrap();
+    assert!(
+        (spacing[0] - 3.0469).abs() < 1e-3 && (spacing[2] - 10.0).abs() < 1e-6,
+        "{spacing:?}"
+    );
+    let seg = inspect_json(&fetched.join("Segmentation.seg.nrrd"));
+    assert_eq!(seg["unique"], serde_json::json!([0, 1, 2, 3, 4, 5, 6, 7]));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let chest = tmp.path().join("ctchest");
+    ok(&[
+        "data",
+        "prepare",
+        "--source",
+        "ctchest",
+        "--out",
+        chest.to_str().unwrap(),
+    ]);
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(chest.join("dataset.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["labels"]["ribs"], 1);
+    assert_eq!(meta["labels"]["left lung"], 6);
+    assert_eq!(meta["labels"].as_object().unwrap().len(), 8);
+    let nii = inspect_json(&chest.join("labelsTr/ctchest.nii.gz"));
+    assert_eq!(nii["shape"], serde_json::json!([128, 128, 34]));
+    assert_eq!(nii["orientation"], "RAS");
+
+    // lits117 prepared and trained for a few steps with the CT window; the test table has the
+    // two foreground classes.
+    let liver = tmp.path().join("lits117");
+    ok(&[
+        "data",
+        "prepare",
+        "--source",
+        "lits117",
+        "--out",
+        liver.to_str().unwrap(),
+    ]);
+    let run = tmp.path().join("run");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/lits117_quick.toml")
+        .display()
+        .to_string();
+    let mut sets = tiny_settings(&liver);
+    sets.push("data.clip=[-125.0, 275.0]".into());
+    ok(&train_args(&config, run.to_str().unwrap(), &sets));
+    let table = ok(&["test", "--run", run.to_str().unwrap()]);
+    assert!(
+        table.contains("liver") && table.contains("tumour"),
+        "{table}"
+    );
+    let saved: toml::Value =
+        toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(
+        saved["data"]["clip"],
+        toml::Value::Array(vec![(-125.0).into(), 275.0.into()]),
+        "the window is recorded with the run"
+    );
+    let err = fails(&train_args(
+        &config,
+        tmp.path().join("bad").to_str().unwrap(),
+        &[
+            format!("data.dataset={}", liver.display()),
+            "data.clip=[275.0, -125.0]".into(),
+        ],
+    ));
+    assert!(err.contains("data.clip"), "{err}");
+}

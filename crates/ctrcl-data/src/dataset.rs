@@ -21,6 +21,33 @@ pub enum Normalize {
     None,
 }
 
+/// Intensity handling of a volume: an optional clip window (CT windowing, e.g. `[-125, 275]` HU
+/// as TransUNet's Synapse), then normalisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Intensity {
+    pub clip: Option<[f32; 2]>,
+    pub normalize: Normalize,
+}
+
+impl From<Normalize> for Intensity {
+    fn from(normalize: Normalize) -> Self {
+        Intensity {
+            clip: None,
+            normalize,
+        }
+    }
+}
+
+impl Intensity {
+    /// Clips (if a window is set), then normalises `data` in place.
+    pub fn apply(&self, data: &mut [f32]) {
+        if let Some([lo, hi]) = self.clip {
+            data.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+        }
+        normalize_in_place(data, self.normalize);
+    }
+}
+
 #[derive(Deserialize)]
 struct DatasetJson {
     labels: BTreeMap<String, serde_json::Value>,
@@ -150,14 +177,15 @@ pub struct Dataset {
     pub class_names: Vec<String>,
     pub split: SlabSplit,
     pub case: Case,
-    pub normalize: Normalize,
+    pub intensity: Intensity,
     /// Normalised value of the volume's minimum: the fill for padding.
     pub background: f32,
 }
 
 impl Dataset {
     /// Opens `root` (a `data prepare` output), validating geometry and labels.
-    pub fn open(root: &Path, normalize: Normalize) -> Result<Self> {
+    pub fn open(root: &Path, intensity: impl Into<Intensity>) -> Result<Self> {
+        let intensity = intensity.into();
         let json_path = root.join("dataset.json");
         let text = std::fs::read_to_string(&json_path).map_err(|e| DataError::io(&json_path, e))?;
         let meta: DatasetJson = serde_json::from_str(&text).map_err(|e| {
@@ -191,7 +219,7 @@ impl Dataset {
         }
         let label = labels_as_classes(&label_vol, class_names.len(), &label_path)?;
         split.validate(image.dims[2], &split_path)?;
-        normalize_in_place(&mut image.data, normalize);
+        intensity.apply(&mut image.data);
         let background = image.data.iter().cloned().fold(f32::INFINITY, f32::min);
         Ok(Dataset {
             root: root.to_path_buf(),
@@ -202,7 +230,7 @@ impl Dataset {
                 label,
             },
             split,
-            normalize,
+            intensity,
             background,
         })
     }
@@ -328,6 +356,19 @@ mod tests {
         let input = geo.label_to_input(&label);
         assert_eq!(input.len(), 144);
         assert_eq!(geo.prediction_to_native(&input), label);
+    }
+
+    #[test]
+    fn clip_window_comes_before_normalisation() {
+        // HU -1000 (air) and 1500 (bone) fall to the window edges; minmax then maps the window
+        // to [0, 1]: 0 HU → 125/400.
+        let mut d = vec![-1000.0, -125.0, 0.0, 275.0, 1500.0];
+        Intensity {
+            clip: Some([-125.0, 275.0]),
+            normalize: Normalize::Minmax,
+        }
+        .apply(&mut d);
+        assert_eq!(d, vec![0.0, 0.0, 0.3125, 1.0, 1.0]);
     }
 
     #[test]

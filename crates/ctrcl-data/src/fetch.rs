@@ -54,14 +54,65 @@ pub const ICBM152: Source = Source {
     licence: "ICBM 2009a template: BSD-style licence with the MNI copyright notice (see nilearn)",
 };
 
+/// LiTS case 117, a 128³ CT crop with liver and tumour labels, from
+/// liver-ct-segmentation-package 1.6.0 (DATA.md §2).
+pub const LITS117: Source = Source {
+    name: "lits117",
+    requirement: "liver-ct-segmentation-package==1.6.0",
+    wheel: "liver_ct_segmentation_package-1.6.0-py2.py3-none-any.whl",
+    wheel_sha256: "67ffa526d8500ce5e3d9f2c96c1690543d811d352d93d531301d35791b9d6bba",
+    files: &[
+        PackedFile {
+            member: "liver_ct_segmentation_package/data/img_117.mrc",
+            name: "img_117.mrc",
+            sha256: "6519548844be8c92a6f37dff22961800ec4baad72a4efbb9f7061ffd265e1780",
+        },
+        PackedFile {
+            member: "liver_ct_segmentation_package/data/lab_117.mrc",
+            name: "lab_117.mrc",
+            sha256: "0f4950afdb218ae1a8790c2367a3f1bffe3d68cf186239cdfae897e4d4f99240",
+        },
+    ],
+    licence: "LiTS challenge data: research use under the LiTS terms (see the package)",
+};
+
+/// A 3D Slicer chest CT (128×128×34) with 7 labelled structures, from slicerio 1.4.0.
+pub const CTCHEST: Source = Source {
+    name: "ctchest",
+    requirement: "slicerio==1.4.0",
+    wheel: "slicerio-1.4.0-py3-none-any.whl",
+    wheel_sha256: "ae3432ee06386bfe3b2e8d2d07940411fcbaefab8ed89a3853ee9c5ac19e296b",
+    files: &[
+        PackedFile {
+            member: "slicerio/data/CTChest4.nrrd",
+            name: "CTChest4.nrrd",
+            sha256: "439ee098e50ee8e3254bd80ed8bcf7f8d006da4cab35be7a65b61ccb30dd6a3d",
+        },
+        PackedFile {
+            member: "slicerio/data/Segmentation.seg.nrrd",
+            name: "Segmentation.seg.nrrd",
+            sha256: "1a35d7165f51521cf4c747d81278eb461e5f151b0ea43f1bfb38fba3453140cf",
+        },
+    ],
+    licence: "slicerio sample data: MIT",
+};
+
+/// Every source `ctrcl data fetch` knows.
+pub const SOURCES: [&Source; 3] = [&ICBM152, &LITS117, &CTCHEST];
+
 /// Looks a source up by its name.
 pub fn source(name: &str) -> Result<&'static Source> {
-    match name {
-        "icbm152" => Ok(&ICBM152),
-        other => Err(DataError::External(format!(
-            "unknown data source '{other}'; available: icbm152"
-        ))),
-    }
+    SOURCES
+        .iter()
+        .copied()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = SOURCES.iter().map(|s| s.name).collect();
+            DataError::External(format!(
+                "unknown data source '{name}'; available: {}",
+                names.join(", ")
+            ))
+        })
 }
 
 /// The cache root: `$CTRCL_CACHE`, else `$XDG_CACHE_HOME/ctrcl`, else `~/.cache/ctrcl`.

@@ -4,8 +4,10 @@
 
 use crate::error::{DataError, Result};
 use crate::image2d::{image_stem, is_png, read_png_samples};
-use crate::nifti::{nifti_stem, read_nifti, NiftiType};
+use crate::mrc::{is_mrc, read_mrc};
+use crate::nifti::{nifti_stem, read_nifti, NiftiType, NiftiVolume};
 use crate::npy::parse_npy;
+use crate::nrrd::{is_nrrd, read_nrrd};
 use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::path::Path;
@@ -81,18 +83,36 @@ pub fn axis_codes(affine: &[[f64; 4]; 3]) -> String {
         .collect()
 }
 
+/// A 3D volume (X, Y, Z order) with its spacing and orientation.
+fn volume_json(format: &str, v: &NiftiVolume, dtype: &str) -> Value {
+    let values: Vec<f64> = v.data.iter().map(|&x| f64::from(x)).collect();
+    let mut j = array_json(format, &v.dims, dtype, &values);
+    // Integer storage scaled by a slope is not integer data any more.
+    if v.data.iter().any(|x| x.fract() != 0.0) {
+        j["unique"] = Value::Null;
+    }
+    j["spacing"] = json!(v.spacing);
+    j["orientation"] = json!(axis_codes(&v.affine));
+    j
+}
+
 /// Describes one file; `None` if ctrcl does not read its format.
 pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
     if nifti_stem(path).is_some() {
         let v = read_nifti(path)?;
-        let values: Vec<f64> = v.data.iter().map(|&x| f64::from(x)).collect();
-        let mut j = array_json("nifti", &v.dims, nifti_dtype(v.dtype), &values);
-        // Integer storage scaled by a slope is not integer data any more.
-        if v.data.iter().any(|x| x.fract() != 0.0) {
-            j["unique"] = Value::Null;
+        return Ok(Some(volume_json("nifti", &v, nifti_dtype(v.dtype))));
+    }
+    if is_nrrd(path) {
+        let v = read_nrrd(path)?;
+        return Ok(Some(volume_json("nrrd", &v, nifti_dtype(v.dtype))));
+    }
+    if is_mrc(path) {
+        let m = read_mrc(path)?;
+        let mut j = volume_json("mrc", &m.volume, m.dtype);
+        if !m.spacing_known {
+            // The header gives no voxel size (cella = 0): say so rather than print 1 mm.
+            j["spacing"] = Value::Null;
         }
-        j["spacing"] = json!(v.spacing);
-        j["orientation"] = json!(axis_codes(&v.affine));
         return Ok(Some(j));
     }
     let ext = path
@@ -198,7 +218,7 @@ pub fn inspect(path: &Path) -> Result<Value> {
     inspect_file(path)?.ok_or_else(|| {
         DataError::invalid(
             path,
-            "not a format ctrcl reads (.nii, .nii.gz, .npy, .npz, .png, .jpg, .jpeg)",
+            "not a format ctrcl reads (.nii, .nii.gz, .nrrd, .nhdr, .mrc, .npy, .npz, .png, .jpg, .jpeg)",
         )
     })
 }
@@ -253,6 +273,15 @@ mod tests {
             ("png", std::fs::read(&png).unwrap()),
             ("nii", std::fs::read(&nii).unwrap()),
             ("nii", nifti2),
+            (
+                "nrrd",
+                std::fs::read(data.join("nrrd/ct_lps_gzip.nrrd")).unwrap(),
+            ),
+            (
+                "nrrd",
+                std::fs::read(data.join("nrrd/labels_ascii.nrrd")).unwrap(),
+            ),
+            ("mrc", std::fs::read(data.join("mrc/permuted.mrc")).unwrap()),
         ];
         for (k, (ext, bytes)) in sources.iter().enumerate() {
             let path = dir.path().join(format!("bad{k}.{ext}"));

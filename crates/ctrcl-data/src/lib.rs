@@ -4,12 +4,16 @@
 pub mod dataset;
 pub mod error;
 pub mod fetch;
+#[cfg(test)]
+mod fixtures;
 pub mod image2d;
 pub mod inspect;
 pub mod labels;
 pub mod loader;
+pub mod mrc;
 pub mod nifti;
 pub mod npy;
+pub mod nrrd;
 pub mod prepare;
 pub mod resize;
 pub mod split;

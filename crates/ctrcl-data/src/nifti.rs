@@ -60,7 +60,7 @@ impl NiftiType {
         }
     }
 
-    fn size(self) -> usize {
+    pub(crate) fn size(self) -> usize {
         match self {
             Self::U8 | Self::I8 => 1,
             Self::I16 | Self::U16 => 2,
@@ -93,6 +93,31 @@ pub struct NiftiVolume {
 }
 
 impl NiftiVolume {
+    /// A volume read from another format (NRRD, MRC, …), given a fresh NIfTI header that
+    /// carries its geometry, so it is written out like any NIfTI input.
+    pub fn from_parts(
+        dims: [usize; 3],
+        spacing: [f32; 3],
+        affine: [[f64; 4]; 3],
+        data: Vec<f32>,
+        dtype: NiftiType,
+    ) -> Self {
+        debug_assert_eq!(dims.iter().product::<usize>(), data.len());
+        let mut header = fresh_header(spacing, affine);
+        header[40..42].copy_from_slice(&3i16.to_le_bytes());
+        for (i, d) in dims.iter().enumerate() {
+            header[42 + 2 * i..44 + 2 * i].copy_from_slice(&(*d as i16).to_le_bytes());
+        }
+        NiftiVolume {
+            dims,
+            spacing,
+            affine,
+            data,
+            dtype,
+            header,
+        }
+    }
+
     /// Number of voxels in one axial (z) slice.
     pub fn slice_len(&self) -> usize {
         self.dims[0] * self.dims[1]
@@ -361,7 +386,13 @@ fn nifti2_as_nifti1(path: &Path, bytes: &[u8], big_endian: bool) -> Result<Vec<u
     Ok(h)
 }
 
-fn decode_voxels(raw: &[u8], dtype: NiftiType, swap: bool, slope: f32, inter: f32) -> Vec<f32> {
+pub(crate) fn decode_voxels(
+    raw: &[u8],
+    dtype: NiftiType,
+    swap: bool,
+    slope: f32,
+    inter: f32,
+) -> Vec<f32> {
     let size = dtype.size();
     let mut buf = [0u8; 8];
     raw.chunks_exact(size)

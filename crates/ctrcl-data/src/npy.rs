@@ -126,7 +126,7 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
     parse_npy(path, &bytes)
 }
 
-fn half_to_f64(h: u16) -> f64 {
+pub(crate) fn half_to_f64(h: u16) -> f64 {
     let sign = if h >> 15 == 1 { -1.0 } else { 1.0 };
     let exp = ((h >> 10) & 0x1f) as i32;
     let frac = (h & 0x3ff) as f64;

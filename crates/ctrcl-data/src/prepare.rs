@@ -2,12 +2,152 @@
 //! (`dataset.json`, `imagesTr/CASE_0000.nii.gz`, `labelsTr/CASE.nii.gz`) plus ctrcl's split.
 
 use crate::error::{write_atomic, DataError, Result};
+use crate::mrc::read_mrc;
 use crate::nifti::{read_nifti, write_nifti, NiftiVolume};
+use crate::nrrd::{parse_header, read_nrrd};
 use crate::split::{SlabSplit, SPLIT_FILE};
 use std::path::Path;
 
 /// Case id of the single ICBM152 volume.
 pub const ICBM152_CASE: &str = "icbm152";
+
+/// Prepares a fetched source by name (`icbm152`, `lits117`, `ctchest`).
+pub fn prepare_source(name: &str, fetched: &Path, out: &Path) -> Result<()> {
+    match name {
+        "icbm152" => prepare_icbm152(fetched, out),
+        "lits117" => prepare_lits117(fetched, out),
+        "ctchest" => prepare_ctchest(fetched, out),
+        other => Err(DataError::External(format!(
+            "no preparation for source '{other}'; available: icbm152, lits117, ctchest"
+        ))),
+    }
+}
+
+/// Checks that a label volume shares the image grid and holds only `0..k`.
+fn check_labels(image: &NiftiVolume, labels: &NiftiVolume, k: usize, path: &Path) -> Result<()> {
+    if labels.dims != image.dims {
+        return Err(DataError::invalid(
+            path,
+            format!(
+                "label grid {:?} differs from the image grid {:?}",
+                labels.dims, image.dims
+            ),
+        ));
+    }
+    if let Some((i, v)) = labels
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v.fract() != 0.0 || v < 0.0 || v >= k as f32)
+    {
+        return Err(DataError::invalid(
+            path,
+            format!("voxel {i} has label {v}, outside the classes 0..{}", k - 1),
+        ));
+    }
+    Ok(())
+}
+
+/// LiTS case 117 (DATA.md §2): the MRC pair as one NIfTI case, 3 classes (background, liver,
+/// tumour). The MRC sections (its third axis) are the axial slices; the files record no voxel
+/// size, so 1 mm is written (distances in voxels) and said in `dataset.json`.
+pub fn prepare_lits117(fetched: &Path, out: &Path) -> Result<()> {
+    let image = read_mrc(&fetched.join("img_117.mrc"))?.volume;
+    let labels = read_mrc(&fetched.join("lab_117.mrc"))?.volume;
+    check_labels(&image, &labels, 3, &fetched.join("lab_117.mrc"))?;
+    let split = SlabSplit {
+        case: "lits117".into(),
+        axis: "z".into(),
+        train: vec![[0, 59], [108, 127]],
+        val: vec![[65, 74]],
+        test: vec![[80, 102]],
+    };
+    let dataset = serde_json::json!({
+        "name": "LiTS117",
+        "description": "LiTS case 117, 128^3 CT crop (HU) with liver and tumour labels, from liver-ct-segmentation-package 1.6.0. The MRC files record no voxel size: 1 mm is assumed, so HD95/ASD are in voxels.",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "liver": 1, "tumour": 2},
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+        "licence": crate::fetch::LITS117.licence,
+    });
+    write_single_case(out, &split, &image, &labels.data, dataset)
+}
+
+/// The 3D Slicer chest CT (DATA.md §2): `CTChest4.nrrd` + `Segmentation.seg.nrrd`, classes named
+/// from the segmentation's `SegmentN_Name`/`SegmentN_LabelValue` keys (one layer only).
+pub fn prepare_ctchest(fetched: &Path, out: &Path) -> Result<()> {
+    let seg_path = fetched.join("Segmentation.seg.nrrd");
+    let image = read_nrrd(&fetched.join("CTChest4.nrrd"))?;
+    let labels = read_nrrd(&seg_path)?;
+    let bytes = std::fs::read(&seg_path).map_err(|e| DataError::io(&seg_path, e))?;
+    let header = parse_header(&seg_path, &bytes)?;
+    let mut names = serde_json::Map::new();
+    names.insert("background".into(), 0.into());
+    for i in 0.. {
+        let Some(name) = header.keys.get(&format!("Segment{i}_Name")) else {
+            break;
+        };
+        let value: u64 = header
+            .keys
+            .get(&format!("Segment{i}_LabelValue"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                DataError::invalid(&seg_path, format!("Segment{i} has no LabelValue"))
+            })?;
+        if header
+            .keys
+            .get(&format!("Segment{i}_Layer"))
+            .map(String::as_str)
+            != Some("0")
+        {
+            return Err(DataError::invalid(
+                &seg_path,
+                format!("Segment{i} is not on layer 0: overlapping segments are not supported"),
+            ));
+        }
+        names.insert(name.clone(), value.into());
+    }
+    let k = names.len();
+    check_labels(&image, &labels, k, &seg_path)?;
+    // 34 slices of 10 mm; cervical spine exists only at z >= 26 and lumbar only at z <= 12, so
+    // no axial slab holds every class: the test slab holds the thorax (ribs, thoracic spine,
+    // both lungs, tissue).
+    let split = SlabSplit {
+        case: "ctchest".into(),
+        axis: "z".into(),
+        train: vec![[0, 11], [25, 33]],
+        val: vec![[13, 14]],
+        test: vec![[17, 22]],
+    };
+    let dataset = serde_json::json!({
+        "name": "CTChest",
+        "description": "3D Slicer sample chest CT (HU, 3.05x3.05x10 mm) with 7 labelled structures, from slicerio 1.4.0",
+        "channel_names": {"0": "CT"},
+        "labels": names,
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+        "licence": crate::fetch::CTCHEST.licence,
+    });
+    write_single_case(out, &split, &image, &labels.data, dataset)
+}
+
+/// Writes one case, its `dataset.json` and its validated split.
+fn write_single_case(
+    out: &Path,
+    split: &SlabSplit,
+    image: &NiftiVolume,
+    labels: &[f32],
+    dataset: serde_json::Value,
+) -> Result<()> {
+    split.validate(image.dims[2], &out.join(SPLIT_FILE))?;
+    write_case(out, &split.case, image, labels)?;
+    write_json(&out.join("dataset.json"), &dataset)?;
+    write_json(
+        &out.join(SPLIT_FILE),
+        &serde_json::to_value(split).expect("serialisable"),
+    )
+}
 
 /// Builds the 4-class ICBM152 labels (DATA.md §2): inside the brain (T1 > 0) the arg-max of
 /// (CSF = clip(255 − GM − WM, 0), GM, WM), first maximum wins, giving 1 = CSF, 2 = GM, 3 = WM;

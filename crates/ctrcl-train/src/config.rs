@@ -2,7 +2,7 @@
 //! overridable with `--set key=value`. Unknown keys are errors that name the key.
 
 use anyhow::{bail, Context, Result};
-use ctrcl_data::dataset::{Normalize, Upsample};
+use ctrcl_data::dataset::{Intensity, Normalize, Upsample};
 use ctrcl_data::loader::Augment;
 use ctrcl_models::{Architecture, ModelSizes};
 use serde::{Deserialize, Serialize};
@@ -108,6 +108,9 @@ pub struct DataConfig {
     pub dataset: PathBuf,
     /// Side of the square network input; slices are padded to a square and resized to it.
     pub image_size: usize,
+    /// Intensity window `[low, high]` applied before normalisation (CT: e.g. `[-125, 275]`);
+    /// empty = none.
+    pub clip: Vec<f32>,
     pub normalize: Normalize,
     pub augment: Augment,
     pub batch_size: usize,
@@ -115,11 +118,25 @@ pub struct DataConfig {
     pub workers: usize,
 }
 
+impl DataConfig {
+    /// The clip window and normalisation as one value.
+    pub fn intensity(&self) -> Intensity {
+        Intensity {
+            clip: match self.clip.as_slice() {
+                [lo, hi] => Some([*lo, *hi]),
+                _ => None,
+            },
+            normalize: self.normalize,
+        }
+    }
+}
+
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             dataset: PathBuf::from("data/icbm152"),
             image_size: 224,
+            clip: Vec::new(),
             normalize: Normalize::Zscore,
             augment: Augment::Rot90Flip,
             batch_size: 8,
@@ -355,6 +372,11 @@ impl TrainConfig {
     /// Checks values that serde cannot (ranges, model sizes for the image size).
     pub fn validate(&self) -> Result<()> {
         let d = &self.data;
+        match d.clip.as_slice() {
+            [] => {}
+            [lo, hi] if lo < hi => {}
+            other => bail!("data.clip must be empty or [low, high] with low < high, got {other:?}"),
+        }
         if d.batch_size == 0 {
             bail!("data.batch_size must be at least 1");
         }

@@ -8,7 +8,7 @@ use crate::student::Role;
 use crate::tester::{load_student, open_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
-use ctrcl_data::dataset::{normalize_in_place, Geometry, Upsample};
+use ctrcl_data::dataset::{Geometry, Intensity, Upsample};
 use ctrcl_data::image2d::{image_stem, read_image_2d, write_label_png};
 use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti, write_nifti_channels};
 use ctrcl_data::npy::write_npy_f32;
@@ -66,7 +66,7 @@ pub struct PredictOptions {
 pub struct Predictor<B: Backend> {
     net: ctrcl_models::Student<B>,
     size: usize,
-    normalize: ctrcl_data::dataset::Normalize,
+    intensity: Intensity,
     upsample: Upsample,
     probabilities: bool,
     pub checkpoint: PathBuf,
@@ -84,7 +84,7 @@ impl<B: Backend> Predictor<B> {
         Ok(Predictor {
             net,
             size: cfg.data.image_size,
-            normalize: cfg.data.normalize,
+            intensity: cfg.data.intensity(),
             upsample: options.upsample.unwrap_or(cfg.eval.upsample),
             probabilities: options.probabilities,
             checkpoint: dir,
@@ -102,7 +102,7 @@ impl<B: Backend> Predictor<B> {
         w: usize,
         device: &B::Device,
     ) -> NativePrediction {
-        normalize_in_place(&mut data, self.normalize);
+        self.intensity.apply(&mut data);
         let background = data.iter().cloned().fold(f32::INFINITY, f32::min);
         let geo = Geometry {
             h,

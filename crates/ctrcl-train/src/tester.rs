@@ -97,7 +97,7 @@ pub fn test_run<B: Backend>(
 ) -> Result<TestReport> {
     let (cfg, info) = open_run(run)?;
     let upsample = upsample.unwrap_or(cfg.eval.upsample);
-    let dataset = Dataset::open(&info.dataset, cfg.data.normalize)
+    let dataset = Dataset::open(&info.dataset, cfg.data.intensity())
         .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
     let k = dataset.num_classes();
     let size = cfg.data.image_size;

@@ -545,7 +545,7 @@ pub fn train<B: AutodiffBackend>(
     progress: bool,
 ) -> Result<TrainSummary> {
     cfg.validate()?;
-    let dataset = Dataset::open(&cfg.data.dataset, cfg.data.normalize)
+    let dataset = Dataset::open(&cfg.data.dataset, cfg.data.intensity())
         .with_context(|| format!("opening dataset {}", cfg.data.dataset.display()))?;
     let resolved;
     let cfg = if cfg.method.is_offline() {
@@ -683,7 +683,7 @@ pub fn resume<B: AutodiffBackend>(
             cfg.schedule.iterations
         );
     }
-    let dataset = Dataset::open(&info.dataset, cfg.data.normalize)
+    let dataset = Dataset::open(&info.dataset, cfg.data.intensity())
         .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
     let k = dataset.num_classes();
     B::seed(device, cfg.seed);

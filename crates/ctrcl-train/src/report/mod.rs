@@ -405,7 +405,7 @@ fn write_overlays<B: Backend>(
         return Ok(Vec::new());
     }
     let (cfg, info) = open_run(&view.dir)?;
-    let dataset = Dataset::open(&info.dataset, cfg.data.normalize)
+    let dataset = Dataset::open(&info.dataset, cfg.data.intensity())
         .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
     let slices = dataset.slices(Split::Test);
     let n = slices.len();
