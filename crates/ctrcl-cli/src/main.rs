@@ -117,9 +117,9 @@ enum DataCommand {
     },
     /// What a file or folder holds: format, shape, dtype, min/max, spacing, orientation, labels.
     Inspect {
-        /// A .nii/.nii.gz/.nrrd/.nhdr/.mrc/.npy/.npz/.png/.jpg file, or a folder of them.
+        /// A .nii/.nii.gz/.nrrd/.nhdr/.mrc/.h5/.npy/.npz/.png/.jpg file, or a folder of them.
         path: PathBuf,
-        /// Print JSON (keys: format, shape, dtype, min, max, spacing, unique; arrays for npz).
+        /// Print JSON (keys: format, shape, dtype, min, max, spacing, unique; arrays for npz/HDF5).
         #[arg(long)]
         json: bool,
     },
@@ -226,11 +226,15 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 _ => anyhow::bail!("give --config and --out, or --resume RUN_DIR"),
             };
+            let [c, t] = [&summary.best_val[0].mean, &summary.best_val[1].mean];
+            let validation = if c.is_nan() && t.is_nan() {
+                "no validation split (best = last)".to_string()
+            } else {
+                format!("best validation mean Dice: cnn {c:.4}, transformer {t:.4}")
+            };
             println!(
-                "trained in {:.0} s; best validation mean Dice: cnn {:.4}, transformer {:.4}; run: {}",
+                "trained in {:.0} s; {validation}; run: {}",
                 summary.seconds,
-                summary.best_val[0].mean,
-                summary.best_val[1].mean,
                 summary.run_dir.display()
             );
         }
@@ -322,8 +326,8 @@ fn inspect_text(name: &str, v: &serde_json::Value) -> String {
                 let _ = writeln!(out, "  {}/", folder.as_str().unwrap_or("?"));
             }
         }
-        Some("npz") => {
-            let _ = writeln!(out, "{name}: npz");
+        Some(container) if v.get("arrays").is_some() => {
+            let _ = writeln!(out, "{name}: {container}");
             for (array, av) in v["arrays"].as_object().into_iter().flatten() {
                 out.push_str(&inspect_text(&format!("  {array}"), av));
             }

@@ -1577,3 +1577,59 @@ fn real_ct_sources_read_with_their_documented_geometry_and_train() {
     ));
     assert!(err.contains("data.clip"), "{err}");
 }
+
+/// A fixture folder of ctrcl-data in a published layout.
+fn layout_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ctrcl-data/tests/data/layouts")
+        .join(name)
+}
+
+#[test]
+fn synapse_and_acdc_folders_train_and_test_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (layout, config, classes) in [
+        ("synapse", "synapse_transunet", vec!["aorta", "stomach"]),
+        ("acdc", "acdc_ssl4mis", vec!["RV", "Myo", "LV"]),
+    ] {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../configs/{config}.toml"))
+            .display()
+            .to_string();
+        let run = tmp.path().join(layout);
+        let sets = tiny_settings(&layout_fixture(layout));
+        let out = ctrcl(&train_args(&config, run.to_str().unwrap(), &sets));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if layout == "synapse" {
+            // No validation split in TransUNet's protocol: best = last, said so.
+            assert!(stdout.contains("no validation split"), "{stdout}");
+        }
+        let table = ok(&["test", "--run", run.to_str().unwrap()]);
+        for c in classes {
+            assert!(table.contains(c), "{layout}: {table}");
+        }
+        let metrics: Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("metrics/test-test.json")).unwrap(),
+        )
+        .unwrap();
+        // Test volumes are scored one by one and averaged (TransUNet's convention).
+        let cases: Vec<&str> = metrics["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let want: &[&str] = if layout == "synapse" {
+            &["case0001", "case0008"]
+        } else {
+            &["patient004_frame01"]
+        };
+        assert_eq!(cases, want);
+        assert_eq!(metrics["slices"], if layout == "synapse" { 6 } else { 4 });
+    }
+}

@@ -4,7 +4,7 @@
 use crate::error::{DataError, Result};
 use crate::nifti::{read_nifti, NiftiVolume};
 use crate::resize::{crop_from_square, pad_to_square, resize_bilinear, resize_nearest};
-use crate::split::{SlabSplit, Split, SPLIT_FILE};
+use crate::split::{CaseSplit, SlabSplit, Split, SPLIT_FILE};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,14 +58,39 @@ struct DatasetJson {
 /// One labelled case: image and label volumes on the same grid.
 pub struct Case {
     pub id: String,
+    /// Normalised intensities (x fastest, then y, z).
     pub image: NiftiVolume,
     /// Label per voxel (0..num_classes), same order as `image.data`.
     pub label: Vec<u8>,
+    /// Normalised value of the volume's minimum: the fill for padding.
+    pub background: f32,
+}
+
+impl Case {
+    /// Builds a case from an image volume (normalised here) and its labels.
+    pub fn new(id: String, mut image: NiftiVolume, label: Vec<u8>, intensity: Intensity) -> Self {
+        intensity.apply(&mut image.data);
+        let background = image.data.iter().cloned().fold(f32::INFINITY, f32::min);
+        Case {
+            id,
+            image,
+            label,
+            background,
+        }
+    }
+
+    /// Slice geometry for a network input of `size × size`.
+    pub fn geometry(&self, size: usize) -> Geometry {
+        let [w, h, _] = self.image.dims;
+        Geometry { h, w, size }
+    }
 }
 
 /// A 2D axial slice at native resolution: `h = Y` rows of `w = X` pixels.
 #[derive(Debug, Clone)]
 pub struct Slice2d {
+    /// Index of the case in [`Dataset::cases`].
+    pub case: usize,
     pub z: usize,
     pub h: usize,
     pub w: usize,
@@ -170,22 +195,61 @@ pub fn argmax_classes(maps: &[f32], k: usize) -> Vec<u8> {
     labels
 }
 
-/// An opened prepared dataset.
+/// How a dataset is split: axial slabs of one volume, or whole cases.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatasetSplit {
+    Slabs(SlabSplit),
+    Cases(CaseSplit),
+}
+
+impl DatasetSplit {
+    /// Every case id the split names, in first-use order.
+    fn case_ids(&self) -> Vec<String> {
+        match self {
+            DatasetSplit::Slabs(s) => vec![s.case.clone()],
+            DatasetSplit::Cases(c) => {
+                let mut ids: Vec<String> = Vec::new();
+                for id in c.train.iter().chain(&c.val).chain(&c.test) {
+                    if !ids.contains(id) {
+                        ids.push(id.clone());
+                    }
+                }
+                ids
+            }
+        }
+    }
+}
+
+/// An opened dataset: its cases (images normalised) and how they split.
 pub struct Dataset {
     pub root: PathBuf,
     /// Class names by label value, background included (index = label).
     pub class_names: Vec<String>,
-    pub split: SlabSplit,
-    pub case: Case,
+    pub split: DatasetSplit,
+    pub cases: Vec<Case>,
     pub intensity: Intensity,
-    /// Normalised value of the volume's minimum: the fill for padding.
-    pub background: f32,
+    /// What kind of folder this was (`nnunet`, `synapse`, `acdc`).
+    pub layout: &'static str,
+    /// What was detected while reading (list files used, slice axes), for the log.
+    pub notes: Vec<String>,
 }
 
 impl Dataset {
-    /// Opens `root` (a `data prepare` output), validating geometry and labels.
+    /// Opens a dataset folder: a `ctrcl data prepare` output or any nnU-Net raw dataset with a
+    /// `ctrcl_split.json`, a Synapse folder (`train_npz/`, `test_vol_h5/`) or an SSL4MIS ACDC
+    /// folder (`data/slices/`, `train_slices.list`, …); validates geometry and labels.
     pub fn open(root: &Path, intensity: impl Into<Intensity>) -> Result<Self> {
         let intensity = intensity.into();
+        if root.join("train_npz").is_dir() || root.join("test_vol_h5").is_dir() {
+            return crate::layouts::open_synapse(root, intensity);
+        }
+        if root.join("data").join("slices").is_dir() {
+            return crate::layouts::open_acdc(root, intensity);
+        }
+        Self::open_nnunet(root, intensity)
+    }
+
+    fn open_nnunet(root: &Path, intensity: Intensity) -> Result<Self> {
         let json_path = root.join("dataset.json");
         let text = std::fs::read_to_string(&json_path).map_err(|e| DataError::io(&json_path, e))?;
         let meta: DatasetJson = serde_json::from_str(&text).map_err(|e| {
@@ -195,43 +259,38 @@ impl Dataset {
         let split_path = root.join(SPLIT_FILE);
         let text =
             std::fs::read_to_string(&split_path).map_err(|e| DataError::io(&split_path, e))?;
-        let split: SlabSplit = serde_json::from_str(&text)
-            .map_err(|e| DataError::invalid(&split_path, format!("not a valid split: {e}")))?;
+        let split = parse_split(&text, &split_path)?;
         let ending = meta.file_ending.unwrap_or_else(|| ".nii.gz".into());
-        let image_path = root
-            .join("imagesTr")
-            .join(format!("{}_0000{ending}", split.case));
-        let label_path = root
-            .join("labelsTr")
-            .join(format!("{}{ending}", split.case));
-        let mut image = read_nifti(&image_path)?;
-        let label_vol = read_nifti(&label_path)?;
-        if label_vol.dims != image.dims {
-            return Err(DataError::invalid(
-                &label_path,
-                format!(
-                    "label grid {:?} differs from image grid {:?} of {}",
-                    label_vol.dims,
-                    image.dims,
-                    image_path.display()
-                ),
-            ));
+        let mut cases = Vec::new();
+        for id in split.case_ids() {
+            let (image_path, label_path) = nnunet_case_paths(root, &id, &ending);
+            let image = read_volume(&image_path)?;
+            let label_vol = read_volume(&label_path)?;
+            if label_vol.dims != image.dims {
+                return Err(DataError::invalid(
+                    &label_path,
+                    format!(
+                        "label grid {:?} differs from image grid {:?} of {}",
+                        label_vol.dims,
+                        image.dims,
+                        image_path.display()
+                    ),
+                ));
+            }
+            let label = labels_as_classes(&label_vol.data, class_names.len(), &label_path)?;
+            cases.push(Case::new(id, image, label, intensity));
         }
-        let label = labels_as_classes(&label_vol, class_names.len(), &label_path)?;
-        split.validate(image.dims[2], &split_path)?;
-        intensity.apply(&mut image.data);
-        let background = image.data.iter().cloned().fold(f32::INFINITY, f32::min);
+        if let DatasetSplit::Slabs(s) = &split {
+            s.validate(cases[0].image.dims[2], &split_path)?;
+        }
         Ok(Dataset {
             root: root.to_path_buf(),
             class_names,
-            case: Case {
-                id: split.case.clone(),
-                image,
-                label,
-            },
             split,
+            cases,
             intensity,
-            background,
+            layout: "nnunet",
+            notes: Vec::new(),
         })
     }
 
@@ -239,40 +298,131 @@ impl Dataset {
         self.class_names.len()
     }
 
-    /// Native slices of a split, in z order.
+    /// The cases of a split with the slice indices of each that belong to it.
+    pub fn parts(&self, which: Split) -> Vec<(usize, Vec<usize>)> {
+        match &self.split {
+            DatasetSplit::Slabs(s) => vec![(0, s.slices(which))],
+            DatasetSplit::Cases(c) => c
+                .ids(which)
+                .iter()
+                .filter_map(|id| self.cases.iter().position(|k| &k.id == id))
+                .map(|i| (i, (0..self.cases[i].image.dims[2]).collect()))
+                .collect(),
+        }
+    }
+
+    /// Native slices of a split, case by case in z order.
     pub fn slices(&self, which: Split) -> Vec<Slice2d> {
-        let [w, h, _] = self.case.image.dims;
-        let n = w * h;
-        self.split
-            .slices(which)
-            .into_iter()
-            .map(|z| Slice2d {
+        let mut out = Vec::new();
+        for (ci, zs) in self.parts(which) {
+            let case = &self.cases[ci];
+            let [w, h, _] = case.image.dims;
+            let n = w * h;
+            out.extend(zs.into_iter().map(|z| Slice2d {
+                case: ci,
                 z,
                 h,
                 w,
-                image: self.case.image.data[z * n..(z + 1) * n].to_vec(),
-                label: self.case.label[z * n..(z + 1) * n].to_vec(),
-            })
-            .collect()
-    }
-
-    /// Slice geometry for a network input of `size × size`.
-    pub fn geometry(&self, size: usize) -> Geometry {
-        let [w, h, _] = self.case.image.dims;
-        Geometry { h, w, size }
+                image: case.image.data[z * n..(z + 1) * n].to_vec(),
+                label: case.label[z * n..(z + 1) * n].to_vec(),
+            }));
+        }
+        out
     }
 
     /// Slices of a split resampled to the training size.
     pub fn samples(&self, which: Split, size: usize) -> Vec<Sample> {
-        let geo = self.geometry(size);
         self.slices(which)
             .iter()
-            .map(|s| Sample {
-                image: geo.image_to_input(&s.image, self.background),
-                label: geo.label_to_input(&s.label),
+            .map(|s| {
+                let case = &self.cases[s.case];
+                let geo = case.geometry(size);
+                Sample {
+                    image: geo.image_to_input(&s.image, case.background),
+                    label: geo.label_to_input(&s.label),
+                }
             })
             .collect()
     }
+}
+
+/// `imagesTr/ID_0000.ext` + `labelsTr/ID.ext`, or the `imagesTs`/`labelsTs` pair if the case is
+/// not in the training folders.
+fn nnunet_case_paths(root: &Path, id: &str, ending: &str) -> (PathBuf, PathBuf) {
+    let pair = |images: &str, labels: &str| {
+        (
+            root.join(images).join(format!("{id}_0000{ending}")),
+            root.join(labels).join(format!("{id}{ending}")),
+        )
+    };
+    let train = pair("imagesTr", "labelsTr");
+    if train.0.exists() {
+        return train;
+    }
+    let test = pair("imagesTs", "labelsTs");
+    if test.0.exists() {
+        test
+    } else {
+        train
+    }
+}
+
+/// Reads a NIfTI volume, or a 2D PNG/JPEG image as a one-slice volume (`[W, H, 1]`, intensities
+/// in [0, 1] for images; label values as stored for PNG label maps via [`read_label_file`]).
+pub fn read_volume(path: &Path) -> Result<NiftiVolume> {
+    if crate::image2d::image_stem(path).is_some() && crate::nifti::nifti_stem(path).is_none() {
+        let file = crate::labels::read_label_file(path);
+        // A grey PNG is read by value (a label map or an 8/16-bit image alike).
+        let f = file?;
+        let [h, w] = [f.shape[0], f.shape[1]];
+        let data = f.labels.iter().map(|&v| f32::from(v)).collect();
+        return Ok(NiftiVolume::from_parts(
+            [w, h, 1],
+            [1.0; 3],
+            IDENTITY,
+            data,
+            crate::nifti::NiftiType::U8,
+        ));
+    }
+    read_nifti(path)
+}
+
+/// The identity voxel → world affine.
+pub const IDENTITY: [[f64; 4]; 3] = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0],
+];
+
+/// Parses `ctrcl_split.json`: slabs of one case, or lists of cases.
+pub fn parse_split(text: &str, path: &Path) -> Result<DatasetSplit> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| DataError::invalid(path, format!("not valid JSON: {e}")))?;
+    let split = if value.get("case").is_some() {
+        DatasetSplit::Slabs(
+            serde_json::from_value(value)
+                .map_err(|e| DataError::invalid(path, format!("not a valid slab split: {e}")))?,
+        )
+    } else {
+        let cases: CaseSplit = serde_json::from_value(value)
+            .map_err(|e| DataError::invalid(path, format!("not a valid case split: {e}")))?;
+        cases.validate(path)?;
+        DatasetSplit::Cases(cases)
+    };
+    Ok(split)
+}
+
+pub(crate) fn class_names_from(
+    labels: &BTreeMap<String, serde_json::Value>,
+    path: &Path,
+) -> Result<Vec<String>> {
+    class_names(
+        &DatasetJson {
+            labels: labels.clone(),
+            file_ending: None,
+        },
+        path,
+    )
 }
 
 fn class_names(meta: &DatasetJson, path: &Path) -> Result<Vec<String>> {
@@ -301,9 +451,10 @@ fn class_names(meta: &DatasetJson, path: &Path) -> Result<Vec<String>> {
     Ok(by_value.into_values().collect())
 }
 
-fn labels_as_classes(vol: &NiftiVolume, k: usize, path: &Path) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(vol.data.len());
-    for (i, &v) in vol.data.iter().enumerate() {
+/// Label values as classes `0..k`; anything else is an error naming the file and voxel.
+pub fn labels_as_classes(data: &[f32], k: usize, path: &Path) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len());
+    for (i, &v) in data.iter().enumerate() {
         if v.fract() != 0.0 || v < 0.0 || v >= k as f32 {
             return Err(DataError::invalid(
                 path,

@@ -3,6 +3,7 @@
 //! min/max, spacing and orientation where known, and the sorted unique values of integer data.
 
 use crate::error::{DataError, Result};
+use crate::hdf5::{is_hdf5, H5File};
 use crate::image2d::{image_stem, is_png, read_png_samples};
 use crate::mrc::{is_mrc, read_mrc};
 use crate::nifti::{nifti_stem, read_nifti, NiftiType, NiftiVolume};
@@ -126,6 +127,16 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
             Ok(Some(array_json("npy", &a.shape, &a.dtype, &a.data)))
         }
         Some("npz") => inspect_npz(path).map(Some),
+        _ if is_hdf5(path) => {
+            let f = H5File::open(path)?;
+            let mut arrays = Map::new();
+            for name in f.datasets()? {
+                let a = f.read(&name)?;
+                let values: Vec<f64> = a.data.iter().map(|&v| f64::from(v)).collect();
+                arrays.insert(name, array_json("hdf5", &a.shape, a.dtype, &values));
+            }
+            Ok(Some(json!({"format": "hdf5", "arrays": arrays})))
+        }
         _ if is_png(path) => {
             let p = read_png_samples(path)?;
             let shape = if p.channels == 1 {
@@ -218,7 +229,7 @@ pub fn inspect(path: &Path) -> Result<Value> {
     inspect_file(path)?.ok_or_else(|| {
         DataError::invalid(
             path,
-            "not a format ctrcl reads (.nii, .nii.gz, .nrrd, .nhdr, .mrc, .npy, .npz, .png, .jpg, .jpeg)",
+            "not a format ctrcl reads (.nii, .nii.gz, .nrrd, .nhdr, .mrc, .h5, .npy, .npz, .png, .jpg, .jpeg)",
         )
     })
 }

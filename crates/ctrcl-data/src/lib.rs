@@ -6,9 +6,11 @@ pub mod error;
 pub mod fetch;
 #[cfg(test)]
 mod fixtures;
+pub mod hdf5;
 pub mod image2d;
 pub mod inspect;
 pub mod labels;
+pub mod layouts;
 pub mod loader;
 pub mod mrc;
 pub mod nifti;

@@ -19,6 +19,10 @@ pub enum Augment {
     /// With probability 0.5: rotate by k·90° (k uniform in 0..4) then flip along a random axis
     /// (SSL4MIS `random_rot_flip`).
     Rot90Flip,
+    /// TransUNet's `RandomGenerator`: with probability 0.5 `random_rot_flip`; otherwise, with
+    /// probability 0.5, a rotation by an integer angle in [-20°, 20°) about the centre, nearest
+    /// neighbour, zero outside (`scipy.ndimage.rotate(order=0, reshape=False)` on image and label).
+    RotFlipOrRotate,
 }
 
 /// One batch: `images` is B×1×S×S row-major, `labels` is B×S×S.
@@ -65,7 +69,14 @@ pub fn augment_sample(
     augment: Augment,
     rng: &mut StdRng,
 ) -> (Vec<f32>, Vec<u8>) {
-    if augment == Augment::None || rng.random::<f32>() >= 0.5 {
+    if augment == Augment::None {
+        return (sample.image.clone(), sample.label.clone());
+    }
+    if rng.random::<f32>() >= 0.5 {
+        if augment == Augment::RotFlipOrRotate && rng.random::<f32>() >= 0.5 {
+            let angle = rng.random_range(-20..20);
+            return rotate_nearest(sample, size, f64::from(angle));
+        }
         return (sample.image.clone(), sample.label.clone());
     }
     let k = rng.random_range(0..4);
@@ -90,6 +101,34 @@ pub fn augment_sample(
             let i = src(y, x);
             image.push(sample.image[i]);
             label.push(sample.label[i]);
+        }
+    }
+    (image, label)
+}
+
+/// Rotates a square sample by `degrees` about its centre as `scipy.ndimage.rotate(x, degrees,
+/// order=0, reshape=False)` does: output (y, x) reads input (row, col) = R·(out − c) + c with
+/// R = [[cos, sin], [−sin, cos]], rounded to the nearest pixel; 0 where that point falls outside
+/// [0, size − 1] (scipy's `mode="constant"`).
+pub fn rotate_nearest(sample: &Sample, size: usize, degrees: f64) -> (Vec<f32>, Vec<u8>) {
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let c = (size as f64 - 1.0) / 2.0;
+    // scipy evaluates cos/sin in degrees exactly; this slack absorbs f64's cos(90°) ≈ 6e-17.
+    let (lo, hi) = (-1e-9, size as f64 - 1.0 + 1e-9);
+    let mut image = vec![0.0f32; size * size];
+    let mut label = vec![0u8; size * size];
+    for y in 0..size {
+        for x in 0..size {
+            let (dy, dx) = (y as f64 - c, x as f64 - c);
+            let vy = cos * dy + sin * dx + c;
+            let vx = -sin * dy + cos * dx + c;
+            if (lo..=hi).contains(&vy) && (lo..=hi).contains(&vx) {
+                let sy = ((vy + 0.5).floor() as usize).min(size - 1);
+                let sx = ((vx + 0.5).floor() as usize).min(size - 1);
+                let i = sy * size + sx;
+                image[y * size + x] = sample.image[i];
+                label[y * size + x] = sample.label[i];
+            }
         }
     }
     (image, label)
@@ -182,6 +221,48 @@ impl Iterator for BatchLoader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// scipy's `ndimage.rotate(order=0, reshape=False)` of a 7×7 ramp 1..49
+    /// (`scripts/reference/rotate_reference.py`): exact match, labels and image alike.
+    #[test]
+    fn rotation_matches_scipy_nearest() {
+        let cases: [(f64, [u8; 49]); 3] = [
+            (
+                15.0,
+                [
+                    0, 0, 0, 5, 6, 14, 0, 2, 10, 11, 12, 12, 20, 0, 8, 16, 17, 18, 19, 27, 0, 15,
+                    16, 24, 25, 26, 34, 35, 0, 23, 31, 32, 33, 34, 42, 0, 30, 38, 38, 39, 40, 48,
+                    0, 36, 44, 45, 0, 0, 0,
+                ],
+            ),
+            (
+                -20.0,
+                [
+                    0, 8, 9, 3, 0, 0, 0, 0, 15, 9, 10, 11, 5, 6, 0, 23, 17, 18, 19, 13, 13, 29, 30,
+                    24, 25, 26, 20, 21, 37, 37, 31, 32, 33, 27, 0, 44, 45, 39, 40, 41, 35, 0, 0, 0,
+                    0, 47, 41, 42, 0,
+                ],
+            ),
+            (
+                90.0,
+                [
+                    7, 14, 21, 28, 35, 42, 49, 6, 13, 20, 27, 34, 41, 48, 5, 12, 19, 26, 33, 40,
+                    47, 4, 11, 18, 25, 32, 39, 46, 3, 10, 17, 24, 31, 38, 45, 2, 9, 16, 23, 30, 37,
+                    44, 1, 8, 15, 22, 29, 36, 43,
+                ],
+            ),
+        ];
+        let sample = Sample {
+            image: (1..=49).map(|v| v as f32).collect(),
+            label: (1..=49).collect(),
+        };
+        for (angle, want) in cases {
+            let (image, label) = rotate_nearest(&sample, 7, angle);
+            assert_eq!(label, want.to_vec(), "{angle}°");
+            let want_image: Vec<f32> = want.iter().map(|&v| f32::from(v)).collect();
+            assert_eq!(image, want_image, "{angle}°");
+        }
+    }
 
     fn samples(n: usize, size: usize) -> Vec<Sample> {
         (0..n)

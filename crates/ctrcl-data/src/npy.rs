@@ -159,6 +159,11 @@ fn fortran_to_c(values: &[f64], shape: &[usize]) -> Vec<f64> {
 
 /// Writes `data` with `shape` (C order) to `path` atomically.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    write_atomic(path, &npy_f32_bytes(shape, data))
+}
+
+/// The bytes of a little-endian float32 `.npy` file in C order.
+pub fn npy_f32_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
     assert_eq!(
         shape.iter().product::<usize>(),
         data.len(),
@@ -182,7 +187,7 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     for v in data {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    write_atomic(path, &bytes)
+    bytes
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::path::Path;
 pub const SPLIT_FILE: &str = "ctrcl_split.json";
 
 /// Which part of the data a sample belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -25,6 +25,45 @@ impl Split {
             Split::Val => "val",
             Split::Test => "test",
         }
+    }
+}
+
+/// Whole cases per split (`ctrcl_split.json` of a multi-case dataset).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseSplit {
+    pub train: Vec<String>,
+    #[serde(default)]
+    pub val: Vec<String>,
+    pub test: Vec<String>,
+}
+
+impl CaseSplit {
+    pub fn ids(&self, split: Split) -> &[String] {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+            Split::Test => &self.test,
+        }
+    }
+
+    /// Training cases exist and no case is in two splits.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        if self.train.is_empty() {
+            return Err(DataError::invalid(path, "the split has no training cases"));
+        }
+        let mut owner = std::collections::BTreeMap::new();
+        for split in [Split::Train, Split::Val, Split::Test] {
+            for id in self.ids(split) {
+                if let Some(other) = owner.insert(id.clone(), split) {
+                    return Err(DataError::invalid(
+                        path,
+                        format!("case {id} is in both {} and {}", other.name(), split.name()),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -160,8 +160,20 @@ pub fn predict_native<'a, B: Backend>(
     out
 }
 
-/// Predicts the slices of `split` at native resolution; returns (prediction, truth) volumes
-/// in slice-major order.
+/// One case of a split predicted at native resolution.
+pub struct CasePrediction {
+    /// Index into [`Dataset::cases`].
+    pub case: usize,
+    /// Predicted and reference labels of the split's slices, slice-major: `[n, h, w]`.
+    pub pred: Vec<u8>,
+    pub truth: Vec<u8>,
+    /// `[n, h, w]`.
+    pub shape: [usize; 3],
+    /// Voxel size along `shape`'s axes (z, y, x) in mm.
+    pub spacing: [f64; 3],
+}
+
+/// Predicts the slices of `split` at native resolution, case by case.
 pub fn predict_split<B: Backend>(
     net: &Student<B>,
     dataset: &Dataset,
@@ -169,21 +181,39 @@ pub fn predict_split<B: Backend>(
     size: usize,
     upsample: Upsample,
     device: &B::Device,
-) -> (Vec<u8>, Vec<u8>) {
-    let slices = dataset.slices(split);
-    let pred = predict_native(
-        net,
-        slices.iter().map(|s| s.image.as_slice()),
-        dataset.geometry(size),
-        dataset.background,
-        upsample,
-        false,
-        device,
-    )
-    .labels;
-    let truth: Vec<u8> = slices
-        .iter()
-        .flat_map(|s| s.label.iter().copied())
-        .collect();
-    (pred, truth)
+) -> Vec<CasePrediction> {
+    dataset
+        .parts(split)
+        .into_iter()
+        .map(|(ci, zs)| {
+            let case = &dataset.cases[ci];
+            let [w, h, _] = case.image.dims;
+            let plane = w * h;
+            let images = zs
+                .iter()
+                .map(|&z| &case.image.data[z * plane..(z + 1) * plane]);
+            let pred = predict_native(
+                net,
+                images,
+                case.geometry(size),
+                case.background,
+                upsample,
+                false,
+                device,
+            )
+            .labels;
+            let truth: Vec<u8> = zs
+                .iter()
+                .flat_map(|&z| case.label[z * plane..(z + 1) * plane].iter().copied())
+                .collect();
+            let [sx, sy, sz] = case.image.spacing.map(f64::from);
+            CasePrediction {
+                case: ci,
+                pred,
+                truth,
+                shape: [zs.len(), h, w],
+                spacing: [sz, sy, sx],
+            }
+        })
+        .collect()
 }

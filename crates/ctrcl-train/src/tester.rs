@@ -11,7 +11,7 @@ use burn::prelude::*;
 use ctrcl_data::dataset::{Dataset, Upsample};
 use ctrcl_data::split::Split;
 use ctrcl_metrics::distance::Hd95Mode;
-use ctrcl_metrics::modes::{class_mean, evaluate_case, ClassMetrics, Mode};
+use ctrcl_metrics::modes::{class_mean, evaluate_case, per_class_mean, ClassMetrics, Mode};
 use ctrcl_models::Student;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -105,13 +105,32 @@ pub fn test_run<B: Backend>(
     for &role in roles {
         let arch = cfg.students.of(role);
         let (net, dir) = load_student::<B>(run, &cfg, role, k, device)?;
-        let (pred, truth) = predict_split(&net, &dataset, split, size, upsample, device);
-        // The stacked slab is (Z, Y, X) in row-major order; NIfTI spacing is (x, y, z).
-        let [w, h, _] = dataset.case.image.dims;
-        let shape = [pred.len() / (w * h), h, w];
-        let [sx, sy, sz] = dataset.case.image.spacing.map(f64::from);
-        let spacing = [sz, sy, sx];
-        let eval = |mode| evaluate_case(&pred, &truth, &shape, &spacing, k, mode, Hd95Mode::Pooled);
+        let cases = predict_split(&net, &dataset, split, size, upsample, device);
+        if cases.is_empty() {
+            anyhow::bail!(
+                "the {} split of {} has no cases to test",
+                split.name(),
+                info.dataset.display()
+            );
+        }
+        // Per case, then the mean over cases (TransUNet's test_single_volume convention).
+        let eval = |mode| {
+            let per_case: Vec<_> = cases
+                .iter()
+                .map(|c| {
+                    evaluate_case(
+                        &c.pred,
+                        &c.truth,
+                        &c.shape,
+                        &c.spacing,
+                        k,
+                        mode,
+                        Hd95Mode::Pooled,
+                    )
+                })
+                .collect();
+            per_class_mean(&per_case, mode)
+        };
         let transunet = eval(Mode::TransUnet);
         students.push(StudentResult {
             role,
@@ -131,9 +150,10 @@ pub fn test_run<B: Backend>(
         .collect();
     let mut doc = json!({
         "split": split.name(),
-        "case": dataset.case.id,
-        "slices": dataset.split.slices(split).len(),
-        "metric": "per class on the stacked slab at native resolution with the header's spacing; mean_dice/per_class_dice: Dice in TransUNet's convention; transunet/strict: Dice, Jaccard, HD95 (medpy, pooled) and ASD (mm) in each convention, null where undefined",
+        "case": if dataset.cases.len() == 1 { json!(dataset.cases[0].id) } else { serde_json::Value::Null },
+        "cases": dataset.parts(split).iter().map(|(ci, _)| dataset.cases[*ci].id.clone()).collect::<Vec<_>>(),
+        "slices": dataset.parts(split).iter().map(|(_, zs)| zs.len()).sum::<usize>(),
+        "metric": "per class and case on the split's stacked slices at native resolution with the header's spacing, then the mean over cases; mean_dice/per_class_dice: Dice in TransUNet's convention; transunet/strict: Dice, Jaccard, HD95 (medpy, pooled) and ASD (mm) in each convention, null where undefined",
         "classes": classes,
         "method": info.method,
         "upsample": upsample,

@@ -547,6 +547,11 @@ pub fn train<B: AutodiffBackend>(
     cfg.validate()?;
     let dataset = Dataset::open(&cfg.data.dataset, cfg.data.intensity())
         .with_context(|| format!("opening dataset {}", cfg.data.dataset.display()))?;
+    if progress {
+        for note in &dataset.notes {
+            eprintln!("data: {note}");
+        }
+    }
     let resolved;
     let cfg = if cfg.method.is_offline() {
         resolved = resolve_teacher(cfg, &dataset.class_names)?;
@@ -879,12 +884,21 @@ fn run_loop<B: AutodiffBackend>(
             let mut val = serde_json::Map::new();
             for (i, role) in Role::BOTH.iter().enumerate() {
                 let net = students[i].net.valid();
-                let scores = dice_on_samples(&net, &val_samples, size, k, device);
+                let scores = if val_samples.is_empty() {
+                    DiceScores {
+                        per_class: vec![f64::NAN; k - 1],
+                        mean: f64::NAN,
+                    }
+                } else {
+                    dice_on_samples(&net, &val_samples, size, k, device)
+                };
                 val.insert(
                     role.name().into(),
                     json!({"mean_dice": scores.mean, "per_class_dice": scores.per_class}),
                 );
-                if best[i].as_ref().is_none_or(|b| scores.mean > b.mean) {
+                // Without a validation split (Synapse's protocol) the best checkpoints follow
+                // the last one.
+                if val_samples.is_empty() || best[i].as_ref().is_none_or(|b| scores.mean > b.mean) {
                     write_checkpoint(out, &format!("best-{}", role.name()), |dir| {
                         students[i]
                             .net
@@ -900,14 +914,16 @@ fn run_loop<B: AutodiffBackend>(
             }
             log.line(json!({"step": done, "val": val}))?;
             save_last(out, &students, &optims, done)?;
-            say(
-                &bar,
+            let message = if val_samples.is_empty() {
+                format!("step {done}/{total}: no validation split; best-* checkpoints = last")
+            } else {
                 format!(
                     "step {done}/{total}: validation mean Dice cnn {:.4} transformer {:.4}",
                     val["cnn"]["mean_dice"].as_f64().unwrap_or(f64::NAN),
                     val["transformer"]["mean_dice"].as_f64().unwrap_or(f64::NAN)
-                ),
-            );
+                )
+            };
+            say(&bar, message);
         }
     }
     bar.finish_and_clear();

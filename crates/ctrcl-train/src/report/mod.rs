@@ -412,35 +412,36 @@ fn write_overlays<B: Backend>(
     let picks: Vec<usize> = (1..=options.overlay_slices.min(n))
         .map(|i| i * n / (options.overlay_slices.min(n) + 1))
         .collect();
-    let geo = dataset.geometry(cfg.data.image_size);
     // Draw what the metrics scored: their upsampling if recorded, else the run's.
     let upsample =
         serde_json::from_value(view.metrics["upsample"].clone()).unwrap_or(cfg.eval.upsample);
-    let mut preds: Vec<Vec<u8>> = Vec::new();
-    for role in Role::BOTH {
-        let (net, _) = load_student::<B>(&view.dir, &cfg, role, dataset.num_classes(), device)?;
-        let images = picks.iter().map(|&i| slices[i].image.as_slice());
-        preds.push(
-            predict_native(
-                &net,
-                images,
-                geo,
-                dataset.background,
-                upsample,
-                false,
-                device,
-            )
-            .labels,
-        );
-    }
-    let plane = geo.h * geo.w;
+    let nets = Role::BOTH
+        .iter()
+        .map(|&role| {
+            load_student::<B>(&view.dir, &cfg, role, dataset.num_classes(), device).map(|r| r.0)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut written = Vec::new();
-    for (k, &i) in picks.iter().enumerate() {
+    for &i in &picks {
         let s = &slices[i];
-        let pred_refs: Vec<&[u8]> = preds
+        let case = &dataset.cases[s.case];
+        let geo = case.geometry(cfg.data.image_size);
+        let preds: Vec<Vec<u8>> = nets
             .iter()
-            .map(|p| &p[k * plane..(k + 1) * plane])
+            .map(|net| {
+                predict_native(
+                    net,
+                    std::iter::once(s.image.as_slice()),
+                    geo,
+                    case.background,
+                    upsample,
+                    false,
+                    device,
+                )
+                .labels
+            })
             .collect();
+        let pred_refs: Vec<&[u8]> = preds.iter().map(Vec::as_slice).collect();
         let (rgb, h, w) = overlay::overlay_panels(
             &s.image,
             &s.label,
@@ -450,7 +451,12 @@ fn write_overlays<B: Backend>(
             options.overlay_scale,
             true,
         );
-        let file = format!("overlay-z{:03}.png", s.z);
+        // One case keeps the short name; several cases say which one.
+        let file = if dataset.cases.len() == 1 {
+            format!("overlay-z{:03}.png", s.z)
+        } else {
+            format!("overlay-{}-z{:03}.png", case.id, s.z)
+        };
         write_rgb_png(&dir.join(&file), &rgb, h, w)?;
         written.push((file, s.z));
     }
