@@ -1,11 +1,13 @@
 """Tiny Synapse (TransUNet) and ACDC (SSL4MIS) folders in their exact published layouts, written
-with numpy 2.4.6 / h5py 3.16.0 the way those projects' files are, and what each case must read as:
+with numpy 2.4.6 / h5py 3.16.0 / Pillow 13.0.0 the way those projects' files are, and what each case must read as:
 crates/ctrcl-data/tests/data/layouts/{synapse,acdc}/ + expected.json
 ({layout: {case: {"dims": [W, H, Z], "image_sum", "label_counts": [per class]}}}).
 
 Synapse: train_npz/caseXXXX_sliceYYY.npz with arrays image/label (one slice saved with
 np.savez_compressed, one Fortran-ordered, dtypes float32/float64/uint8), test_vol_h5/caseXXXX.npy.h5
 with root datasets image/label (Z, H, W), lists/lists_Synapse/{train.txt,test_vol.txt}.
+Kvasir-SEG: images/<stem>.jpg (RGB) and masks/<stem>.jpg (JPEG grey, thresholded at 128),
+train.txt/val.txt/test.txt (one stem per line, one with its extension).
 ACDC: data/slices/patientXXX_frameYY_slice_Z.h5 and data/patientXXX_frameYY.h5 with gzip datasets
 image (float32), label (uint8) and scribble (ignored), train_slices.list, val.list, test.list.
 
@@ -113,7 +115,40 @@ def acdc():
     return expected
 
 
+
+
+def kvasir():
+    """Kvasir-SEG: images/<stem>.jpg (RGB) + masks/<stem>.jpg (JPEG-noisy grey), list files."""
+    from PIL import Image, ImageDraw
+    out = os.path.join(ROOT, "kvasir")
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    os.makedirs(os.path.join(out, "masks"), exist_ok=True)
+    expected = {}
+    stems = ["cju0qkwl35piu0993l0dewei2", "cju0qoxqj9q6s0835b43399p4", "cju0roawvklrq0799vmjorwfv",
+             "cju0rx1idathl0835detmsp84", "cju0s2a9ekvms080138tjjpxr"]
+    sizes = [(40, 30), (36, 28), (44, 32), (38, 30), (42, 34)]
+    for stem, (w, h) in zip(stems, sizes):
+        pixels = (rng.random((h, w, 3)) * 120 + 60).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(os.path.join(out, "images", stem + ".jpg"), quality=90)
+        mask = Image.new("L", (w, h), 0)
+        x0, y0 = rng.integers(2, w // 3), rng.integers(2, h // 3)
+        ImageDraw.Draw(mask).ellipse([x0, y0, x0 + w // 2, y0 + h // 2], fill=255)
+        mask.save(os.path.join(out, "masks", stem + ".jpg"), quality=75)
+        # What the files hold once decoded (PIL/libjpeg), thresholded at 128.
+        m = np.asarray(Image.open(os.path.join(out, "masks", stem + ".jpg")).convert("L"))
+        img = np.asarray(Image.open(os.path.join(out, "images", stem + ".jpg")).convert("RGB"))
+        expected[stem] = {
+            "dims": [w, h, 1],
+            "image_sum": float(img.astype(np.float64).sum() / 255.0),
+            "label_counts": [int((m < 128).sum()), int((m >= 128).sum())],
+        }
+    for name, ids in [("train.txt", stems[:3]), ("val.txt", stems[3:4]), ("test.txt", [stems[4] + ".jpg"])]:
+        with open(os.path.join(out, name), "w") as f:
+            f.write("\n".join(ids) + "\n")
+    return expected
+
+
 if __name__ == "__main__":
-    expected = {"synapse": synapse(), "acdc": acdc()}
+    expected = {"synapse": synapse(), "acdc": acdc(), "kvasir": kvasir()}
     with open(os.path.join(ROOT, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)

@@ -1633,3 +1633,51 @@ fn synapse_and_acdc_folders_train_and_test_in_place() {
         assert_eq!(metrics["slices"], if layout == "synapse" { 6 } else { 4 });
     }
 }
+
+#[test]
+fn kvasir_trains_on_rgb_and_reports_per_image_metrics_with_its_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/kvasir_seg.toml")
+        .display()
+        .to_string();
+    let data = layout_fixture("kvasir");
+    let run = tmp.path().join("run");
+    let mut sets = tiny_settings(&data);
+    sets.push("data.mask_threshold=100".into());
+    ok(&train_args(&config, run.to_str().unwrap(), &sets));
+    let saved: toml::Value =
+        toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(
+        saved["data"]["channels"].as_integer(),
+        Some(3),
+        "RGB input recorded"
+    );
+    let table = ok(&["test", "--run", run.to_str().unwrap()]);
+    assert!(table.contains("polyp"), "{table}");
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics/test-test.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["mask_threshold"], 100);
+    assert_eq!(metrics["layout"], "kvasir");
+    for role in ["cnn", "transformer"] {
+        let mae = metrics[role]["mae"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&mae), "{role}: MAE {mae}");
+    }
+    // The deployed RGB student segments a JPEG into a label map of the input's size.
+    let out = tmp.path().join("pred");
+    let image = data.join("images/cju0s2a9ekvms080138tjjpxr.jpg");
+    ok(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        "--input",
+        image.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let png =
+        ctrcl_data::image2d::read_label_png(&out.join("cju0s2a9ekvms080138tjjpxr.png")).unwrap();
+    assert_eq!((png.w, png.h), (42, 34));
+    assert!(png.labels.iter().all(|&l| l <= 1));
+}

@@ -48,6 +48,23 @@ impl Intensity {
     }
 }
 
+/// How a dataset is read: intensities, and the grey level from which a 2D mask pixel is
+/// foreground (Kvasir-SEG's JPEG masks are not binary).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpenOptions {
+    pub intensity: Intensity,
+    pub mask_threshold: u8,
+}
+
+impl<T: Into<Intensity>> From<T> for OpenOptions {
+    fn from(intensity: T) -> Self {
+        OpenOptions {
+            intensity: intensity.into(),
+            mask_threshold: 128,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct DatasetJson {
     labels: BTreeMap<String, serde_json::Value>,
@@ -58,7 +75,8 @@ struct DatasetJson {
 /// One labelled case: image and label volumes on the same grid.
 pub struct Case {
     pub id: String,
-    /// Normalised intensities (x fastest, then y, z).
+    /// Normalised intensities (x fastest, then y, z), channel after channel: `image.data` holds
+    /// [`Case::channels`] volumes of the `image.dims` grid.
     pub image: NiftiVolume,
     /// Label per voxel (0..num_classes), same order as `image.data`.
     pub label: Vec<u8>,
@@ -67,9 +85,14 @@ pub struct Case {
 }
 
 impl Case {
-    /// Builds a case from an image volume (normalised here) and its labels.
+    /// Builds a case from an image volume (normalised here, each channel on its own) and its
+    /// labels.
     pub fn new(id: String, mut image: NiftiVolume, label: Vec<u8>, intensity: Intensity) -> Self {
-        intensity.apply(&mut image.data);
+        let voxels = label.len().max(1);
+        image
+            .data
+            .chunks_mut(voxels)
+            .for_each(|channel| intensity.apply(channel));
         let background = image.data.iter().cloned().fold(f32::INFINITY, f32::min);
         Case {
             id,
@@ -84,9 +107,31 @@ impl Case {
         let [w, h, _] = self.image.dims;
         Geometry { h, w, size }
     }
+
+    /// Image channels (1 grey, 3 RGB).
+    pub fn channels(&self) -> usize {
+        self.image.data.len() / self.label.len().max(1)
+    }
+
+    /// The intensities of slice `z`, all channels.
+    ///
+    /// # Shapes
+    /// → `[C, h, w]`.
+    pub fn slice_image(&self, z: usize) -> Vec<f32> {
+        let [w, h, _] = self.image.dims;
+        let plane = w * h;
+        let volume = self.label.len();
+        (0..self.channels())
+            .flat_map(|c| {
+                let at = c * volume + z * plane;
+                self.image.data[at..at + plane].iter().copied()
+            })
+            .collect()
+    }
 }
 
-/// A 2D axial slice at native resolution: `h = Y` rows of `w = X` pixels.
+/// A 2D axial slice at native resolution: `h = Y` rows of `w = X` pixels, `image` channel-major
+/// (`[C, h, w]`).
 #[derive(Debug, Clone)]
 pub struct Slice2d {
     /// Index of the case in [`Dataset::cases`].
@@ -101,7 +146,7 @@ pub struct Slice2d {
 /// A slice resampled to the square training size.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    /// Row-major `size × size` intensities.
+    /// Row-major `C × size × size` intensities.
     pub image: Vec<f32>,
     /// Row-major `size × size` labels.
     pub label: Vec<u8>,
@@ -134,10 +179,18 @@ impl Geometry {
         self.h.max(self.w)
     }
 
-    /// Native `h × w` image → `size × size`, padding with `fill`.
+    /// Native image → `size × size`, padding with `fill`, channel by channel.
+    ///
+    /// # Shapes
+    /// `image`: `[C, h, w]` → `[C, size, size]` (C = 1 for grey images).
     pub fn image_to_input(&self, image: &[f32], fill: f32) -> Vec<f32> {
-        let sq = pad_to_square(image, self.h, self.w, self.side(), fill);
-        resize_bilinear(&sq, self.side(), self.side(), self.size, self.size)
+        image
+            .chunks(self.h * self.w)
+            .flat_map(|plane| {
+                let sq = pad_to_square(plane, self.h, self.w, self.side(), fill);
+                resize_bilinear(&sq, self.side(), self.side(), self.size, self.size)
+            })
+            .collect()
     }
 
     /// Native labels → `size × size` (nearest).
@@ -228,7 +281,7 @@ pub struct Dataset {
     pub split: DatasetSplit,
     pub cases: Vec<Case>,
     pub intensity: Intensity,
-    /// What kind of folder this was (`nnunet`, `synapse`, `acdc`).
+    /// What kind of folder this was (`nnunet`, `synapse`, `acdc`, `kvasir`).
     pub layout: &'static str,
     /// What was detected while reading (list files used, slice axes), for the log.
     pub notes: Vec<String>,
@@ -236,10 +289,15 @@ pub struct Dataset {
 
 impl Dataset {
     /// Opens a dataset folder: a `ctrcl data prepare` output or any nnU-Net raw dataset with a
-    /// `ctrcl_split.json`, a Synapse folder (`train_npz/`, `test_vol_h5/`) or an SSL4MIS ACDC
-    /// folder (`data/slices/`, `train_slices.list`, …); validates geometry and labels.
-    pub fn open(root: &Path, intensity: impl Into<Intensity>) -> Result<Self> {
-        let intensity = intensity.into();
+    /// `ctrcl_split.json`, a Synapse folder (`train_npz/`, `test_vol_h5/`), an SSL4MIS ACDC
+    /// folder (`data/slices/`, `train_slices.list`, …) or a Kvasir-SEG folder (`images/`,
+    /// `masks/`); validates geometry and labels.
+    pub fn open(root: &Path, options: impl Into<OpenOptions>) -> Result<Self> {
+        let options = options.into();
+        let intensity = options.intensity;
+        if root.join("images").is_dir() && root.join("masks").is_dir() {
+            return crate::layouts::open_kvasir(root, options);
+        }
         if root.join("train_npz").is_dir() || root.join("test_vol_h5").is_dir() {
             return crate::layouts::open_synapse(root, intensity);
         }
@@ -298,6 +356,11 @@ impl Dataset {
         self.class_names.len()
     }
 
+    /// Image channels of the dataset's cases (all cases have the same number).
+    pub fn channels(&self) -> usize {
+        self.cases.first().map_or(1, Case::channels)
+    }
+
     /// The cases of a split with the slice indices of each that belong to it.
     pub fn parts(&self, which: Split) -> Vec<(usize, Vec<usize>)> {
         match &self.split {
@@ -323,7 +386,7 @@ impl Dataset {
                 z,
                 h,
                 w,
-                image: case.image.data[z * n..(z + 1) * n].to_vec(),
+                image: case.slice_image(z),
                 label: case.label[z * n..(z + 1) * n].to_vec(),
             }));
         }

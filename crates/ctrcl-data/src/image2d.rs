@@ -66,6 +66,34 @@ pub fn read_image_2d(path: &Path) -> Result<Image2d> {
     })
 }
 
+/// Decodes a PNG/JPEG file (format guessed from the content).
+pub fn decode_image(path: &Path) -> Result<image::DynamicImage> {
+    image::ImageReader::open(path)
+        .map_err(|e| DataError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?
+        .decode()
+        .map_err(|e| DataError::invalid(path, format!("cannot decode image: {e}")))
+}
+
+/// Reads a PNG/JPEG image as three channel planes (R, G, B in [0, 1]), channel-major:
+/// `[3, h, w]`; grey images repeat their value in the three planes.
+pub fn read_rgb_planes(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
+    let img = decode_image(path)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(DataError::invalid(path, "image has no pixels"));
+    }
+    let rgb = img.to_rgb32f().into_raw();
+    let mut planes = vec![0.0f32; 3 * h * w];
+    for (i, p) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            planes[c * h * w + i] = p[c];
+        }
+    }
+    Ok((h, w, planes))
+}
+
 /// A PNG label map.
 #[derive(Debug, Clone)]
 pub struct LabelPng {

@@ -151,12 +151,7 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
             Ok(Some(j))
         }
         _ if image_stem(path).is_some() => {
-            let img = image::ImageReader::open(path)
-                .map_err(|e| DataError::io(path, e))?
-                .with_guessed_format()
-                .map_err(|e| DataError::io(path, e))?
-                .decode()
-                .map_err(|e| DataError::invalid(path, format!("cannot decode image: {e}")))?;
+            let img = crate::image2d::decode_image(path)?;
             let c = img.color().channel_count() as usize;
             let (h, w) = (img.height() as usize, img.width() as usize);
             let rgb = img.to_rgb8();

@@ -324,6 +324,126 @@ pub fn open_acdc(root: &Path, intensity: Intensity) -> Result<Dataset> {
     })
 }
 
+/// Kvasir-SEG: `images/<stem>.jpg` (RGB) with `masks/<stem>.jpg` (grey, JPEG-noisy); a mask pixel
+/// is foreground when its grey level is at least `mask_threshold`. Split by `train.txt`, `val.txt`
+/// and `test.txt` (one stem per line, extension optional) in the folder; without them, a fixed
+/// split of the sorted stems shuffled with seed 0: 12 % test (Kvasir's common 880/120 ratio),
+/// 8 % validation, the rest training.
+pub fn open_kvasir(root: &Path, options: crate::dataset::OpenOptions) -> Result<Dataset> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let images = root.join("images");
+    let masks = root.join("masks");
+    let is_image = |n: &str| {
+        let n = n.to_ascii_lowercase();
+        [".jpg", ".jpeg", ".png"].iter().any(|e| n.ends_with(e))
+    };
+    let files = |dir: &Path| -> Result<BTreeMap<String, PathBuf>> {
+        let mut out = BTreeMap::new();
+        for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+            let path = e.map_err(|e| DataError::io(dir, e))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if is_image(&name) {
+                let stem = name
+                    .rsplit_once('.')
+                    .map_or(name.clone(), |(s, _)| s.to_string());
+                out.insert(stem, path);
+            }
+        }
+        Ok(out)
+    };
+    let image_files = files(&images)?;
+    let mask_files = files(&masks)?;
+    let strip = |id: String| match id.rsplit_once('.') {
+        Some((stem, ext)) if is_image(&format!(".{ext}")) => stem.to_string(),
+        _ => id,
+    };
+    let mut notes = Vec::new();
+    let split = if root.join("train.txt").is_file() {
+        let list = |name: &str| -> Result<Vec<String>> {
+            let p = root.join(name);
+            Ok(if p.is_file() {
+                read_list(&p)?.into_iter().map(strip).collect()
+            } else {
+                Vec::new()
+            })
+        };
+        notes.push(format!("split from the list files in {}", root.display()));
+        CaseSplit {
+            train: list("train.txt")?,
+            val: list("val.txt")?,
+            test: list("test.txt")?,
+        }
+    } else {
+        let mut stems: Vec<String> = image_files.keys().cloned().collect();
+        stems.shuffle(&mut rand::rngs::StdRng::seed_from_u64(0));
+        let n = stems.len();
+        let n_test = (n as f64 * 0.12).round() as usize;
+        let n_val = (n as f64 * 0.08).round() as usize;
+        let test = stems[..n_test].to_vec();
+        let val = stems[n_test..n_test + n_val].to_vec();
+        let train = stems[n_test + n_val..].to_vec();
+        notes.push(format!(
+            "no train.txt in {}: fixed seed-0 split {} train / {} val / {} test",
+            root.display(),
+            train.len(),
+            val.len(),
+            test.len()
+        ));
+        CaseSplit { train, val, test }
+    };
+    split.validate(&root.join("train.txt"))?;
+    let mut cases = Vec::new();
+    for id in split.train.iter().chain(&split.val).chain(&split.test) {
+        let image_path = image_files.get(id).ok_or_else(|| {
+            DataError::invalid(&images, format!("has no image for the listed case {id}"))
+        })?;
+        let mask_path = mask_files.get(id).ok_or_else(|| {
+            DataError::invalid(&masks, format!("has no mask for {}", image_path.display()))
+        })?;
+        let (h, w, planes) = crate::image2d::read_rgb_planes(image_path)?;
+        let mask = crate::image2d::read_image_2d(mask_path)?;
+        if (mask.h, mask.w) != (h, w) {
+            return Err(DataError::invalid(
+                mask_path,
+                format!(
+                    "mask is {}×{} but its image {} is {w}×{h}",
+                    mask.w,
+                    mask.h,
+                    image_path.display()
+                ),
+            ));
+        }
+        let threshold = f32::from(options.mask_threshold);
+        let label: Vec<u8> = mask
+            .data
+            .iter()
+            .map(|&g| u8::from((g * 255.0).round() >= threshold))
+            .collect();
+        let volume = NiftiVolume::from_parts(
+            [w, h, 1],
+            [1.0; 3],
+            crate::dataset::IDENTITY,
+            planes,
+            NiftiType::F32,
+        );
+        cases.push(Case::new(id.clone(), volume, label, options.intensity));
+    }
+    Ok(Dataset {
+        root: root.to_path_buf(),
+        class_names: vec!["background".into(), "polyp".into()],
+        split: DatasetSplit::Cases(split),
+        cases,
+        intensity: options.intensity,
+        layout: "kvasir",
+        notes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +534,64 @@ mod tests {
             "acdc",
             [&train, &["patient003_frame01"], &["patient004_frame01"]],
         );
+    }
+
+    /// Kvasir-SEG: RGB images (3 channels), JPEG masks thresholded at 128, list-file split.
+    /// Decoded JPEG values may differ from PIL/libjpeg's by a grey level or two, so the image sum
+    /// is compared to 0.5 % and the mask counts to 3 % + 2 pixels.
+    #[test]
+    fn kvasir_reads_rgb_images_and_thresholded_jpeg_masks() {
+        let (dir, all) = fixtures();
+        let ds = Dataset::open(&dir.join("kvasir"), Normalize::None).unwrap();
+        assert_eq!(ds.layout, "kvasir");
+        assert_eq!(ds.channels(), 3);
+        assert_eq!(ds.class_names, ["background", "polyp"]);
+        for case in &ds.cases {
+            let e = &all["kvasir"][&case.id];
+            assert_eq!(case.image.dims, e.dims, "{}", case.id);
+            let sum: f64 = case.image.data.iter().map(|&v| f64::from(v)).sum();
+            assert!(
+                (sum - e.image_sum).abs() <= 0.005 * e.image_sum,
+                "{}: {sum}",
+                case.id
+            );
+            let fg = case.label.iter().filter(|&&l| l == 1).count() as f64;
+            let want = e.label_counts[1] as f64;
+            assert!(
+                (fg - want).abs() <= 0.03 * want + 2.0,
+                "{}: {fg} vs {want}",
+                case.id
+            );
+        }
+        let ids = |split| -> Vec<String> {
+            ds.parts(split)
+                .iter()
+                .map(|(i, _)| ds.cases[*i].id.clone())
+                .collect()
+        };
+        assert_eq!(ids(Split::Train).len(), 3);
+        assert_eq!(ids(Split::Val), ["cju0rx1idathl0835detmsp84"]);
+        assert_eq!(
+            ids(Split::Test),
+            ["cju0s2a9ekvms080138tjjpxr"],
+            "extension stripped"
+        );
+        // A stricter threshold keeps fewer pixels.
+        let strict = Dataset::open(
+            &dir.join("kvasir"),
+            crate::dataset::OpenOptions {
+                intensity: Normalize::None.into(),
+                mask_threshold: 250,
+            },
+        )
+        .unwrap();
+        let count = |d: &Dataset| {
+            d.cases
+                .iter()
+                .map(|c| c.label.iter().filter(|&&l| l == 1).count())
+                .sum::<usize>()
+        };
+        assert!(count(&strict) < count(&ds));
     }
 
     #[test]

@@ -25,10 +25,12 @@ pub enum Augment {
     RotFlipOrRotate,
 }
 
-/// One batch: `images` is B×1×S×S row-major, `labels` is B×S×S.
+/// One batch: `images` is B×C×S×S row-major, `labels` is B×S×S.
 pub struct Batch {
     pub step: usize,
     pub images: Vec<f32>,
+    /// Image channels C.
+    pub channels: usize,
     pub labels: Vec<i64>,
     pub batch: usize,
     pub size: usize,
@@ -94,12 +96,15 @@ pub fn augment_sample(
         };
         sy * size + sx
     };
-    let mut image = Vec::with_capacity(size * size);
-    let mut label = Vec::with_capacity(size * size);
+    let plane = size * size;
+    let mut image = vec![0.0; sample.image.len()];
+    let mut label = Vec::with_capacity(plane);
     for y in 0..size {
         for x in 0..size {
             let i = src(y, x);
-            image.push(sample.image[i]);
+            for (c, channel) in sample.image.chunks(plane).enumerate() {
+                image[c * plane + y * size + x] = channel[i];
+            }
             label.push(sample.label[i]);
         }
     }
@@ -115,8 +120,9 @@ pub fn rotate_nearest(sample: &Sample, size: usize, degrees: f64) -> (Vec<f32>, 
     let c = (size as f64 - 1.0) / 2.0;
     // scipy evaluates cos/sin in degrees exactly; this slack absorbs f64's cos(90°) ≈ 6e-17.
     let (lo, hi) = (-1e-9, size as f64 - 1.0 + 1e-9);
-    let mut image = vec![0.0f32; size * size];
-    let mut label = vec![0u8; size * size];
+    let plane = size * size;
+    let mut image = vec![0.0f32; sample.image.len()];
+    let mut label = vec![0u8; plane];
     for y in 0..size {
         for x in 0..size {
             let (dy, dx) = (y as f64 - c, x as f64 - c);
@@ -126,7 +132,9 @@ pub fn rotate_nearest(sample: &Sample, size: usize, degrees: f64) -> (Vec<f32>, 
                 let sy = ((vy + 0.5).floor() as usize).min(size - 1);
                 let sx = ((vx + 0.5).floor() as usize).min(size - 1);
                 let i = sy * size + sx;
-                image[y * size + x] = sample.image[i];
+                for (ch, channel) in sample.image.chunks(plane).enumerate() {
+                    image[ch * plane + y * size + x] = channel[i];
+                }
                 label[y * size + x] = sample.label[i];
             }
         }
@@ -155,6 +163,7 @@ pub fn make_batch(
     }
     Batch {
         step,
+        channels: images.len() / (batch * size * size).max(1),
         images,
         labels,
         batch,

@@ -102,7 +102,8 @@ impl NiftiVolume {
         data: Vec<f32>,
         dtype: NiftiType,
     ) -> Self {
-        debug_assert_eq!(dims.iter().product::<usize>(), data.len());
+        // Several channels may follow each other (`Case` keeps RGB that way).
+        debug_assert_eq!(data.len() % dims.iter().product::<usize>().max(1), 0);
         let mut header = fresh_header(spacing, affine);
         header[40..42].copy_from_slice(&3i16.to_le_bytes());
         for (i, d) in dims.iter().enumerate() {
@@ -146,6 +147,11 @@ pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
         raw
     };
     parse_nifti(path, &bytes)
+}
+
+/// Parses the bytes of an uncompressed `.nii` (`path` only names the file in errors).
+pub fn parse_nifti_bytes(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
+    parse_nifti(path, bytes)
 }
 
 /// Reads little- or big-endian header fields.
@@ -268,7 +274,11 @@ fn parse_nifti(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
             format!("vox_offset {vox_offset} is invalid (must be >= 352)"),
         ));
     };
-    if offset + nbytes > bytes.len() {
+    // A huge vox_offset saturates to usize::MAX: the sum must not wrap (found by cargo fuzz).
+    if offset
+        .checked_add(nbytes)
+        .is_none_or(|end| end > bytes.len())
+    {
         return Err(DataError::invalid(
             path,
             format!(
@@ -617,6 +627,19 @@ mod tests {
         assert_eq!(v.spacing, [2.0, 1.5, 3.0]);
         assert_eq!(v.affine, affine);
         assert_eq!(v.dtype, NiftiType::U8);
+    }
+
+    /// cargo fuzz's first find: vox_offset 1e30 saturated to usize::MAX and the offset + length
+    /// check wrapped around into an out-of-range slice.
+    #[test]
+    fn a_huge_vox_offset_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.nii");
+        write_nifti(&path, [2, 2, 1], &[1.0; 4], false, None, [1.0; 3], IDENTITY).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[108..112].copy_from_slice(&1.0e30f32.to_le_bytes());
+        let msg = parse_nifti_bytes(&path, &bytes).unwrap_err().to_string();
+        assert!(msg.contains("truncated"), "{msg}");
     }
 
     #[test]

@@ -133,7 +133,12 @@ fn space_to_ras(space: &str) -> Option<[f64; 3]> {
 /// Reads a 3D NRRD volume (`.nrrd` with attached data, or `.nhdr` + data file).
 pub fn read_nrrd(path: &Path) -> Result<NiftiVolume> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let header = parse_header(path, &bytes)?;
+    parse_nrrd(path, &bytes)
+}
+
+/// Parses NRRD bytes (`path` names the file in errors and locates a detached data file).
+pub fn parse_nrrd(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
+    let header = parse_header(path, bytes)?;
     let bad = |m: String| DataError::invalid(path, m);
     let need = |name: &str| {
         header

@@ -112,6 +112,11 @@ pub struct DataConfig {
     /// empty = none.
     pub clip: Vec<f32>,
     pub normalize: Normalize,
+    /// Image channels of the dataset (1 grey, 3 RGB): set by `train` from the data and recorded
+    /// with the run, so test/predict build the same input layer.
+    pub channels: usize,
+    /// 2D masks (Kvasir-SEG's JPEGs): grey level from which a pixel is foreground.
+    pub mask_threshold: u8,
     pub augment: Augment,
     pub batch_size: usize,
     /// Threads preparing batches.
@@ -119,6 +124,14 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
+    /// How to read the dataset: intensities and the mask threshold.
+    pub fn open_options(&self) -> ctrcl_data::dataset::OpenOptions {
+        ctrcl_data::dataset::OpenOptions {
+            intensity: self.intensity(),
+            mask_threshold: self.mask_threshold,
+        }
+    }
+
     /// The clip window and normalisation as one value.
     pub fn intensity(&self) -> Intensity {
         Intensity {
@@ -138,6 +151,8 @@ impl Default for DataConfig {
             image_size: 224,
             clip: Vec::new(),
             normalize: Normalize::Zscore,
+            channels: 1,
+            mask_threshold: 128,
             augment: Augment::Rot90Flip,
             batch_size: 8,
             workers: 2,

@@ -86,8 +86,11 @@ pub fn predict_probabilities<B: Backend>(
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(INFERENCE_BATCH) {
         let data: Vec<f32> = chunk.iter().flat_map(|img| img.iter().copied()).collect();
-        let x =
-            Tensor::<B, 4>::from_data(TensorData::new(data, [chunk.len(), 1, size, size]), device);
+        let channels = data.len() / (chunk.len() * size * size).max(1);
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(data, [chunk.len(), channels, size, size]),
+            device,
+        );
         let probs = burn::tensor::activation::softmax(net.forward(x).logits, 1); // [b, K, S, S]
         let flat: Vec<f32> = probs
             .into_data()
@@ -171,6 +174,9 @@ pub struct CasePrediction {
     pub shape: [usize; 3],
     /// Voxel size along `shape`'s axes (z, y, x) in mm.
     pub spacing: [f64; 3],
+    /// Binary tasks: mean |p(foreground) − reference| over the native pixels (the polyp
+    /// literature's MAE); `None` with more than two classes.
+    pub mae: Option<f64>,
 }
 
 /// Predicts the slices of `split` at native resolution, case by case.
@@ -189,23 +195,37 @@ pub fn predict_split<B: Backend>(
             let case = &dataset.cases[ci];
             let [w, h, _] = case.image.dims;
             let plane = w * h;
-            let images = zs
-                .iter()
-                .map(|&z| &case.image.data[z * plane..(z + 1) * plane]);
-            let pred = predict_native(
+            let images: Vec<Vec<f32>> = zs.iter().map(|&z| case.slice_image(z)).collect();
+            let binary = dataset.num_classes() == 2;
+            let native = predict_native(
                 net,
-                images,
+                images.iter().map(Vec::as_slice),
                 case.geometry(size),
                 case.background,
                 upsample,
-                false,
+                binary,
                 device,
-            )
-            .labels;
+            );
             let truth: Vec<u8> = zs
                 .iter()
                 .flat_map(|&z| case.label[z * plane..(z + 1) * plane].iter().copied())
                 .collect();
+            // Probabilities are [n, 2, h, w]: the foreground map is the second plane of each slice.
+            let mae = binary.then(|| {
+                let error: f64 = native
+                    .probabilities
+                    .chunks(2 * plane)
+                    .zip(truth.chunks(plane))
+                    .flat_map(|(p, t)| {
+                        p[plane..]
+                            .iter()
+                            .zip(t)
+                            .map(|(&p, &t)| (f64::from(p) - f64::from(t)).abs())
+                    })
+                    .sum();
+                error / truth.len().max(1) as f64
+            });
+            let pred = native.labels;
             let [sx, sy, sz] = case.image.spacing.map(f64::from);
             CasePrediction {
                 case: ci,
@@ -213,6 +233,7 @@ pub fn predict_split<B: Backend>(
                 truth,
                 shape: [zs.len(), h, w],
                 spacing: [sz, sy, sx],
+                mae,
             }
         })
         .collect()

@@ -9,7 +9,7 @@ use crate::tester::{load_student, open_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::{Geometry, Intensity, Upsample};
-use ctrcl_data::image2d::{image_stem, read_image_2d, write_label_png};
+use ctrcl_data::image2d::{image_stem, read_image_2d, read_rgb_planes, write_label_png};
 use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti, write_nifti_channels};
 use ctrcl_data::npy::write_npy_f32;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,8 @@ pub struct PredictOptions {
 pub struct Predictor<B: Backend> {
     net: ctrcl_models::Student<B>,
     size: usize,
+    /// Input channels the student was trained on (1 grey, 3 RGB).
+    channels: usize,
     intensity: Intensity,
     upsample: Upsample,
     probabilities: bool,
@@ -84,6 +86,7 @@ impl<B: Backend> Predictor<B> {
         Ok(Predictor {
             net,
             size: cfg.data.image_size,
+            channels: cfg.data.channels,
             intensity: cfg.data.intensity(),
             upsample: options.upsample.unwrap_or(cfg.eval.upsample),
             probabilities: options.probabilities,
@@ -94,7 +97,8 @@ impl<B: Backend> Predictor<B> {
     /// Segments `data` (`n` slices of `h × w`, normalised here).
     ///
     /// # Shapes
-    /// `data`: `[n, h, w]` → labels `[n, h, w]`, probabilities `[n, K, h, w]`.
+    /// `data`: `[C, n, h, w]` (channel-major) → labels `[n, h, w]`, probabilities
+    /// `[n, K, h, w]`.
     fn segment(
         &self,
         mut data: Vec<f32>,
@@ -102,7 +106,25 @@ impl<B: Backend> Predictor<B> {
         w: usize,
         device: &B::Device,
     ) -> NativePrediction {
-        self.intensity.apply(&mut data);
+        let volume = data.len() / self.channels;
+        data.chunks_mut(volume)
+            .for_each(|channel| self.intensity.apply(channel));
+        // Slice-major `[n, C, h, w]`, the layout the network takes.
+        let plane = h * w;
+        let data: Vec<f32> = if self.channels == 1 {
+            data
+        } else {
+            (0..volume / plane)
+                .flat_map(|z| {
+                    let data = &data;
+                    (0..self.channels).flat_map(move |c| {
+                        data[c * volume + z * plane..c * volume + (z + 1) * plane]
+                            .iter()
+                            .copied()
+                    })
+                })
+                .collect()
+        };
         let background = data.iter().cloned().fold(f32::INFINITY, f32::min);
         let geo = Geometry {
             h,
@@ -111,7 +133,7 @@ impl<B: Backend> Predictor<B> {
         };
         predict_native(
             &self.net,
-            data.chunks(w * h),
+            data.chunks(plane * self.channels),
             geo,
             background,
             self.upsample,
@@ -132,9 +154,13 @@ impl<B: Backend> Predictor<B> {
         if nifti_stem(input).is_some() {
             return self.predict_volume(input, output, &id, device);
         }
-        let image = read_image_2d(input)?;
-        let (h, w) = (image.h, image.w);
-        let pred = self.segment(image.data, h, w, device);
+        let (h, w, data) = if self.channels == 3 {
+            read_rgb_planes(input)?
+        } else {
+            let image = read_image_2d(input)?;
+            (image.h, image.w, image.data)
+        };
+        let pred = self.segment(data, h, w, device);
         let path = output.join(format!("{id}.png"));
         write_label_png(&path, &pred.labels, h, w)?;
         let mut written = vec![path];
@@ -154,6 +180,13 @@ impl<B: Backend> Predictor<B> {
         id: &str,
         device: &B::Device,
     ) -> Result<Vec<PathBuf>> {
+        if self.channels != 1 {
+            anyhow::bail!(
+                "{}: the student takes {}-channel images (PNG/JPEG); a NIfTI volume has one",
+                input.display(),
+                self.channels
+            );
+        }
         let mut volume = read_nifti(input)?;
         let data = std::mem::take(&mut volume.data);
         let [w, h, n] = volume.dims;

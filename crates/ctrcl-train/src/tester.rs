@@ -28,6 +28,8 @@ pub struct StudentResult {
     pub transunet: Vec<ClassMetrics>,
     /// The same in the strict convention (NaN where a mask is empty).
     pub strict: Vec<ClassMetrics>,
+    /// Binary tasks: mean over cases of the per-image MAE of the foreground probability.
+    pub mae: Option<f64>,
 }
 
 /// The outcome of testing a run.
@@ -80,9 +82,13 @@ pub fn load_student<B: Backend>(
     device: &B::Device,
 ) -> Result<(Student<B>, PathBuf)> {
     let dir = checkpoint_dir(run, role)?;
-    let template = cfg
-        .models
-        .init::<B>(cfg.students.of(role), cfg.data.image_size, 1, k, device);
+    let template = cfg.models.init::<B>(
+        cfg.students.of(role),
+        cfg.data.image_size,
+        cfg.data.channels,
+        k,
+        device,
+    );
     Ok((load_net(template, &dir, role, device)?, dir))
 }
 
@@ -97,7 +103,7 @@ pub fn test_run<B: Backend>(
 ) -> Result<TestReport> {
     let (cfg, info) = open_run(run)?;
     let upsample = upsample.unwrap_or(cfg.eval.upsample);
-    let dataset = Dataset::open(&info.dataset, cfg.data.intensity())
+    let dataset = Dataset::open(&info.dataset, cfg.data.open_options())
         .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
     let k = dataset.num_classes();
     let size = cfg.data.image_size;
@@ -139,6 +145,11 @@ pub fn test_run<B: Backend>(
             scores: DiceScores::from_per_class(transunet.iter().map(|m| m.dice).collect()),
             transunet,
             strict: eval(Mode::Strict),
+            mae: cases
+                .iter()
+                .map(|c| c.mae)
+                .sum::<Option<f64>>()
+                .map(|total| total / cases.len() as f64),
         });
     }
     let classes: serde_json::Map<String, serde_json::Value> = dataset
@@ -157,7 +168,11 @@ pub fn test_run<B: Backend>(
         "classes": classes,
         "method": info.method,
         "upsample": upsample,
+        "layout": dataset.layout,
     });
+    if dataset.layout == "kvasir" {
+        doc["mask_threshold"] = json!(cfg.data.mask_threshold);
+    }
     for s in &students {
         doc[s.role.name()] = student_json(s);
     }
@@ -225,5 +240,6 @@ pub fn student_json(s: &StudentResult) -> serde_json::Value {
         "checkpoint": s.checkpoint,
         "transunet": metrics_json(&s.transunet, Mode::TransUnet),
         "strict": metrics_json(&s.strict, Mode::Strict),
+        "mae": s.mae,
     })
 }

@@ -502,7 +502,9 @@ pub(crate) fn build_student<B: AutodiffBackend>(
     device: &B::Device,
 ) -> TrainStudent<B> {
     let arch = cfg.students.of(role);
-    let net = cfg.models.init(arch, cfg.data.image_size, 1, k, device);
+    let net = cfg
+        .models
+        .init(arch, cfg.data.image_size, cfg.data.channels, k, device);
     let cpm = if cfg.method.is_ctrcl() && cfg.cfcl.enabled {
         let taps = cfg.models.tap_channels(arch);
         cfg.cfcl
@@ -545,13 +547,17 @@ pub fn train<B: AutodiffBackend>(
     progress: bool,
 ) -> Result<TrainSummary> {
     cfg.validate()?;
-    let dataset = Dataset::open(&cfg.data.dataset, cfg.data.intensity())
+    let dataset = Dataset::open(&cfg.data.dataset, cfg.data.open_options())
         .with_context(|| format!("opening dataset {}", cfg.data.dataset.display()))?;
     if progress {
         for note in &dataset.notes {
             eprintln!("data: {note}");
         }
     }
+    // The input layer follows the data (3 channels for RGB datasets); recorded with the run.
+    let mut with_channels = cfg.clone();
+    with_channels.data.channels = dataset.channels();
+    let cfg = &with_channels;
     let resolved;
     let cfg = if cfg.method.is_offline() {
         resolved = resolve_teacher(cfg, &dataset.class_names)?;
@@ -597,7 +603,7 @@ pub fn train<B: AutodiffBackend>(
                 let path = &m.resunet.pretrained;
                 let (net, report) = m
                     .resunet
-                    .init_pretrained::<B>(path, 1, k, device)
+                    .init_pretrained::<B>(path, cfg.data.channels, k, device)
                     .map_err(|e| anyhow::anyhow!("models.resunet.pretrained: {e}"))?;
                 Some((Student::Resunet(net), report, path))
             }
@@ -688,7 +694,7 @@ pub fn resume<B: AutodiffBackend>(
             cfg.schedule.iterations
         );
     }
-    let dataset = Dataset::open(&info.dataset, cfg.data.intensity())
+    let dataset = Dataset::open(&info.dataset, cfg.data.open_options())
         .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
     let k = dataset.num_classes();
     B::seed(device, cfg.seed);
@@ -835,7 +841,7 @@ fn run_loop<B: AutodiffBackend>(
             let x = Tensor::<B, 4>::from_data(
                 TensorData::new(
                     std::mem::take(&mut batch.images),
-                    [batch.batch, 1, size, size],
+                    [batch.batch, batch.channels, size, size],
                 ),
                 device,
             );

@@ -405,7 +405,7 @@ fn write_overlays<B: Backend>(
         return Ok(Vec::new());
     }
     let (cfg, info) = open_run(&view.dir)?;
-    let dataset = Dataset::open(&info.dataset, cfg.data.intensity())
+    let dataset = Dataset::open(&info.dataset, cfg.data.open_options())
         .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
     let slices = dataset.slices(Split::Test);
     let n = slices.len();
@@ -442,8 +442,19 @@ fn write_overlays<B: Backend>(
             })
             .collect();
         let pred_refs: Vec<&[u8]> = preds.iter().map(Vec::as_slice).collect();
+        // The overlay draws on grey: an RGB slice shows its BT.601 luma.
+        let plane = s.h * s.w;
+        let grey: Vec<f32> = if s.image.len() == 3 * plane {
+            (0..plane)
+                .map(|i| {
+                    0.299 * s.image[i] + 0.587 * s.image[plane + i] + 0.114 * s.image[2 * plane + i]
+                })
+                .collect()
+        } else {
+            s.image[..plane].to_vec()
+        };
         let (rgb, h, w) = overlay::overlay_panels(
-            &s.image,
+            &grey,
             &s.label,
             &pred_refs,
             s.h,
