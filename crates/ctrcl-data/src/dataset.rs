@@ -19,6 +19,11 @@ pub enum Normalize {
     Minmax,
     /// Values as stored (after slope/intercept).
     None,
+    /// nnU-Net's rule by `dataset.json` `channel_names`: `CT` clips to the 0.5/99.5 percentiles
+    /// of the training cases' foreground and z-scores with its mean and std; `noNorm` keeps the
+    /// values; `rescale_to_0_1` min-max scales each image; `rgb_to_0_1` divides by 255; any other
+    /// name z-scores each image. Datasets without channel names z-score.
+    ChannelNames,
 }
 
 /// Intensity handling of a volume: an optional clip window (CT windowing, e.g. `[-125, 275]` HU
@@ -70,6 +75,9 @@ struct DatasetJson {
     labels: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     file_ending: Option<String>,
+    /// Channel index ("0", "1", …) → modality name.
+    #[serde(default)]
+    channel_names: BTreeMap<String, String>,
 }
 
 /// One labelled case: image and label volumes on the same grid.
@@ -318,26 +326,86 @@ impl Dataset {
         let text =
             std::fs::read_to_string(&split_path).map_err(|e| DataError::io(&split_path, e))?;
         let split = parse_split(&text, &split_path)?;
-        let ending = meta.file_ending.unwrap_or_else(|| ".nii.gz".into());
-        let mut cases = Vec::new();
+        let ending = meta.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
+        let channel_names: Vec<String> = if meta.channel_names.is_empty() {
+            vec![String::new()]
+        } else {
+            (0..meta.channel_names.len())
+                .map(|c| {
+                    meta.channel_names
+                        .get(&c.to_string())
+                        .cloned()
+                        .ok_or_else(|| {
+                            DataError::invalid(
+                                &json_path,
+                                format!(
+                                    "channel_names must number channels 0..{}",
+                                    meta.channel_names.len()
+                                ),
+                            )
+                        })
+                })
+                .collect::<Result<_>>()?
+        };
+        let by_name = intensity.normalize == Normalize::ChannelNames;
+        // Per-image normalisation happens below (by channel name) when asked for, not in Case::new.
+        let case_intensity = if by_name {
+            Intensity {
+                clip: intensity.clip,
+                normalize: Normalize::None,
+            }
+        } else {
+            intensity
+        };
+        let mut loaded = Vec::new();
         for id in split.case_ids() {
             let (image_path, label_path) = nnunet_case_paths(root, &id, &ending);
-            let image = read_volume(&image_path)?;
+            let mut image = read_volume(&image_path)?;
             let label_vol = read_volume(&label_path)?;
-            if label_vol.dims != image.dims {
-                return Err(DataError::invalid(
-                    &label_path,
-                    format!(
-                        "label grid {:?} differs from image grid {:?} of {}",
-                        label_vol.dims,
-                        image.dims,
-                        image_path.display()
-                    ),
-                ));
+            for (what, vol, path) in [("label", &label_vol, &label_path)] {
+                if vol.dims != image.dims {
+                    return Err(DataError::invalid(
+                        path,
+                        format!(
+                            "{what} grid {:?} differs from image grid {:?} of {}",
+                            vol.dims,
+                            image.dims,
+                            image_path.display()
+                        ),
+                    ));
+                }
+            }
+            // Further channels: CASE_0001, CASE_0002, … on the same grid, appended channel-major.
+            for c in 1..channel_names.len() {
+                let file = image_path.with_file_name(format!("{id}_{c:04}{ending}"));
+                let extra = read_volume(&file)?;
+                if extra.dims != image.dims {
+                    return Err(DataError::invalid(
+                        &file,
+                        format!(
+                            "channel grid {:?} differs from {:?} of channel 0",
+                            extra.dims, image.dims
+                        ),
+                    ));
+                }
+                image.data.extend(extra.data);
             }
             let label = labels_as_classes(&label_vol.data, class_names.len(), &label_path)?;
-            cases.push(Case::new(id, image, label, intensity));
+            loaded.push((id, image, label));
         }
+        if by_name {
+            // CT statistics from training data only: the training cases, or a slab split's
+            // training slices.
+            let train: Vec<(String, Option<Vec<usize>>)> = match &split {
+                DatasetSplit::Slabs(s) => vec![(s.case.clone(), Some(s.slices(Split::Train)))],
+                DatasetSplit::Cases(c) => c.train.iter().map(|id| (id.clone(), None)).collect(),
+            };
+            normalize_by_channel_names(&mut loaded, &channel_names, &train);
+        }
+        let cases: Vec<Case> = loaded
+            .into_iter()
+            .map(|(id, image, label)| Case::new(id, image, label, case_intensity))
+            .collect();
         if let DatasetSplit::Slabs(s) = &split {
             s.validate(cases[0].image.dims[2], &split_path)?;
         }
@@ -483,6 +551,7 @@ pub(crate) fn class_names_from(
         &DatasetJson {
             labels: labels.clone(),
             file_ending: None,
+            channel_names: BTreeMap::new(),
         },
         path,
     )
@@ -532,11 +601,89 @@ pub fn labels_as_classes(data: &[f32], k: usize, path: &Path) -> Result<Vec<u8>>
     Ok(out)
 }
 
+/// nnU-Net's per-channel normalisation (see [`Normalize::ChannelNames`]); CT statistics come from
+/// the foreground voxels of the `train` cases (all slices, or the listed ones), every voxel or
+/// every k-th for large volumes (at most ~100 000 per case).
+fn normalize_by_channel_names(
+    cases: &mut [(String, NiftiVolume, Vec<u8>)],
+    names: &[String],
+    train: &[(String, Option<Vec<usize>>)],
+) {
+    for (c, name) in names.iter().enumerate() {
+        let ct = name.eq_ignore_ascii_case("CT");
+        let stats = ct.then(|| {
+            let mut fg: Vec<f32> = Vec::new();
+            for (id, image, label) in cases.iter() {
+                let Some((_, slices)) = train.iter().find(|(t, _)| t == id) else {
+                    continue;
+                };
+                let n = label.len();
+                let plane = image.slice_len();
+                let mut slice_in_train = vec![slices.is_none(); image.dims[2]];
+                for &z in slices.iter().flatten() {
+                    slice_in_train[z] = true;
+                }
+                let in_train = |i: usize| slice_in_train[i / plane];
+                let count = label.iter().filter(|&&l| l > 0).count();
+                let stride = (count / 100_000).max(1);
+                fg.extend(
+                    label
+                        .iter()
+                        .zip(&image.data[c * n..(c + 1) * n])
+                        .enumerate()
+                        .filter(|(i, (&l, _))| l > 0 && in_train(*i))
+                        .step_by(stride)
+                        .map(|(_, (_, &v))| v),
+                );
+            }
+            ct_statistics(&mut fg)
+        });
+        for (_, image, label) in cases.iter_mut() {
+            let n = label.len();
+            let channel = &mut image.data[c * n..(c + 1) * n];
+            match (name.as_str(), stats) {
+                (_, Some((lo, hi, mean, std))) => channel
+                    .iter_mut()
+                    .for_each(|v| *v = (v.clamp(lo, hi) - mean) / std.max(1e-8)),
+                ("noNorm", _) => {}
+                ("rescale_to_0_1", _) => normalize_in_place(channel, Normalize::Minmax),
+                ("rgb_to_0_1", _) => channel.iter_mut().for_each(|v| *v /= 255.0),
+                _ => normalize_in_place(channel, Normalize::Zscore),
+            }
+        }
+    }
+}
+
+/// (0.5th percentile, 99.5th percentile, mean, std) of the clipped foreground values, as
+/// nnU-Net's dataset fingerprint; identity values when there is no foreground.
+fn ct_statistics(values: &mut [f32]) -> (f32, f32, f32, f32) {
+    if values.is_empty() {
+        return (f32::NEG_INFINITY, f32::INFINITY, 0.0, 1.0);
+    }
+    values.sort_by(f32::total_cmp);
+    // numpy.percentile's linear interpolation.
+    let pct = |q: f64| {
+        let pos = q / 100.0 * (values.len() - 1) as f64;
+        let (i, f) = (pos.floor() as usize, pos.fract());
+        let next = values[(i + 1).min(values.len() - 1)];
+        (f64::from(values[i]) * (1.0 - f) + f64::from(next) * f) as f32
+    };
+    let (lo, hi) = (pct(0.5), pct(99.5));
+    let n = values.len() as f64;
+    let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = values
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (lo, hi, mean as f32, var.sqrt() as f32)
+}
+
 pub fn normalize_in_place(data: &mut [f32], how: Normalize) {
     let n = data.len().max(1) as f64;
     match how {
         Normalize::None => {}
-        Normalize::Zscore => {
+        Normalize::Zscore | Normalize::ChannelNames => {
             let mean = data.iter().map(|&v| v as f64).sum::<f64>() / n;
             let var = data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
             let std = var.sqrt().max(1e-8);

@@ -594,6 +594,43 @@ mod tests {
         assert!(count(&strict) < count(&ds));
     }
 
+    /// nnU-Net raw with two channels (`_0000` CT, `_0001` T2), imagesTs/labelsTs for the test
+    /// case, normalised by channel name; values from numpy (`scripts/reference/nnunet_fixture.py`),
+    /// to 1e-4 (f32 arithmetic on values of order 1).
+    #[test]
+    fn nnunet_channels_are_normalised_by_their_names() {
+        let (dir, _) = fixtures();
+        let ds = Dataset::open(&dir.join("nnunet"), Normalize::ChannelNames).unwrap();
+        assert_eq!(ds.layout, "nnunet");
+        assert_eq!(ds.channels(), 2);
+        let text = std::fs::read_to_string(dir.join("expected_normalised.json")).unwrap();
+        let expected: BTreeMap<String, [Vec<f64>; 2]> = serde_json::from_str(&text).unwrap();
+        for case in &ds.cases {
+            let n = case.label.len();
+            for (c, want) in expected[&case.id].iter().enumerate() {
+                for (i, w) in want.iter().enumerate() {
+                    let got = f64::from(case.image.data[c * n + i]);
+                    assert!(
+                        (got - w).abs() < 1e-4,
+                        "{} channel {c} voxel {i}: {got} vs {w}",
+                        case.id
+                    );
+                }
+            }
+        }
+        let ids = |split| -> Vec<String> {
+            ds.parts(split)
+                .iter()
+                .map(|(i, _)| ds.cases[*i].id.clone())
+                .collect()
+        };
+        assert_eq!(
+            ids(Split::Test),
+            ["case_002"],
+            "read from imagesTs/labelsTs"
+        );
+    }
+
     #[test]
     fn slices_along_the_last_axis_are_moved_first() {
         // (H, W, Z) = (2, 2, 3): value = 10·z + (y·2 + x).
