@@ -1,6 +1,7 @@
 //! ctrcl-data: reading medical images and datasets, splits, resampling, augmentation and
 //! batching. Pure Rust, no tensor framework.
 
+pub mod augment;
 pub mod dataset;
 pub mod error;
 pub mod fetch;

@@ -4,6 +4,7 @@
 //! seeded by (seed, epoch) and each sample's augmentation is seeded by (seed, t, position), so the
 //! stream is the same whatever the number of workers, and a run can restart at any step.
 
+use crate::augment::Augmentations;
 use crate::dataset::Sample;
 use crossbeam_channel::{bounded, Receiver};
 use rand::rngs::StdRng;
@@ -23,6 +24,23 @@ pub enum Augment {
     /// probability 0.5, a rotation by an integer angle in [-20°, 20°) about the centre, nearest
     /// neighbour, zero outside (`scipy.ndimage.rotate(order=0, reshape=False)` on image and label).
     RotFlipOrRotate,
+}
+
+/// What the loader does to each training sample: the geometric `data.augment` step, then the
+/// `[augmentation]` set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    pub geometric: Augment,
+    pub extra: Augmentations,
+}
+
+impl From<Augment> for Plan {
+    fn from(geometric: Augment) -> Self {
+        Plan {
+            geometric,
+            extra: Augmentations::default(),
+        }
+    }
 }
 
 /// One batch: `images` is B×C×S×S row-major, `labels` is B×S×S.
@@ -149,15 +167,20 @@ pub fn make_batch(
     batch: usize,
     step: usize,
     seed: u64,
-    augment: Augment,
+    plan: impl Into<Plan>,
     cache: &mut Option<(usize, Vec<usize>)>,
 ) -> Batch {
+    let plan = plan.into();
     let mut images = Vec::with_capacity(batch * size * size);
     let mut labels = Vec::with_capacity(batch * size * size);
     for b in 0..batch {
         let idx = sample_index(seed, samples.len(), step * batch + b, cache);
         let mut rng = StdRng::seed_from_u64(mix(seed, step as u64 + 1, b as u64 + 1));
-        let (img, lab) = augment_sample(&samples[idx], size, augment, &mut rng);
+        let (mut img, mut lab) = augment_sample(&samples[idx], size, plan.geometric, &mut rng);
+        // The extra set draws from its own stream, so turning it on leaves data.augment's draws
+        // (and older runs' batches) unchanged.
+        let mut extra_rng = StdRng::seed_from_u64(mix(seed, step as u64 + 1, (b as u64 + 1) << 32));
+        plan.extra.apply(&mut img, &mut lab, size, &mut extra_rng);
         images.extend(img);
         labels.extend(lab.into_iter().map(|v| v as i64));
     }
@@ -179,12 +202,13 @@ impl BatchLoader {
         size: usize,
         batch: usize,
         seed: u64,
-        augment: Augment,
+        plan: impl Into<Plan>,
         first_step: usize,
         end_step: usize,
         workers: usize,
     ) -> Self {
         assert!(!samples.is_empty(), "no training samples");
+        let plan = plan.into();
         let workers = workers.max(1);
         let mut receivers = Vec::with_capacity(workers);
         for w in 0..workers {
@@ -195,7 +219,7 @@ impl BatchLoader {
                 // Worker w makes the steps congruent to w modulo the worker count.
                 let mut step = first_step + w;
                 while step < end_step {
-                    let b = make_batch(&samples, size, batch, step, seed, augment, &mut cache);
+                    let b = make_batch(&samples, size, batch, step, seed, plan, &mut cache);
                     if tx.send(b).is_err() {
                         return; // the trainer stopped early
                     }

@@ -111,6 +111,8 @@ pub struct DataConfig {
     /// Intensity window `[low, high]` applied before normalisation (CT: e.g. `[-125, 275]`);
     /// empty = none.
     pub clip: Vec<f32>,
+    /// A named CT window used when `clip` is empty: see [`ct_window`].
+    pub window: String,
     pub normalize: Normalize,
     /// Image channels of the dataset (1 grey, 3 RGB): set by `train` from the data and recorded
     /// with the run, so test/predict build the same input layer.
@@ -121,6 +123,38 @@ pub struct DataConfig {
     pub batch_size: usize,
     /// Threads preparing batches.
     pub workers: usize,
+}
+
+/// Deep-merges `over` into `base`: tables key by key, anything else replaced.
+fn merge_toml(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge_toml(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Named CT windows in HU, `[level − width/2, level + width/2]`: `abdomen` [-125, 275] is
+/// TransUNet's Synapse preprocessing (W400/L75); `liver` W150/L30 → [-45, 105]; `lung`
+/// W1500/L−600; `mediastinum` W350/L50; `bone` W1800/L400; `brain` W80/L40.
+pub fn ct_window(name: &str) -> Option<[f32; 2]> {
+    Some(match name {
+        "abdomen" => [-125.0, 275.0],
+        "liver" => [-45.0, 105.0],
+        "lung" => [-1350.0, 150.0],
+        "mediastinum" => [-125.0, 225.0],
+        "bone" => [-500.0, 1300.0],
+        "brain" => [0.0, 80.0],
+        _ => return None,
+    })
 }
 
 impl DataConfig {
@@ -137,7 +171,7 @@ impl DataConfig {
         Intensity {
             clip: match self.clip.as_slice() {
                 [lo, hi] => Some([*lo, *hi]),
-                _ => None,
+                _ => ct_window(&self.window),
             },
             normalize: self.normalize,
         }
@@ -150,6 +184,7 @@ impl Default for DataConfig {
             dataset: PathBuf::from("data/icbm152"),
             image_size: 224,
             clip: Vec::new(),
+            window: String::new(),
             normalize: Normalize::Zscore,
             channels: 1,
             mask_threshold: 128,
@@ -352,6 +387,8 @@ pub struct TrainConfig {
     pub method: Method,
     pub seed: u64,
     pub data: DataConfig,
+    /// Extra augmentations after `data.augment` (all off by default).
+    pub augmentation: ctrcl_data::augment::Augmentations,
     pub students: StudentsConfig,
     pub models: ModelSizes,
     pub seg: SegLossConfig,
@@ -377,6 +414,11 @@ impl TrainConfig {
         for item in overrides {
             apply_override(&mut value, item)?;
         }
+        // Keys left out take their defaults, also inside a partly given table
+        // (`--set augmentation.gamma.p=0.3` keeps gamma's default range).
+        let mut merged = toml::Value::try_from(TrainConfig::default()).expect("defaults serialise");
+        merge_toml(&mut merged, value);
+        let value = merged;
         let config: TrainConfig = value
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
@@ -386,7 +428,16 @@ impl TrainConfig {
 
     /// Checks values that serde cannot (ranges, model sizes for the image size).
     pub fn validate(&self) -> Result<()> {
+        self.augmentation
+            .validate()
+            .map_err(|m| anyhow::anyhow!(m))?;
         let d = &self.data;
+        if !d.window.is_empty() && ct_window(&d.window).is_none() {
+            bail!(
+                "data.window \"{}\" is not a known CT window (abdomen, liver, lung, mediastinum, bone, brain)",
+                d.window
+            );
+        }
         match d.clip.as_slice() {
             [] => {}
             [lo, hi] if lo < hi => {}
@@ -526,6 +577,58 @@ mod tests {
         assert_eq!(c.schedule.iterations, 7);
         assert_eq!(c.rlcl.rectify, Rectify::Hard);
         assert_eq!(c.cfcl.taps, vec![8]);
+    }
+
+    /// configs/icbm152_ctrcl.toml documents every key: each key of the default configuration
+    /// (tables walked recursively) is present in it, and it parses.
+    #[test]
+    fn the_documented_config_lists_every_key() {
+        fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, child) in t {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    out.push(path.clone());
+                    keys(child, &path, out);
+                }
+            }
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/icbm152_ctrcl.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        TrainConfig::from_toml(&text, &[]).unwrap();
+        let documented: toml::Value = toml::from_str(&text).unwrap();
+        let mut documented_keys = Vec::new();
+        keys(&documented, "", &mut documented_keys);
+        let mut default_keys = Vec::new();
+        keys(
+            &toml::Value::try_from(TrainConfig::default()).unwrap(),
+            "",
+            &mut default_keys,
+        );
+        let missing: Vec<&String> = default_keys
+            .iter()
+            .filter(|k| !documented_keys.contains(k))
+            .collect();
+        assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+    }
+
+    #[test]
+    fn ct_windows_and_augmentation_ranges_are_checked() {
+        let cfg = TrainConfig::from_toml("[data]\nwindow = \"liver\"", &[]).unwrap();
+        assert_eq!(cfg.data.intensity().clip, Some([-45.0, 105.0]));
+        // An explicit clip wins over the window.
+        let cfg =
+            TrainConfig::from_toml("[data]\nwindow = \"liver\"\nclip = [0.0, 1.0]", &[]).unwrap();
+        assert_eq!(cfg.data.intensity().clip, Some([0.0, 1.0]));
+        let err = TrainConfig::from_toml("[data]\nwindow = \"kidney\"", &[]).unwrap_err();
+        assert!(err.to_string().contains("kidney"), "{err}");
+        let err = TrainConfig::from_toml("", &["augmentation.gamma.p=1.5".into()]).unwrap_err();
+        assert!(err.to_string().contains("augmentation.gamma.p"), "{err}");
+        let err = TrainConfig::from_toml("", &["augmentation.blurr.p=0.5".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("blurr"), "{err:#}");
     }
 
     #[test]

@@ -804,7 +804,10 @@ fn run_loop<B: AutodiffBackend>(
         size,
         cfg.data.batch_size,
         cfg.seed,
-        cfg.data.augment,
+        ctrcl_data::loader::Plan {
+            geometric: cfg.data.augment,
+            extra: cfg.augmentation,
+        },
         first_step * accumulate,
         total * accumulate,
         cfg.data.workers,
