@@ -19,6 +19,9 @@ pub enum ModelArg {
     Pair,
     /// unet, resunet, swin-unet, segformer and pair, each in its own process.
     All,
+    /// The batch loader on the config's dataset (`data.dataset`, `data.workers`, the
+    /// augmentation): slices/s and ms per batch, to set against a training step's time.
+    Data,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -110,6 +113,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     let cfg = config(&args)?;
     let peak = machine_peak_gflops();
+    if args.model == ModelArg::Data {
+        return bench_loader(&cfg, &args);
+    }
     if args.model == ModelArg::All {
         return run_each(&args, peak);
     }
@@ -136,6 +142,88 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         print_header(peak.as_ref());
         print_row(&v);
+    }
+    Ok(())
+}
+
+/// Loader throughput: `steps` batches after `warmup`, produced by `data.workers` threads with the
+/// config's augmentation, consumed as fast as they come (the trainer's side does nothing), so the
+/// time is what the loader alone needs per batch.
+fn bench_loader(cfg: &TrainConfig, args: &Args) -> Result<()> {
+    use ctrcl_data::dataset::Dataset;
+    use ctrcl_data::loader::{BatchLoader, Plan};
+    use ctrcl_data::split::Split;
+    let dataset = Dataset::open(&cfg.data.dataset, cfg.data.open_options()).with_context(|| {
+        format!(
+            "opening {} (prepare one with `ctrcl data prepare`, or --set data.dataset=DIR)",
+            cfg.data.dataset.display()
+        )
+    })?;
+    let size = cfg.data.image_size;
+    let prep = std::time::Instant::now();
+    let samples = std::sync::Arc::new(dataset.samples(Split::Train, size));
+    let resample_s = prep.elapsed().as_secs_f64();
+    let plan = Plan {
+        geometric: cfg.data.augment,
+        extra: cfg.augmentation,
+    };
+    let total = args.warmup + args.steps;
+    let mut loader = BatchLoader::start(
+        samples.clone(),
+        size,
+        cfg.data.batch_size,
+        cfg.seed,
+        plan,
+        0,
+        total,
+        cfg.data.workers,
+    );
+    let mut started = std::time::Instant::now();
+    for (i, _batch) in loader.by_ref().enumerate() {
+        if i + 1 == args.warmup {
+            started = std::time::Instant::now();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let timed = if args.warmup == 0 { total } else { args.steps };
+    let ms_per_batch = seconds * 1e3 / timed as f64;
+    let slices_per_s = (timed * cfg.data.batch_size) as f64 / seconds;
+    let extra_on = cfg.augmentation != ctrcl_data::augment::Augmentations::default();
+    let v = serde_json::json!({
+        "model": "data",
+        "dataset": cfg.data.dataset,
+        "layout": dataset.layout,
+        "training_samples": samples.len(),
+        "size": size,
+        "batch": cfg.data.batch_size,
+        "workers": cfg.data.workers,
+        "augment": cfg.data.augment,
+        "extra_augmentation": extra_on,
+        "ms_per_batch": ms_per_batch,
+        "slices_per_s": slices_per_s,
+        "resample_s": resample_s,
+        "backend": "cpu threads",
+    });
+    if args.json {
+        println!("{v}");
+    } else {
+        println!(
+            "loader on {} ({} training slices at {size}×{size}, resampled once in {resample_s:.2} s):",
+            cfg.data.dataset.display(),
+            samples.len()
+        );
+        println!(
+            "  {slices_per_s:.0} slices/s = {ms_per_batch:.2} ms per batch of {} with {} worker(s), \
+             augment {:?}{}",
+            cfg.data.batch_size,
+            cfg.data.workers,
+            cfg.data.augment,
+            if extra_on { " + [augmentation]" } else { "" }
+        );
+        println!(
+            "  training never waits on the loader while a step takes longer than {ms_per_batch:.2} ms \
+             (compare `ctrcl bench --model pair` with the same --size/--batch)"
+        );
     }
     Ok(())
 }

@@ -1681,3 +1681,45 @@ fn kvasir_trains_on_rgb_and_reports_per_image_metrics_with_its_threshold() {
     assert_eq!((png.w, png.h), (42, 34));
     assert!(png.labels.iter().all(|&l| l <= 1));
 }
+
+#[test]
+fn bench_data_measures_the_loader_on_the_real_dataset() {
+    let dataset = format!("data.dataset={}", prepared().display());
+    let out = ok(&[
+        "bench",
+        "--model",
+        "data",
+        "--size",
+        "64",
+        "--batch",
+        "4",
+        "--steps",
+        "20",
+        "--warmup",
+        "2",
+        "--set",
+        &dataset,
+        "--set",
+        "models.swin_unet.window=4",
+        "--set",
+        "augmentation.elastic.p=1.0",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["model"], "data");
+    assert_eq!(
+        v["training_samples"], 114,
+        "the icbm152 training slabs (70 + 44 slices)"
+    );
+    assert_eq!(v["extra_augmentation"], true);
+    let (ms, rate) = (
+        v["ms_per_batch"].as_f64().unwrap(),
+        v["slices_per_s"].as_f64().unwrap(),
+    );
+    assert!(ms > 0.0 && rate > 0.0);
+    // slices/s and ms per batch describe the same measurement.
+    assert!(
+        (rate * ms / 1e3 - 4.0).abs() < 1e-6,
+        "{rate} × {ms} ms ≠ 4 slices"
+    );
+}

@@ -101,7 +101,10 @@ impl Augmentations {
                     r.p
                 ));
             }
-            if r.range[0].partial_cmp(&r.range[1]).is_none_or(|o| o.is_gt()) {
+            if r.range[0]
+                .partial_cmp(&r.range[1])
+                .is_none_or(|o| o.is_gt())
+            {
                 return Err(format!(
                     "augmentation.{name}.range must be [low, high], got {:?}",
                     r.range
