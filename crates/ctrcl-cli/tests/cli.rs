@@ -1217,11 +1217,20 @@ fn resunet_and_segformer_train_together_with_ctrcl() {
                 .display()
                 .to_string()
         ),
+        // The tiny official-layout MiT of scripts/reference/mit_fixture.py.
         "students.transformer=segformer".into(),
-        "models.segformer.dims=[8,8,16,16]".into(),
-        "models.segformer.heads=[1,1,2,2]".into(),
-        "models.segformer.sr_ratios=[2,2,1,1]".into(),
+        "models.segformer.dims=[8,16,24,32]".into(),
+        "models.segformer.depths=[2,1,1,1]".into(),
+        "models.segformer.heads=[1,2,2,4]".into(),
+        "models.segformer.sr_ratios=[8,4,2,1]".into(),
         "models.segformer.decoder_dim=8".into(),
+        format!(
+            "models.segformer.pretrained={:?}",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../ctrcl-models/tests/data/mit_tiny.pth")
+                .display()
+                .to_string()
+        ),
     ]);
     ok(&train_args(&config_path(), out.to_str().unwrap(), &sets));
     let table = ok(&["test", "--run", out.to_str().unwrap()]);
@@ -1233,12 +1242,24 @@ fn resunet_and_segformer_train_together_with_ctrcl() {
     assert_eq!(metrics["transformer"]["architecture"], "segformer");
     // The encoder started from the checkpoint; what did not fit is reported.
     let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
-    let event: Value = log
+    let events: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|v| v["event"] == "pretrained")
+        .filter(|v| v["event"] == "pretrained")
+        .collect();
+    let mit = events
+        .iter()
+        .find(|v| v["role"] == "transformer")
         .unwrap_or_else(|| panic!("{log}"));
-    assert_eq!(event["role"], "cnn");
+    assert_eq!(
+        mit["loaded"].as_u64(),
+        Some(120),
+        "every MiT tensor but head.*: {mit}"
+    );
+    let event = events
+        .iter()
+        .find(|v| v["role"] == "cnn")
+        .unwrap_or_else(|| panic!("{log}"));
     assert!(event["loaded"].as_u64().unwrap() > 40, "{event}");
     assert!(
         event["unexpected"]

@@ -607,6 +607,14 @@ pub fn train<B: AutodiffBackend>(
                     .map_err(|e| anyhow::anyhow!("models.resunet.pretrained: {e}"))?;
                 Some((Student::Resunet(net), report, path))
             }
+            Architecture::Segformer if !m.segformer.pretrained.as_os_str().is_empty() => {
+                let path = &m.segformer.pretrained;
+                let (net, report) = m
+                    .segformer
+                    .init_pretrained::<B>(path, cfg.data.channels, k, device)
+                    .map_err(|e| anyhow::anyhow!("models.segformer.pretrained: {e}"))?;
+                Some((Student::Segformer(net), report, path))
+            }
             Architecture::SwinUnet if !m.swin_unet.pretrained.as_os_str().is_empty() => {
                 let path = &m.swin_unet.pretrained;
                 let (net, report) = m
