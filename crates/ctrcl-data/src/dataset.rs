@@ -59,6 +59,7 @@ impl Intensity {
 pub struct OpenOptions {
     pub intensity: Intensity,
     pub mask_threshold: u8,
+    pub image_resize: ImageResize,
 }
 
 impl<T: Into<Intensity>> From<T> for OpenOptions {
@@ -66,6 +67,7 @@ impl<T: Into<Intensity>> From<T> for OpenOptions {
         OpenOptions {
             intensity: intensity.into(),
             mask_threshold: 128,
+            image_resize: ImageResize::Bilinear,
         }
     }
 }
@@ -113,7 +115,12 @@ impl Case {
     /// Slice geometry for a network input of `size × size`.
     pub fn geometry(&self, size: usize) -> Geometry {
         let [w, h, _] = self.image.dims;
-        Geometry { h, w, size }
+        Geometry {
+            h,
+            w,
+            size,
+            image_resize: ImageResize::Bilinear,
+        }
     }
 
     /// Image channels (1 grey, 3 RGB).
@@ -173,13 +180,25 @@ pub enum Upsample {
     Bilinear,
 }
 
+/// How images are resized to the network's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageResize {
+    /// Bilinear, PyTorch's `interpolate(align_corners=False)` convention.
+    #[default]
+    Bilinear,
+    /// Cubic B-spline, `scipy.ndimage.zoom(order=3)`: TransUNet's and Swin-Unet's image resize.
+    Spline3,
+}
+
 /// How native slices map to the network's square input and back: centred zero-padding to a
-/// square, then resizing (bilinear for images, nearest for labels).
+/// square, then resizing (`image_resize` for images, nearest for labels).
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
     pub h: usize,
     pub w: usize,
     pub size: usize,
+    pub image_resize: ImageResize,
 }
 
 impl Geometry {
@@ -196,7 +215,13 @@ impl Geometry {
             .chunks(self.h * self.w)
             .flat_map(|plane| {
                 let sq = pad_to_square(plane, self.h, self.w, self.side(), fill);
-                resize_bilinear(&sq, self.side(), self.side(), self.size, self.size)
+                let side = self.side();
+                match self.image_resize {
+                    ImageResize::Bilinear => resize_bilinear(&sq, side, side, self.size, self.size),
+                    ImageResize::Spline3 => {
+                        crate::resize::resize_spline3(&sq, side, side, self.size, self.size)
+                    }
+                }
             })
             .collect()
     }
@@ -293,6 +318,8 @@ pub struct Dataset {
     pub layout: &'static str,
     /// What was detected while reading (list files used, slice axes), for the log.
     pub notes: Vec<String>,
+    /// How slices are resized to the network input.
+    pub image_resize: ImageResize,
 }
 
 impl Dataset {
@@ -303,16 +330,26 @@ impl Dataset {
     pub fn open(root: &Path, options: impl Into<OpenOptions>) -> Result<Self> {
         let options = options.into();
         let intensity = options.intensity;
-        if root.join("images").is_dir() && root.join("masks").is_dir() {
-            return crate::layouts::open_kvasir(root, options);
+        let mut dataset = if root.join("images").is_dir() && root.join("masks").is_dir() {
+            crate::layouts::open_kvasir(root, options)?
+        } else if root.join("train_npz").is_dir() || root.join("test_vol_h5").is_dir() {
+            crate::layouts::open_synapse(root, intensity)?
+        } else if root.join("data").join("slices").is_dir() {
+            crate::layouts::open_acdc(root, intensity)?
+        } else {
+            Self::open_nnunet(root, intensity)?
+        };
+        dataset.image_resize = options.image_resize;
+        Ok(dataset)
+    }
+
+    /// Slice geometry of case `case` for a network input of `size × size`, with the dataset's
+    /// image resize.
+    pub fn geometry(&self, case: usize, size: usize) -> Geometry {
+        Geometry {
+            image_resize: self.image_resize,
+            ..self.cases[case].geometry(size)
         }
-        if root.join("train_npz").is_dir() || root.join("test_vol_h5").is_dir() {
-            return crate::layouts::open_synapse(root, intensity);
-        }
-        if root.join("data").join("slices").is_dir() {
-            return crate::layouts::open_acdc(root, intensity);
-        }
-        Self::open_nnunet(root, intensity)
     }
 
     fn open_nnunet(root: &Path, intensity: Intensity) -> Result<Self> {
@@ -417,6 +454,7 @@ impl Dataset {
             intensity,
             layout: "nnunet",
             notes: Vec::new(),
+            image_resize: ImageResize::Bilinear,
         })
     }
 
@@ -467,7 +505,7 @@ impl Dataset {
             .iter()
             .map(|s| {
                 let case = &self.cases[s.case];
-                let geo = case.geometry(size);
+                let geo = self.geometry(s.case, size);
                 Sample {
                     image: geo.image_to_input(&s.image, case.background),
                     label: geo.label_to_input(&s.label),
@@ -712,6 +750,7 @@ mod tests {
             h: 6,
             w: 4,
             size: 12,
+            image_resize: ImageResize::Bilinear,
         };
         let label: Vec<u8> = (0..24).map(|i| (i % 4) as u8).collect();
         let input = geo.label_to_input(&label);

@@ -257,6 +257,7 @@ pub fn open_synapse(root: &Path, intensity: Intensity) -> Result<Dataset> {
         intensity,
         layout: "synapse",
         notes,
+        image_resize: Default::default(),
     })
 }
 
@@ -321,6 +322,7 @@ pub fn open_acdc(root: &Path, intensity: Intensity) -> Result<Dataset> {
         intensity,
         layout: "acdc",
         notes,
+        image_resize: Default::default(),
     })
 }
 
@@ -441,6 +443,7 @@ pub fn open_kvasir(root: &Path, options: crate::dataset::OpenOptions) -> Result<
         intensity: options.intensity,
         layout: "kvasir",
         notes,
+        image_resize: Default::default(),
     })
 }
 
@@ -582,6 +585,7 @@ mod tests {
             crate::dataset::OpenOptions {
                 intensity: Normalize::None.into(),
                 mask_threshold: 250,
+                image_resize: Default::default(),
             },
         )
         .unwrap();

@@ -119,6 +119,8 @@ pub struct DataConfig {
     pub channels: usize,
     /// 2D masks (Kvasir-SEG's JPEGs): grey level from which a pixel is foreground.
     pub mask_threshold: u8,
+    /// Image resize to the network input: bilinear, or TransUNet's cubic spline (`spline3`).
+    pub image_resize: ctrcl_data::dataset::ImageResize,
     pub augment: Augment,
     pub batch_size: usize,
     /// Threads preparing batches.
@@ -163,6 +165,7 @@ impl DataConfig {
         ctrcl_data::dataset::OpenOptions {
             intensity: self.intensity(),
             mask_threshold: self.mask_threshold,
+            image_resize: self.image_resize,
         }
     }
 
@@ -188,6 +191,7 @@ impl Default for DataConfig {
             normalize: Normalize::Zscore,
             channels: 1,
             mask_threshold: 128,
+            image_resize: Default::default(),
             augment: Augment::Rot90Flip,
             batch_size: 8,
             workers: 2,

@@ -200,7 +200,7 @@ pub fn predict_split<B: Backend>(
             let native = predict_native(
                 net,
                 images.iter().map(Vec::as_slice),
-                case.geometry(size),
+                dataset.geometry(ci, size),
                 case.background,
                 upsample,
                 binary,

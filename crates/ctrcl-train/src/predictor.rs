@@ -68,6 +68,7 @@ pub struct Predictor<B: Backend> {
     size: usize,
     /// Input channels the student was trained on (1 grey, 3 RGB).
     channels: usize,
+    image_resize: ctrcl_data::dataset::ImageResize,
     intensity: Intensity,
     upsample: Upsample,
     probabilities: bool,
@@ -87,6 +88,7 @@ impl<B: Backend> Predictor<B> {
             net,
             size: cfg.data.image_size,
             channels: cfg.data.channels,
+            image_resize: cfg.data.image_resize,
             intensity: cfg.data.intensity(),
             upsample: options.upsample.unwrap_or(cfg.eval.upsample),
             probabilities: options.probabilities,
@@ -130,6 +132,7 @@ impl<B: Backend> Predictor<B> {
             h,
             w,
             size: self.size,
+            image_resize: self.image_resize,
         };
         predict_native(
             &self.net,

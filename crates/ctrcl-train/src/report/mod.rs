@@ -425,7 +425,7 @@ fn write_overlays<B: Backend>(
     for &i in &picks {
         let s = &slices[i];
         let case = &dataset.cases[s.case];
-        let geo = case.geometry(cfg.data.image_size);
+        let geo = dataset.geometry(s.case, cfg.data.image_size);
         let preds: Vec<Vec<u8>> = nets
             .iter()
             .map(|net| {
