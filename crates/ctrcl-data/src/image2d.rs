@@ -6,7 +6,7 @@ use crate::error::{write_atomic, DataError, Result};
 use std::path::Path;
 
 /// Extensions read as 2D images (lower case).
-const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "tif", "tiff"];
 
 /// A decoded 2D image as single-channel intensities.
 #[derive(Debug, Clone)]
@@ -27,6 +27,75 @@ pub fn image_stem(path: &Path) -> Option<String> {
         return None;
     }
     Some(path.file_stem()?.to_string_lossy().into_owned())
+}
+
+/// Whether `path` names a TIFF file.
+pub fn is_tiff(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("tif") || e.eq_ignore_ascii_case("tiff"))
+}
+
+/// A 2D TIFF as stored: grey or RGB samples of 8 or 16 bits (or 32-bit float RGB).
+#[derive(Debug, Clone)]
+pub struct TiffSamples {
+    pub h: usize,
+    pub w: usize,
+    pub channels: usize,
+    /// NumPy name of the stored sample type.
+    pub dtype: &'static str,
+    /// Row-major `h × w × channels`.
+    pub values: Vec<f64>,
+}
+
+/// Reads a TIFF's first image without colour transformation (`image`'s pure-Rust TIFF decoder).
+pub fn read_tiff_samples(path: &Path) -> Result<TiffSamples> {
+    use image::DynamicImage as D;
+    let img = decode_image(path)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (channels, dtype, values): (usize, &'static str, Vec<f64>) = match img {
+        D::ImageLuma8(b) => (
+            1,
+            "uint8",
+            b.into_raw().into_iter().map(f64::from).collect(),
+        ),
+        D::ImageLuma16(b) => (
+            1,
+            "uint16",
+            b.into_raw().into_iter().map(f64::from).collect(),
+        ),
+        D::ImageRgb8(b) => (
+            3,
+            "uint8",
+            b.into_raw().into_iter().map(f64::from).collect(),
+        ),
+        D::ImageRgb16(b) => (
+            3,
+            "uint16",
+            b.into_raw().into_iter().map(f64::from).collect(),
+        ),
+        D::ImageRgb32F(b) => (
+            3,
+            "float32",
+            b.into_raw().into_iter().map(f64::from).collect(),
+        ),
+        other => {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "TIFF colour type {:?} is not supported (grey or RGB)",
+                    other.color()
+                ),
+            ))
+        }
+    };
+    Ok(TiffSamples {
+        h,
+        w,
+        channels,
+        dtype,
+        values,
+    })
 }
 
 /// Whether `path` names a PNG file.
@@ -360,5 +429,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing.png"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod tiff_tests {
+    use super::*;
+
+    /// TIFFs written by tifffile (`scripts/reference/tiff_fixtures.py`): grey 16-bit (plain, and
+    /// deflate big-endian), 8-bit labels, RGB — every sample exact.
+    #[test]
+    fn reads_what_tifffile_wrote() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiff");
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        for (name, e) in expected.as_object().unwrap() {
+            let t = read_tiff_samples(&dir.join(name)).unwrap_or_else(|err| panic!("{err}"));
+            let mut shape = vec![t.h, t.w];
+            if t.channels > 1 {
+                shape.push(t.channels);
+            }
+            assert_eq!(serde_json::json!(shape), e["shape"], "{name}");
+            assert_eq!(t.dtype, e["dtype"].as_str().unwrap(), "{name}");
+            let want: Vec<f64> = serde_json::from_value(e["values"].clone()).unwrap();
+            assert_eq!(t.values, want, "{name}");
+        }
+        // The 8-bit label TIFF reads as a label map; a 16-bit one with values > 255 does not.
+        let l = crate::labels::read_label_file(&dir.join("labels8.tif")).unwrap();
+        assert_eq!(l.shape, vec![5, 6]);
+        let msg = crate::labels::read_label_file(&dir.join("grey16.tif"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("grey16.tif") && msg.contains("not a label"),
+            "{msg}"
+        );
     }
 }

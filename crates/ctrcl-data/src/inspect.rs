@@ -150,6 +150,15 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
             j["palette"] = json!(p.indexed);
             Ok(Some(j))
         }
+        _ if crate::image2d::is_tiff(path) => {
+            let t = crate::image2d::read_tiff_samples(path)?;
+            let shape = if t.channels == 1 {
+                vec![t.h, t.w]
+            } else {
+                vec![t.h, t.w, t.channels]
+            };
+            Ok(Some(array_json("tiff", &shape, t.dtype, &t.values)))
+        }
         _ if image_stem(path).is_some() => {
             let img = crate::image2d::decode_image(path)?;
             let c = img.color().channel_count() as usize;
@@ -224,7 +233,7 @@ pub fn inspect(path: &Path) -> Result<Value> {
     inspect_file(path)?.ok_or_else(|| {
         DataError::invalid(
             path,
-            "not a format ctrcl reads (.nii, .nii.gz, .nrrd, .nhdr, .mrc, .h5, .npy, .npz, .png, .jpg, .jpeg)",
+            "not a format ctrcl reads (.nii, .nii.gz, .nrrd, .nhdr, .mrc, .h5, .npy, .npz, .png, .jpg, .jpeg, .tif)",
         )
     })
 }
@@ -288,6 +297,11 @@ mod tests {
                 std::fs::read(data.join("nrrd/labels_ascii.nrrd")).unwrap(),
             ),
             ("mrc", std::fs::read(data.join("mrc/permuted.mrc")).unwrap()),
+            (
+                "tif",
+                std::fs::read(data.join("tiff/grey16_deflate_be.tif")).unwrap(),
+            ),
+            ("tif", std::fs::read(data.join("tiff/rgb8.tif")).unwrap()),
         ];
         for (k, (ext, bytes)) in sources.iter().enumerate() {
             let path = dir.path().join(format!("bad{k}.{ext}"));

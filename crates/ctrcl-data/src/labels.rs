@@ -24,8 +24,41 @@ pub fn label_case_id(path: &Path) -> Option<String> {
     nifti_stem(path).or_else(|| image_stem(path).filter(|_| is_png(path)))
 }
 
+/// Values as labels 0..255; a fraction or a value out of range is an error naming the file and
+/// the `what` (pixel/voxel) index.
+fn as_labels(values: impl Iterator<Item = f64>, what: &str, path: &Path) -> Result<Vec<u8>> {
+    values
+        .enumerate()
+        .map(|(i, v)| {
+            if (0.0..=255.0).contains(&v) && v.fract() == 0.0 {
+                Ok(v as u8)
+            } else {
+                Err(DataError::invalid(
+                    path,
+                    format!("{what} {i} holds {v}, not a label (0..255 integers)"),
+                ))
+            }
+        })
+        .collect()
+}
+
 /// Reads a NIfTI or PNG label map; non-integer or out-of-range values are errors naming the file.
 pub fn read_label_file(path: &Path) -> Result<LabelFile> {
+    if crate::image2d::is_tiff(path) {
+        let t = crate::image2d::read_tiff_samples(path)?;
+        if t.channels != 1 {
+            return Err(DataError::invalid(
+                path,
+                "a label TIFF must be single-channel (grey), not colour",
+            ));
+        }
+        return Ok(LabelFile {
+            labels: as_labels(t.values.iter().copied(), "pixel", path)?,
+            shape: vec![t.h, t.w],
+            spacing: vec![1.0, 1.0],
+            binary_255: false,
+        });
+    }
     if is_png(path) {
         let png = read_label_png(path)?;
         return Ok(LabelFile {
@@ -36,16 +69,7 @@ pub fn read_label_file(path: &Path) -> Result<LabelFile> {
         });
     }
     let v = read_nifti(path)?;
-    let mut labels = Vec::with_capacity(v.data.len());
-    for (i, &x) in v.data.iter().enumerate() {
-        if !(0.0..=255.0).contains(&x) || x.fract() != 0.0 {
-            return Err(DataError::invalid(
-                path,
-                format!("voxel {i} holds {x}, not a label (0..255 integers)"),
-            ));
-        }
-        labels.push(x as u8);
-    }
+    let labels = as_labels(v.data.iter().map(|&x| f64::from(x)), "voxel", path)?;
     let [x, y, z] = v.dims;
     let [sx, sy, sz] = v.spacing.map(f64::from);
     // A single-slice volume (nnU-Net's 2D datasets) is scored as a 2D image: in 3D, the zero
