@@ -186,6 +186,40 @@ impl<B: Backend> Student<B> {
 pub(crate) mod test_backend {
     pub type TestBackend = burn::backend::Flex;
     pub type TestAutodiff = burn::backend::Autodiff<TestBackend>;
+
+    /// A PyTorch-made weight fixture's JSON (`tests/data/NAME.json`, see `scripts/reference/`).
+    pub struct Fixture(pub serde_json::Value);
+
+    impl Fixture {
+        pub fn load(name: &str) -> Self {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data")
+                .join(format!("{name}.json"));
+            Fixture(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
+        }
+
+        pub fn int(&self, key: &str) -> usize {
+            self.0[key].as_u64().unwrap() as usize
+        }
+
+        pub fn ints(&self, key: &str) -> Vec<usize> {
+            let values = self.0[key].as_array().unwrap();
+            values
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect()
+        }
+
+        pub fn floats(&self, key: &str) -> Vec<f32> {
+            let values = self.0[key].as_array().unwrap();
+            values.iter().map(|v| v.as_f64().unwrap() as f32).collect()
+        }
+
+        /// Number of tensors the fixture's checkpoint holds.
+        pub fn keys(&self) -> usize {
+            self.0["keys"].as_array().unwrap().len()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -327,25 +327,8 @@ mod tests {
     #[test]
     fn torchvision_weights_reproduce_pytorch_encoder_outputs() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-        let fixture: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("resnet_tiny.json")).unwrap())
-                .unwrap();
-        let ints = |k: &str| -> Vec<usize> {
-            fixture[k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as usize)
-                .collect()
-        };
-        let floats = |k: &str| -> Vec<f32> {
-            fixture[k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect()
-        };
+        let fixture = crate::test_backend::Fixture::load("resnet_tiny");
+        let (ints, floats) = (|k: &str| fixture.ints(k), |k: &str| fixture.floats(k));
         let (w, b) = (ints("widths"), ints("blocks"));
         let cfg = ResUnetConfig {
             channels: [w[0], w[1], w[2], w[3], w[4]],
@@ -359,8 +342,8 @@ mod tests {
             .unwrap();
         // Every encoder tensor came from the file; the classifier and the BatchNorm counters
         // are reported unused; the decoder was not in the file.
-        let n_keys = fixture["keys"].as_array().unwrap().len();
-        let unused_expected = fixture["keys"]
+        let n_keys = fixture.keys();
+        let unused_expected = fixture.0["keys"]
             .as_array()
             .unwrap()
             .iter()

@@ -439,7 +439,7 @@ impl<B: Backend> SegFormer<B> {
 #[cfg(test)]
 mod import_tests {
     use super::*;
-    use crate::test_backend::TestBackend;
+    use crate::test_backend::{Fixture, TestBackend};
 
     /// scripts/reference/mit_fixture.py: bench/pytorch's SegFormer twin, its encoder saved in the
     /// official MiT key layout, and its stage outputs for a grey input repeated on RGB. Matching
@@ -448,23 +448,8 @@ mod import_tests {
     #[test]
     fn official_mit_weights_reproduce_pytorch_stage_outputs() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-        let f: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("mit_tiny.json")).unwrap())
-                .unwrap();
-        let arr = |k: &str| -> Vec<usize> {
-            f[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as usize)
-                .collect()
-        };
-        let floats = |k: &str| -> Vec<f32> {
-            f[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect()
-        };
+        let f = Fixture::load("mit_tiny");
+        let (arr, floats) = (|k: &str| f.ints(k), |k: &str| f.floats(k));
         let four = |k: &str| {
             let v = arr(k);
             [v[0], v[1], v[2], v[3]]
@@ -477,12 +462,12 @@ mod import_tests {
             decoder_dim: 16,
             ..Default::default()
         };
-        let size = f["size"].as_u64().unwrap() as usize;
+        let size = f.int("size");
         let device = Default::default();
         let (net, report) = cfg
             .init_pretrained::<TestBackend>(&dir.join("mit_tiny.pth"), 1, 4, &device)
             .unwrap();
-        let keys = f["keys"].as_array().unwrap().len();
+        let keys = f.keys();
         assert_eq!(report.loaded.len(), keys - 2, "all but head.*: {report:?}");
         assert_eq!(report.unexpected.len(), 2, "{:?}", report.unexpected);
         assert!(

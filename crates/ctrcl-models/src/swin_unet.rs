@@ -357,7 +357,7 @@ impl<B: Backend> SwinUnet<B> {
 #[cfg(test)]
 mod import_tests {
     use super::*;
-    use crate::test_backend::TestBackend;
+    use crate::test_backend::{Fixture, TestBackend};
 
     /// scripts/reference/swin_fixture.py: bench/pytorch's SwinUnet twin, its encoder saved in
     /// the official Swin key layout under "model", and its encoder outputs for a fixed input.
@@ -366,24 +366,12 @@ mod import_tests {
     #[test]
     fn official_swin_weights_reproduce_pytorch_encoder_outputs() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-        let f: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("swin_tiny.json")).unwrap())
-                .unwrap();
-        let n = |k: &str| f[k].as_u64().unwrap() as usize;
-        let arr = |k: &str| -> Vec<usize> {
-            f[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as usize)
-                .collect()
-        };
-        let floats = |k: &str| -> Vec<f32> {
-            f[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect()
-        };
+        let f = Fixture::load("swin_tiny");
+        let (n, arr, floats) = (
+            |k: &str| f.int(k),
+            |k: &str| f.ints(k),
+            |k: &str| f.floats(k),
+        );
         let (d, h) = (arr("depths"), arr("heads"));
         let cfg = SwinUnetConfig {
             embed_dim: n("embed"),
@@ -397,7 +385,7 @@ mod import_tests {
         let (net, report) = cfg
             .init_pretrained::<TestBackend>(&dir.join("swin_tiny.pth"), size, 3, &device)
             .unwrap();
-        let keys = f["keys"].as_array().unwrap().len();
+        let keys = f.keys();
         assert_eq!(report.loaded.len(), keys - 2, "all but head.*: {report:?}");
         assert_eq!(report.unexpected.len(), 2, "{:?}", report.unexpected);
         assert!(
