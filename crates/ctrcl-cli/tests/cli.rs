@@ -81,11 +81,16 @@ fn train_args<'a>(config: &'a str, out: &'a str, sets: &'a [String]) -> Vec<&'a 
     args
 }
 
-fn config_path() -> String {
+/// `configs/NAME.toml` of the repository.
+fn config_file(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../configs/icbm152_ctrcl.toml")
+        .join(format!("../../configs/{name}.toml"))
         .display()
         .to_string()
+}
+
+fn config_path() -> String {
+    config_file("icbm152_ctrcl")
 }
 
 #[test]
@@ -1569,10 +1574,7 @@ fn real_ct_sources_read_with_their_documented_geometry_and_train() {
         liver.to_str().unwrap(),
     ]);
     let run = tmp.path().join("run");
-    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../configs/lits117_quick.toml")
-        .display()
-        .to_string();
+    let config = config_file("lits117_quick");
     let mut sets = tiny_settings(&liver);
     sets.push("data.clip=[-125.0, 275.0]".into());
     ok(&train_args(&config, run.to_str().unwrap(), &sets));
@@ -1613,10 +1615,7 @@ fn synapse_and_acdc_folders_train_and_test_in_place() {
         ("synapse", "synapse_transunet", vec!["aorta", "stomach"]),
         ("acdc", "acdc_ssl4mis", vec!["RV", "Myo", "LV"]),
     ] {
-        let config = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("../../configs/{config}.toml"))
-            .display()
-            .to_string();
+        let config = config_file(config);
         let run = tmp.path().join(layout);
         let sets = tiny_settings(&layout_fixture(layout));
         let out = ctrcl(&train_args(&config, run.to_str().unwrap(), &sets));
@@ -1658,10 +1657,7 @@ fn synapse_and_acdc_folders_train_and_test_in_place() {
 #[test]
 fn kvasir_trains_on_rgb_and_reports_per_image_metrics_with_its_threshold() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../configs/kvasir_seg.toml")
-        .display()
-        .to_string();
+    let config = config_file("kvasir_seg");
     let data = layout_fixture("kvasir");
     let run = tmp.path().join("run");
     let mut sets = tiny_settings(&data);

@@ -480,6 +480,14 @@ impl Dataset {
         }
     }
 
+    /// The ids of the cases in a split, in split order.
+    pub fn split_ids(&self, which: Split) -> Vec<&str> {
+        self.parts(which)
+            .iter()
+            .map(|(i, _)| self.cases[*i].id.as_str())
+            .collect()
+    }
+
     /// Native slices of a split, case by case in z order.
     pub fn slices(&self, which: Split) -> Vec<Slice2d> {
         let mut out = Vec::new();

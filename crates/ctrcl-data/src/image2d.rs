@@ -53,32 +53,15 @@ pub fn read_tiff_samples(path: &Path) -> Result<TiffSamples> {
     use image::DynamicImage as D;
     let img = decode_image(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
+    fn samples<T: Into<f64>>(raw: Vec<T>) -> Vec<f64> {
+        raw.into_iter().map(Into::into).collect()
+    }
     let (channels, dtype, values): (usize, &'static str, Vec<f64>) = match img {
-        D::ImageLuma8(b) => (
-            1,
-            "uint8",
-            b.into_raw().into_iter().map(f64::from).collect(),
-        ),
-        D::ImageLuma16(b) => (
-            1,
-            "uint16",
-            b.into_raw().into_iter().map(f64::from).collect(),
-        ),
-        D::ImageRgb8(b) => (
-            3,
-            "uint8",
-            b.into_raw().into_iter().map(f64::from).collect(),
-        ),
-        D::ImageRgb16(b) => (
-            3,
-            "uint16",
-            b.into_raw().into_iter().map(f64::from).collect(),
-        ),
-        D::ImageRgb32F(b) => (
-            3,
-            "float32",
-            b.into_raw().into_iter().map(f64::from).collect(),
-        ),
+        D::ImageLuma8(b) => (1, "uint8", samples(b.into_raw())),
+        D::ImageLuma16(b) => (1, "uint16", samples(b.into_raw())),
+        D::ImageRgb8(b) => (3, "uint8", samples(b.into_raw())),
+        D::ImageRgb16(b) => (3, "uint16", samples(b.into_raw())),
+        D::ImageRgb32F(b) => (3, "float32", samples(b.into_raw())),
         other => {
             return Err(DataError::invalid(
                 path,
@@ -107,13 +90,7 @@ pub fn is_png(path: &Path) -> bool {
 
 /// Reads a PNG/JPEG image as intensities.
 pub fn read_image_2d(path: &Path) -> Result<Image2d> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?;
-    let img = reader
-        .decode()
-        .map_err(|e| DataError::invalid(path, format!("cannot decode image: {e}")))?;
+    let img = decode_image(path)?;
     let color = img.color();
     let stored_channels = color.channel_count() as usize - usize::from(color.has_alpha());
     let (w, h) = (img.width() as usize, img.height() as usize);

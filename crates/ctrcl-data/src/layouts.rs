@@ -493,12 +493,7 @@ mod tests {
             .into_iter()
             .zip(splits)
         {
-            let got: Vec<&str> = ds
-                .parts(split)
-                .iter()
-                .map(|(i, _)| ds.cases[*i].id.as_str())
-                .collect();
-            assert_eq!(got, ids, "{split:?}");
+            assert_eq!(ds.split_ids(split), ids, "{split:?}");
         }
     }
 
@@ -566,12 +561,7 @@ mod tests {
                 case.id
             );
         }
-        let ids = |split| -> Vec<String> {
-            ds.parts(split)
-                .iter()
-                .map(|(i, _)| ds.cases[*i].id.clone())
-                .collect()
-        };
+        let ids = |split| ds.split_ids(split);
         assert_eq!(ids(Split::Train).len(), 3);
         assert_eq!(ids(Split::Val), ["cju0rx1idathl0835detmsp84"]);
         assert_eq!(
@@ -622,12 +612,7 @@ mod tests {
                 }
             }
         }
-        let ids = |split| -> Vec<String> {
-            ds.parts(split)
-                .iter()
-                .map(|(i, _)| ds.cases[*i].id.clone())
-                .collect()
-        };
+        let ids = |split| ds.split_ids(split);
         assert_eq!(
             ids(Split::Test),
             ["case_002"],

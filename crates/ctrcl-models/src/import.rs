@@ -15,6 +15,26 @@ pub struct ImportReport {
     pub unexpected: Vec<String>,
 }
 
+/// ImageNet weights have an RGB stem: only 1- or 3-channel inputs can use them.
+pub fn check_rgb_stem(in_channels: usize) -> Result<(), ModelError> {
+    if in_channels == 1 || in_channels == 3 {
+        Ok(())
+    } else {
+        Err(ModelError::Config(format!(
+            "ImageNet weights need 1- or 3-channel inputs, got {in_channels}"
+        )))
+    }
+}
+
+/// Adapts an RGB stem's filters `[out, 3, k, k]` to a grey input `[out, 1, k, k]` by summing
+/// them: the same as repeating the grey image on three channels. A detached new leaf, so it is
+/// trainable under autodiff too.
+pub fn grey_stem<B: Backend>(
+    weight: &burn::module::Param<Tensor<B, 4>>,
+) -> burn::module::Param<Tensor<B, 4>> {
+    burn::module::Param::from_tensor(weight.val().sum_dim(1).detach())
+}
+
 /// Loads the tensors of the state dict at `path` (at the root, or under a top-level `model` or
 /// `state_dict` key as released checkpoints nest them) into `module`, renaming keys by `key_map`
 /// (regex → replacement, applied in order). Linear weights are transposed by burn-store's PyTorch

@@ -6,7 +6,6 @@
 
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::{ImportReport, ModelError, SegOutput};
-use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::PaddingConfig2d;
@@ -259,20 +258,14 @@ impl ResUnetConfig {
         num_classes: usize,
         device: &B::Device,
     ) -> Result<(ResUnet<B>, ImportReport), ModelError> {
-        if in_channels != 1 && in_channels != 3 {
-            return Err(ModelError::Config(format!(
-                "ImageNet weights need 1- or 3-channel inputs, got {in_channels}"
-            )));
-        }
+        crate::import::check_rgb_stem(in_channels)?;
         let (mut net, report) = crate::import::load_pytorch(
             self.init::<B>(3, num_classes, device),
             path,
             &TORCHVISION_KEY_MAP,
         )?;
         if in_channels == 1 {
-            // Detached: a new leaf parameter, also under autodiff.
-            let w = net.conv1.weight.val().sum_dim(1).detach();
-            net.conv1.weight = Param::from_tensor(w);
+            net.conv1.weight = crate::import::grey_stem(&net.conv1.weight);
         }
         Ok((net, report))
     }

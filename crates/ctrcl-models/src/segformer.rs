@@ -236,11 +236,7 @@ impl SegFormerConfig {
         num_classes: usize,
         device: &B::Device,
     ) -> Result<(SegFormer<B>, crate::ImportReport), ModelError> {
-        if in_channels != 1 && in_channels != 3 {
-            return Err(ModelError::Config(format!(
-                "ImageNet weights need 1- or 3-channel inputs, got {in_channels}"
-            )));
-        }
+        crate::import::check_rgb_stem(in_channels)?;
         let rules = mit_key_map();
         let refs: Vec<(&str, &str)> = rules
             .iter()
@@ -249,9 +245,7 @@ impl SegFormerConfig {
         let (mut net, report) =
             crate::import::load_pytorch(self.init::<B>(3, num_classes, device), path, &refs)?;
         if in_channels == 1 {
-            // Detached: a new leaf parameter, also under autodiff.
-            let w = net.stages[0].embed.weight.val().sum_dim(1).detach();
-            net.stages[0].embed.weight = burn::module::Param::from_tensor(w);
+            net.stages[0].embed.weight = crate::import::grey_stem(&net.stages[0].embed.weight);
         }
         Ok((net, report))
     }

@@ -162,7 +162,7 @@ pub fn test_run<B: Backend>(
     let mut doc = json!({
         "split": split.name(),
         "case": if dataset.cases.len() == 1 { json!(dataset.cases[0].id) } else { serde_json::Value::Null },
-        "cases": dataset.parts(split).iter().map(|(ci, _)| dataset.cases[*ci].id.clone()).collect::<Vec<_>>(),
+        "cases": dataset.split_ids(split),
         "slices": dataset.parts(split).iter().map(|(_, zs)| zs.len()).sum::<usize>(),
         "metric": "per class and case on the split's stacked slices at native resolution with the header's spacing, then the mean over cases; mean_dice/per_class_dice: Dice in TransUNet's convention; transunet/strict: Dice, Jaccard, HD95 (medpy, pooled) and ASD (mm) in each convention, null where undefined",
         "classes": classes,
