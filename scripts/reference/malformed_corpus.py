@@ -3,7 +3,7 @@ files in each format ctrcl reads, written with the reference tools (nibabel 5.4.
 h5py 3.16.0, pynrrd 1.1.3, mrcfile 1.5.4, Pillow 13.0.0), and manifest.json: for each entry the expected outcome,
 either {"error": [substrings the message must contain]} or {"ok": {...facts of the correct read}}.
 
-    /tmp/fx/bin/pip install numpy nibabel==5.4.2 h5py==3.16.0 pynrrd==1.1.3 mrcfile==1.5.4
+    /tmp/fx/bin/pip install numpy nibabel==5.4.2 h5py==3.16.0 pynrrd==1.1.3 mrcfile==1.5.4 pydicom==3.0.2
     /tmp/fx/bin/python scripts/reference/malformed_corpus.py
 """
 import gzip
@@ -187,6 +187,16 @@ def kvasir_mask_size():
     manifest[root] = {"error": ["masks/cju0qkwl35piu0993l0dewei2.jpg", "mask is 18×16", "20×16"]}
 
 
+def dicom_missing_slice():
+    """The oblique fixture series of dicom_fixtures.py without its middle slice (position 2, in
+    im4.dcm): the gap lies between im0.dcm (position 1) and im1.dcm (position 3)."""
+    from dicom_fixtures import series
+
+    root = "dicom_missing_slice"
+    series(os.path.join(OUT, root), skip=2)
+    manifest[root] = {"error": ["missing slice", "5.000 mm", "im0.dcm", "im1.dcm"]}
+
+
 def main():
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
@@ -196,6 +206,7 @@ def main():
     acdc_bad_h5()
     nnunet_label_outside()
     kvasir_mask_size()
+    dicom_missing_slice()
     entries = {k: v for k, v in manifest.items() if v is not None}
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(entries, f, indent=1, sort_keys=True)

@@ -131,6 +131,33 @@ fn cell_text(values: &[f64], digits: usize) -> String {
     }
 }
 
+/// A cell interrupted before its first checkpoint cannot be resumed; its partial log is moved to
+/// `<cell>.interrupted` (replacing an older one) so that the cell can start again without
+/// deleting anything a user might still want to read.
+fn set_aside_unresumable(dir: &Path) -> Result<()> {
+    let empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true);
+    if empty {
+        return Ok(());
+    }
+    let mut aside = dir.as_os_str().to_owned();
+    aside.push(".interrupted");
+    let aside = PathBuf::from(aside);
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("removing the older {}", aside.display()))?;
+    }
+    std::fs::rename(dir, &aside)
+        .with_context(|| format!("moving {} to {}", dir.display(), aside.display()))?;
+    eprintln!(
+        "{} stopped before its first checkpoint; its partial log is kept in {} and the cell starts again",
+        dir.display(),
+        aside.display()
+    );
+    Ok(())
+}
+
 /// Runs (or continues) one cell; returns its test metrics.
 fn run_cell(
     cell: &Cell,
@@ -158,6 +185,7 @@ fn run_cell(
             backend::resume(&cell.dir, true)?;
         }
     } else {
+        set_aside_unresumable(&cell.dir)?;
         let mut cfg = TrainConfig::from_toml(base_text, &cell.overrides)
             .with_context(|| format!("cell {}", cell.dir.display()))?;
         if cfg.data.dataset.is_relative() && dataset.is_none() {
@@ -385,6 +413,33 @@ fn results_markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cell_stopped_before_its_first_checkpoint_is_set_aside_not_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cell = tmp.path().join("seed2");
+        std::fs::create_dir(&cell).unwrap();
+        std::fs::write(cell.join("log.jsonl"), "first try\n").unwrap();
+        set_aside_unresumable(&cell).unwrap();
+        assert!(!cell.exists());
+        let aside = tmp.path().join("seed2.interrupted");
+        assert_eq!(
+            std::fs::read_to_string(aside.join("log.jsonl")).unwrap(),
+            "first try\n"
+        );
+        // A second interruption replaces the older partial log.
+        std::fs::create_dir(&cell).unwrap();
+        std::fs::write(cell.join("log.jsonl"), "second try\n").unwrap();
+        set_aside_unresumable(&cell).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(aside.join("log.jsonl")).unwrap(),
+            "second try\n"
+        );
+        // Missing or empty cells are left alone.
+        std::fs::create_dir(&cell).unwrap();
+        set_aside_unresumable(&cell).unwrap();
+        assert!(cell.exists());
+    }
 
     #[test]
     fn shipped_experiments_parse_and_every_cell_validates() {

@@ -326,6 +326,17 @@ fn inspect_text(name: &str, v: &serde_json::Value) -> String {
             for folder in v["folders"].as_array().into_iter().flatten() {
                 let _ = writeln!(out, "  {}/", folder.as_str().unwrap_or("?"));
             }
+            for series in v["dicom_series"].as_array().into_iter().flatten() {
+                let uid = series["series_uid"]
+                    .as_str()
+                    .unwrap_or("no SeriesInstanceUID");
+                let label = format!(
+                    "  series {uid} ({} files, sorted by {})",
+                    series["files"],
+                    series["sorted_by"].as_str().unwrap_or("?")
+                );
+                out.push_str(&inspect_text(&label, series));
+            }
         }
         Some(container) if v.get("arrays").is_some() => {
             let _ = writeln!(out, "{name}: {container}");
@@ -354,7 +365,7 @@ fn inspect_text(name: &str, v: &serde_json::Value) -> String {
                     let _ = write!(out, ", values {}", serde_json::Value::Array(u.clone()));
                 }
                 None if v["dtype"].as_str().is_some_and(|d| d.contains("int")) => {
-                    out.push_str(", more than 1000 distinct values");
+                    out.push_str(", more than 1000 distinct values or rescaled");
                 }
                 None => {}
             }

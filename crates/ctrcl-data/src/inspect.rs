@@ -2,6 +2,7 @@
 //! NIfTI X, Y, Z; NumPy order for npy/npz; H, W[, C] for images), stored dtype in NumPy's names,
 //! min/max, spacing and orientation where known, and the sorted unique values of integer data.
 
+use crate::dicom::{is_dicom, read_dicom, series_in, DicomImage, DicomSeries};
 use crate::error::{DataError, Result};
 use crate::hdf5::{is_hdf5, H5File};
 use crate::image2d::{image_stem, is_png, read_png_samples};
@@ -97,8 +98,49 @@ fn volume_json(format: &str, v: &NiftiVolume, dtype: &str) -> Value {
     j
 }
 
+/// One DICOM file: shape as pydicom's `pixel_array` gives it (`[frames,] rows, cols[, samples]`),
+/// the stored dtype, modality values (rescale applied), and the geometry tags.
+fn dicom_json(img: &DicomImage) -> Value {
+    let h = &img.header;
+    let mut shape = vec![h.rows, h.cols];
+    if h.frames > 1 {
+        shape.insert(0, h.frames);
+    }
+    if h.samples_per_pixel > 1 {
+        shape.push(h.samples_per_pixel);
+    }
+    let values: Vec<f64> = img.data.iter().map(|&v| f64::from(v)).collect();
+    let mut j = array_json("dicom", &shape, h.dtype, &values);
+    if values.iter().any(|v| v.fract() != 0.0) {
+        // The rescale made the values fractional: unique stored integers would mislead.
+        j["unique"] = Value::Null;
+    }
+    j["spacing"] = json!(h.pixel_spacing);
+    j["transfer_syntax"] = json!(h.transfer_syntax);
+    j["modality"] = json!(h.modality);
+    j["photometric"] = json!(h.photometric);
+    j["position"] = json!(h.position);
+    j["orientation_patient"] = json!(h.orientation);
+    j["instance"] = json!(h.instance);
+    j["series_uid"] = json!(h.series_uid);
+    j
+}
+
+/// One assembled DICOM series: the volume as ctrcl trains on it (columns, rows, slices; RAS).
+fn series_json(s: &DicomSeries) -> Value {
+    let mut j = volume_json("dicom-series", &s.volume, s.dtype);
+    j["series_uid"] = json!(s.series_uid);
+    j["files"] = json!(s.files.len());
+    j["sorted_by"] = json!(s.sorted_by);
+    j["affine"] = json!(s.volume.affine);
+    j
+}
+
 /// Describes one file; `None` if ctrcl does not read its format.
 pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
+    if is_dicom(path) {
+        return Ok(Some(dicom_json(&read_dicom(path)?)));
+    }
     if nifti_stem(path).is_some() {
         let v = read_nifti(path)?;
         return Ok(Some(volume_json("nifti", &v, nifti_dtype(v.dtype))));
@@ -218,6 +260,13 @@ pub fn inspect(path: &Path) -> Result<Value> {
         let dataset = std::fs::read_to_string(path.join("dataset.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let mut series = Vec::new();
+        for (uid, _) in series_in(path)? {
+            series.push(series_json(&crate::dicom::read_series(
+                path,
+                uid.as_deref(),
+            )?));
+        }
         let subfolders: Vec<String> = entries
             .iter()
             .filter(|p| p.is_dir())
@@ -228,12 +277,13 @@ pub fn inspect(path: &Path) -> Result<Value> {
             "files": files,
             "folders": subfolders,
             "dataset": dataset,
+            "dicom_series": series,
         }));
     }
     inspect_file(path)?.ok_or_else(|| {
         DataError::invalid(
             path,
-            "not a format ctrcl reads (.nii, .nii.gz, .nrrd, .nhdr, .mrc, .h5, .npy, .npz, .png, .jpg, .jpeg, .tif)",
+            "not a format ctrcl reads (.nii, .nii.gz, .nrrd, .nhdr, .mrc, .h5, .npy, .npz, .png, .jpg, .jpeg, .tif, .dcm)",
         )
     })
 }

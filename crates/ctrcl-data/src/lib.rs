@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod dataset;
+pub mod dicom;
 pub mod error;
 pub mod fetch;
 #[cfg(test)]
