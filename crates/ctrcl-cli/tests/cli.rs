@@ -999,6 +999,41 @@ fn predict_writes_probabilities_and_segments_png_like_nifti() {
     ]);
     assert!(err.contains("not a ctrcl run directory"), "{err}");
 
+    // A folder of DICOM files is predicted as its series: a NIfTI label map on the series' grid
+    // with the series' RAS geometry (the oblique fixture series, sorted by position).
+    let series_dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../ctrcl-data/tests/data/dicom/series_oblique");
+    let dicom_out = run.path().join("dicom_out");
+    ok(&[
+        "predict",
+        "--run",
+        out_s,
+        "--input",
+        series_dir.to_str().unwrap(),
+        "--output",
+        dicom_out.to_str().unwrap(),
+    ]);
+    let series = ctrcl_data::dicom::read_series(&series_dir, None).unwrap();
+    let labels = ctrcl_data::nifti::read_nifti(&dicom_out.join("series_oblique.nii.gz")).unwrap();
+    assert_eq!(labels.dims, [64, 64, 5]);
+    for (a, b) in labels
+        .affine
+        .iter()
+        .flatten()
+        .zip(series.volume.affine.iter().flatten())
+    {
+        assert!(
+            (a - b).abs() < 1e-4,
+            "{:?} vs {:?}",
+            labels.affine,
+            series.volume.affine
+        );
+    }
+    assert!(labels
+        .data
+        .iter()
+        .all(|&v| v.fract() == 0.0 && (0.0..4.0).contains(&v)));
+
     // A file predict cannot read is a clear error.
     let bogus = run.path().join("notes.txt");
     std::fs::write(&bogus, "hello").unwrap();

@@ -53,13 +53,59 @@ impl Intensity {
     }
 }
 
-/// How a dataset is read: intensities, and the grey level from which a 2D mask pixel is
-/// foreground (Kvasir-SEG's JPEG masks are not binary).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How a dataset is read: intensities, the grey level from which a 2D mask pixel is foreground
+/// (Kvasir-SEG's JPEG masks are not binary), and a label remap for nnU-Net raw datasets.
+#[derive(Debug, Clone, PartialEq)]
 pub struct OpenOptions {
     pub intensity: Intensity,
     pub mask_threshold: u8,
     pub image_resize: ImageResize,
+    /// Stored label value → class, applied to nnU-Net raw label files before they are checked
+    /// against dataset.json's classes; the key `"*"` maps every value not listed. Empty: labels
+    /// are classes as stored.
+    pub label_map: BTreeMap<String, u8>,
+}
+
+/// Applies a label map (see [`OpenOptions::label_map`]) in place; a value without an entry (and
+/// no `"*"`) or a key that is not an integer is an error naming `path`.
+pub fn remap_labels(data: &mut [f32], map: &BTreeMap<String, u8>, path: &Path) -> Result<()> {
+    if map.is_empty() {
+        return Ok(());
+    }
+    let mut by_value = BTreeMap::new();
+    let mut rest = None;
+    for (key, &class) in map {
+        if key == "*" {
+            rest = Some(class);
+            continue;
+        }
+        let value: i64 = key.trim().parse().map_err(|_| {
+            DataError::invalid(
+                path,
+                format!("data.label_map key \"{key}\" is not an integer label value or \"*\""),
+            )
+        })?;
+        by_value.insert(value, class);
+    }
+    for (i, v) in data.iter_mut().enumerate() {
+        let class = if v.fract() == 0.0 {
+            by_value.get(&(*v as i64)).copied().or(rest)
+        } else {
+            None
+        };
+        *v = match class {
+            Some(c) => f32::from(c),
+            None => {
+                return Err(DataError::invalid(
+                    path,
+                    format!(
+                        "voxel {i} has label {v}, which data.label_map does not map (add it, or \"*\" for the rest)"
+                    ),
+                ))
+            }
+        };
+    }
+    Ok(())
 }
 
 impl<T: Into<Intensity>> From<T> for OpenOptions {
@@ -68,6 +114,7 @@ impl<T: Into<Intensity>> From<T> for OpenOptions {
             intensity: intensity.into(),
             mask_threshold: 128,
             image_resize: ImageResize::Bilinear,
+            label_map: BTreeMap::new(),
         }
     }
 }
@@ -330,16 +377,17 @@ impl Dataset {
     pub fn open(root: &Path, options: impl Into<OpenOptions>) -> Result<Self> {
         let options = options.into();
         let intensity = options.intensity;
+        let image_resize = options.image_resize;
         let mut dataset = if root.join("images").is_dir() && root.join("masks").is_dir() {
-            crate::layouts::open_kvasir(root, options)?
+            crate::layouts::open_kvasir(root, options.clone())?
         } else if root.join("train_npz").is_dir() || root.join("test_vol_h5").is_dir() {
             crate::layouts::open_synapse(root, intensity)?
         } else if root.join("data").join("slices").is_dir() {
             crate::layouts::open_acdc(root, intensity)?
         } else {
-            Self::open_nnunet(root, intensity)?
+            Self::open_nnunet(root, intensity, &options.label_map)?
         };
-        dataset.image_resize = options.image_resize;
+        dataset.image_resize = image_resize;
         Ok(dataset)
     }
 
@@ -352,7 +400,11 @@ impl Dataset {
         }
     }
 
-    fn open_nnunet(root: &Path, intensity: Intensity) -> Result<Self> {
+    fn open_nnunet(
+        root: &Path,
+        intensity: Intensity,
+        label_map: &BTreeMap<String, u8>,
+    ) -> Result<Self> {
         let json_path = root.join("dataset.json");
         let text = std::fs::read_to_string(&json_path).map_err(|e| DataError::io(&json_path, e))?;
         let meta: DatasetJson = serde_json::from_str(&text).map_err(|e| {
@@ -398,7 +450,8 @@ impl Dataset {
         for id in split.case_ids() {
             let (image_path, label_path) = nnunet_case_paths(root, &id, &ending);
             let mut image = read_volume(&image_path)?;
-            let label_vol = read_volume(&label_path)?;
+            let mut label_vol = read_volume(&label_path)?;
+            remap_labels(&mut label_vol.data, label_map, &label_path)?;
             for (what, vol, path) in [("label", &label_vol, &label_path)] {
                 if vol.dims != image.dims {
                     return Err(DataError::invalid(
@@ -764,6 +817,28 @@ mod tests {
         let input = geo.label_to_input(&label);
         assert_eq!(input.len(), 144);
         assert_eq!(geo.prediction_to_native(&input), label);
+    }
+
+    #[test]
+    fn remap_labels_maps_listed_values_and_the_rest() {
+        let p = Path::new("labels.nii");
+        let map: BTreeMap<String, u8> = [("21", 1), ("22", 2), ("*", 0)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let mut d = vec![0.0, 21.0, 22.0, 23.0, 105.0];
+        remap_labels(&mut d, &map, p).unwrap();
+        assert_eq!(d, [0.0, 1.0, 2.0, 0.0, 0.0]);
+        let strict: BTreeMap<String, u8> = [("21".to_string(), 1)].into();
+        let msg = remap_labels(&mut [21.0, 7.0], &strict, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("labels.nii") && msg.contains("voxel 1 has label 7"),
+            "{msg}"
+        );
+        let bad: BTreeMap<String, u8> = [("L1".to_string(), 1)].into();
+        let msg = remap_labels(&mut [1.0], &bad, p).unwrap_err().to_string();
+        assert!(msg.contains("\"L1\" is not an integer"), "{msg}");
     }
 
     #[test]

