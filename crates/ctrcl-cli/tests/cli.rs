@@ -1716,6 +1716,34 @@ fn kvasir_trains_on_rgb_and_reports_per_image_metrics_with_its_threshold() {
         let mae = metrics[role]["mae"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&mae), "{role}: MAE {mae}");
     }
+    // The split is shipped with the run as list files (one stem per line): the tested images
+    // are test.txt's, and the three lists partition the images.
+    let list = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(run.join("split").join(name))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(serde_json::json!(list("test.txt")), metrics["cases"]);
+    let mut all: Vec<String> = ["train.txt", "val.txt", "test.txt"]
+        .iter()
+        .flat_map(|n| list(n))
+        .collect();
+    all.sort();
+    let mut images: Vec<String> = std::fs::read_dir(data.join("images"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    images.sort();
+    assert_eq!(all, images);
     // The deployed RGB student segments a JPEG into a label map of the input's size.
     let out = tmp.path().join("pred");
     let image = data.join("images/cju0s2a9ekvms080138tjjpxr.jpg");

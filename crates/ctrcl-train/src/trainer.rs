@@ -27,6 +27,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// A split by cases (Kvasir-SEG's generated 880/120-style split, nnU-Net, ACDC, Synapse) is
+/// written as `split/{train,val,test}.txt`, one case id per line — the list-file format the
+/// layouts read, so copying the files next to the data reproduces the split exactly.
+fn write_split_lists(dataset: &Dataset, out: &Path) -> Result<()> {
+    if !matches!(dataset.split, ctrcl_data::dataset::DatasetSplit::Cases(_)) {
+        return Ok(());
+    }
+    for (split, name) in [
+        (Split::Train, "train"),
+        (Split::Val, "val"),
+        (Split::Test, "test"),
+    ] {
+        let mut text = dataset.split_ids(split).join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        write_text_atomic(&out.join("split").join(format!("{name}.txt")), &text)?;
+    }
+    Ok(())
+}
+
 /// Metadata written as `run.json`: what `test` and `predict` need besides the config.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {
@@ -581,6 +602,7 @@ pub fn train<B: AutodiffBackend>(
     };
     write_text_atomic(&out.join("config.toml"), &cfg.to_toml())?;
     write_text_atomic(&out.join("run.json"), &serde_json::to_string_pretty(&info)?)?;
+    write_split_lists(&dataset, out)?;
     let log = std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
     let mut log = RunLog { file: log };
     log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "seed": cfg.seed}))?;
