@@ -270,19 +270,23 @@ pub fn run(args: Args) -> Result<()> {
             cell.seed
         );
         metrics.push(run_cell(cell, &base_text, here, dataset.as_deref())?);
+        if metrics.len() < all.len() {
+            // A partial table after every cell: hours of runs are readable (and committable,
+            // marked partial) before the matrix ends.
+            let md = results_markdown(
+                &exp,
+                &args,
+                &all,
+                &metrics,
+                &class_names_of(&metrics[0]),
+                &base,
+                &commit,
+                started.elapsed().as_secs_f64(),
+            );
+            ctrcl_data::error::write_atomic(&results, md.as_bytes())?;
+        }
     }
-    let class_names: Vec<String> = {
-        let c = metrics[0]["classes"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let mut v: Vec<(usize, String)> = c
-            .iter()
-            .filter_map(|(k, n)| Some((k.parse().ok()?, n.as_str()?.to_string())))
-            .collect();
-        v.sort();
-        v.into_iter().map(|(_, n)| n).collect()
-    };
+    let class_names = class_names_of(&metrics[0]);
     let md = results_markdown(
         &exp,
         &args,
@@ -297,6 +301,19 @@ pub fn run(args: Args) -> Result<()> {
     print!("{md}");
     println!("written: {}", results.display());
     Ok(())
+}
+
+/// Class names (without background) from a test metrics file's `classes` map.
+fn class_names_of(metrics: &Value) -> Vec<String> {
+    {
+        let c = metrics["classes"].as_object().cloned().unwrap_or_default();
+        let mut v: Vec<(usize, String)> = c
+            .iter()
+            .filter_map(|(k, n)| Some((k.parse().ok()?, n.as_str()?.to_string())))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, n)| n).collect()
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -314,6 +331,17 @@ fn results_markdown(
         .map(|(_, m)| m)
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let mut md = format!("# {} (experiment)\n\n", exp.name);
+    let finished = &cells[..metrics.len()];
+    if metrics.len() < cells.len() {
+        let _ = writeln!(
+            md,
+            "**Partial: {} of {} runs finished** (the experiment is still running or was \
+             interrupted; rerun the command to continue). Rows with fewer seeds than the \
+             experiment's say how many they hold.\n",
+            metrics.len(),
+            cells.len()
+        );
+    }
     let _ = writeln!(
         md,
         "```\nctrcl experiment --config {}\n```\nCommit {} (at the start of this invocation); {}; backend {}; {} runs in {:.0} min (finished cells are \
@@ -342,7 +370,7 @@ fn results_markdown(
         md.push_str(&"---|".repeat(class_names.len() + 3));
         md.push('\n');
         let mut groups: Vec<(&[String; 2], &str)> = Vec::new();
-        for c in cells {
+        for c in finished {
             let wanted = !ablations && !c.is_ablation
                 || ablations
                     && (c.is_ablation || c.variant == "ctrcl" || c.variant == "independent");
@@ -351,7 +379,7 @@ fn results_markdown(
             }
         }
         for (pair, variant) in groups {
-            let runs: Vec<&Value> = cells
+            let runs: Vec<&Value> = finished
                 .iter()
                 .zip(metrics)
                 .filter(|(c, _)| &c.pair == pair && c.variant == variant)
@@ -368,9 +396,14 @@ fn results_markdown(
                         .collect()
                 };
                 let arch = &pair[role as usize];
+                let seeds = if runs.len() < exp.seeds.len() {
+                    format!(" ({} of {} seeds)", runs.len(), exp.seeds.len())
+                } else {
+                    String::new()
+                };
                 let _ = write!(
                     md,
-                    "| {}+{} | {variant} | {} ({arch}) |",
+                    "| {}+{} | {variant}{seeds} | {} ({arch}) |",
                     pair[0],
                     pair[1],
                     role.name()
@@ -413,6 +446,48 @@ fn results_markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With 3 of 4 runs finished the table says so, averages what exists, and marks the row
+    /// that holds one seed of two; the finished matrix carries no such marks.
+    #[test]
+    fn partial_tables_are_marked_and_average_the_finished_runs() {
+        let exp: ExperimentFile = toml::from_str(
+            "name = \"t\"\nconfig = \"c.toml\"\nmethods = [\"independent\", \"ctrcl\"]\nseeds = [0, 1]\n",
+        )
+        .unwrap();
+        let base = TrainConfig::default();
+        let all = cells(&exp, &base, Path::new("out"));
+        assert_eq!(all.len(), 4);
+        let args = Args {
+            config: "t.toml".into(),
+            out: None,
+            results: None,
+        };
+        let run = |dice: f64| {
+            serde_json::json!({
+                "classes": {"1": "a"},
+                "cnn": {"transunet": {"mean": {"dice": dice, "jaccard": 0.5, "hd95": 1.0},
+                                      "per_class": {"1": {"dice": dice}}}},
+                "transformer": {"transunet": {"mean": {"dice": dice, "jaccard": 0.5, "hd95": 1.0},
+                                              "per_class": {"1": {"dice": dice}}}},
+            })
+        };
+        let metrics = [run(0.6), run(0.8), run(0.7)];
+        let names = class_names_of(&metrics[0]);
+        let md = results_markdown(&exp, &args, &all, &metrics, &names, &base, "c", 1.0);
+        assert!(md.contains("**Partial: 3 of 4 runs finished**"), "{md}");
+        let row = |variant: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| unet+swin-unet | {variant} | cnn")))
+                .unwrap_or_else(|| panic!("{md}"))
+                .to_string()
+        };
+        assert!(row("independent").contains("**0.7000 ± 0.1414**"), "{md}");
+        assert!(row("ctrcl (1 of 2 seeds)").contains("**0.7000**"), "{md}");
+        let full = [run(0.6), run(0.8), run(0.7), run(0.9)];
+        let md = results_markdown(&exp, &args, &all, &full, &names, &base, "c", 1.0);
+        assert!(!md.contains("Partial") && !md.contains("seeds)"), "{md}");
+    }
 
     #[test]
     fn a_cell_stopped_before_its_first_checkpoint_is_set_aside_not_deleted() {
