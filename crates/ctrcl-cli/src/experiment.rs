@@ -283,7 +283,7 @@ pub fn run(args: Args) -> Result<()> {
                 &commit,
                 started.elapsed().as_secs_f64(),
             );
-            ctrcl_data::error::write_atomic(&results, md.as_bytes())?;
+            write_results(&results, &md)?;
         }
     }
     let class_names = class_names_of(&metrics[0]);
@@ -297,9 +297,36 @@ pub fn run(args: Args) -> Result<()> {
         &commit,
         started.elapsed().as_secs_f64(),
     );
-    ctrcl_data::error::write_atomic(&results, md.as_bytes())?;
+    write_results(&results, &md)?;
     print!("{md}");
     println!("written: {}", results.display());
+    Ok(())
+}
+
+/// The heading under which people write their reading of a results table; `experiment` keeps
+/// that section (up to the next `## ` heading) when it rewrites the file.
+const NOTES_HEADING: &str = "## Notes";
+
+/// `md` with the `## Notes` section of `existing` (if any) placed before `## Runs`.
+fn with_notes(md: &str, existing: &str) -> String {
+    let Some(start) = existing.find(&format!("\n{NOTES_HEADING}\n")) else {
+        return md.to_string();
+    };
+    let notes = &existing[start + 1..];
+    let end = notes[NOTES_HEADING.len()..]
+        .find("\n## ")
+        .map_or(notes.len(), |i| NOTES_HEADING.len() + i + 1);
+    let notes = notes[..end].trim_end();
+    match md.find("\n## Runs\n") {
+        Some(at) => format!("{}{notes}\n{}", &md[..at + 1], &md[at..]),
+        None => format!("{md}\n{notes}\n"),
+    }
+}
+
+/// Writes the results Markdown atomically, keeping the hand-written notes already in it.
+fn write_results(path: &Path, md: &str) -> Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    ctrcl_data::error::write_atomic(path, with_notes(md, &existing).as_bytes())?;
     Ok(())
 }
 
@@ -449,6 +476,20 @@ mod tests {
 
     /// With 3 of 4 runs finished the table says so, averages what exists, and marks the row
     /// that holds one seed of two; the finished matrix carries no such marks.
+    /// A rewritten table keeps the people's `## Notes` (and only that section), before the runs.
+    #[test]
+    fn rewriting_a_results_file_keeps_its_notes() {
+        let old = "# t\n\nold table\n\n## Notes\n\nCTRCL wins on liver.\n\n## Runs\n\n- `a`\n";
+        let new = "# t\n\nnew table\n\n## Runs\n\n- `a`\n- `b`\n";
+        let md = with_notes(new, old);
+        assert_eq!(
+            md,
+            "# t\n\nnew table\n\n## Notes\n\nCTRCL wins on liver.\n\n## Runs\n\n- `a`\n- `b`\n"
+        );
+        assert_eq!(with_notes(new, &md), md, "rewriting again changes nothing");
+        assert_eq!(with_notes(new, "# t\nno notes\n"), new);
+    }
+
     #[test]
     fn partial_tables_are_marked_and_average_the_finished_runs() {
         let exp: ExperimentFile = toml::from_str(
