@@ -536,12 +536,10 @@ fn assemble(
     ];
     let affine = [lps[0].map(|v| -v), lps[1].map(|v| -v), lps[2]];
     let mut data = Vec::with_capacity(first.rows * first.cols * slices.len().max(first.frames));
-    let mut dtype = first.dtype;
     for h in &slices {
-        let img = read_dicom(&h.path)?;
-        dtype = img.header.dtype;
-        data.extend_from_slice(&img.data);
+        data.extend_from_slice(&read_dicom(&h.path)?.data);
     }
+    let dtype = first.dtype;
     let depth = data.len() / (first.rows * first.cols);
     let dz = dot(step, step).sqrt();
     let nifti_type = match dtype {
