@@ -370,6 +370,14 @@ pub fn read_series(dir: &Path, uid: Option<&str>) -> Result<DicomSeries> {
     assemble(dir, chosen.0, chosen.1)
 }
 
+/// Every series in `dir` as a volume, in SeriesInstanceUID order (headers are read once).
+pub fn read_all_series(dir: &Path) -> Result<Vec<DicomSeries>> {
+    series_in(dir)?
+        .into_iter()
+        .map(|(uid, slices)| assemble(dir, uid, slices))
+        .collect()
+}
+
 /// Sorts the slices of one series, checks they form a regular grid and decodes them.
 fn assemble(
     dir: &Path,

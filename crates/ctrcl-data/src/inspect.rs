@@ -2,7 +2,7 @@
 //! NIfTI X, Y, Z; NumPy order for npy/npz; H, W[, C] for images), stored dtype in NumPy's names,
 //! min/max, spacing and orientation where known, and the sorted unique values of integer data.
 
-use crate::dicom::{is_dicom, read_dicom, series_in, DicomImage, DicomSeries};
+use crate::dicom::{is_dicom, read_all_series, read_dicom, DicomImage, DicomSeries};
 use crate::error::{DataError, Result};
 use crate::hdf5::{is_hdf5, H5File};
 use crate::image2d::{image_stem, is_png, read_png_samples};
@@ -260,13 +260,7 @@ pub fn inspect(path: &Path) -> Result<Value> {
         let dataset = std::fs::read_to_string(path.join("dataset.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        let mut series = Vec::new();
-        for (uid, _) in series_in(path)? {
-            series.push(series_json(&crate::dicom::read_series(
-                path,
-                uid.as_deref(),
-            )?));
-        }
+        let series: Vec<Value> = read_all_series(path)?.iter().map(series_json).collect();
         let subfolders: Vec<String> = entries
             .iter()
             .filter(|p| p.is_dir())

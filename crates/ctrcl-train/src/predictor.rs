@@ -9,7 +9,7 @@ use crate::tester::{load_student, open_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::{Geometry, Intensity, Upsample};
-use ctrcl_data::dicom::{is_dicom, read_series, series_in};
+use ctrcl_data::dicom::{is_dicom, read_all_series};
 use ctrcl_data::image2d::{image_stem, read_image_2d, read_rgb_planes, write_label_png};
 use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti, write_nifti_channels, NiftiVolume};
 use ctrcl_data::npy::write_npy_f32;
@@ -202,12 +202,11 @@ impl<B: Backend> Predictor<B> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "series".to_string());
-        let groups = series_in(dir)?;
-        let several = groups.len() > 1;
+        let all = read_all_series(dir)?;
+        let several = all.len() > 1;
         let mut written = Vec::new();
-        for (uid, _) in groups {
-            let series = read_series(dir, uid.as_deref())?;
-            let id = match (several, uid) {
+        for series in all {
+            let id = match (several, &series.series_uid) {
                 (true, Some(uid)) => format!("{name}_{uid}"),
                 _ => name.clone(),
             };
