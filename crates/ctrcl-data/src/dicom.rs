@@ -317,17 +317,22 @@ fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
-/// The DICOM files directly inside `dir`, grouped by SeriesInstanceUID (sorted by UID; files
-/// without a UID form one group). Files that are not DICOM are skipped.
-pub fn series_in(dir: &Path) -> Result<Vec<(Option<String>, Vec<DicomHeader>)>> {
+/// The DICOM files directly inside `dir`, sorted by name.
+pub fn dicom_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| DataError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && is_dicom(p))
         .collect();
     paths.sort();
+    Ok(paths)
+}
+
+/// The DICOM files directly inside `dir`, grouped by SeriesInstanceUID (sorted by UID; files
+/// without a UID form one group). Files that are not DICOM are skipped.
+pub fn series_in(dir: &Path) -> Result<Vec<(Option<String>, Vec<DicomHeader>)>> {
     let mut groups: Vec<(Option<String>, Vec<DicomHeader>)> = Vec::new();
-    for p in paths {
+    for p in dicom_files(dir)? {
         let h = read_dicom_header(&p)?;
         match groups.iter_mut().find(|(uid, _)| *uid == h.series_uid) {
             Some((_, members)) => members.push(h),

@@ -9,7 +9,7 @@ use crate::tester::{load_student, open_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::{Geometry, Intensity, Upsample};
-use ctrcl_data::dicom::{is_dicom, read_all_series};
+use ctrcl_data::dicom::{dicom_files, read_all_series};
 use ctrcl_data::image2d::{image_stem, read_image_2d, read_rgb_planes, write_label_png};
 use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti, write_nifti_channels, NiftiVolume};
 use ctrcl_data::npy::write_npy_f32;
@@ -22,13 +22,7 @@ fn input_stem(path: &Path) -> Option<String> {
 
 /// Whether `dir` holds DICOM files: it is then predicted as its series (one volume each).
 fn holds_dicom(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .any(|p| p.is_file() && is_dicom(&p))
-        })
-        .unwrap_or(false)
+    dicom_files(dir).is_ok_and(|files| !files.is_empty())
 }
 
 /// The files to predict: `input` itself, or the NIfTI/PNG/JPEG files in it, sorted; a folder of
