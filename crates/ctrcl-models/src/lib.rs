@@ -4,6 +4,7 @@
 //! (8 means 1/8 of the input size), which the feature-wise transfer (CFCL) aligns.
 
 pub mod batchnorm;
+pub mod conv;
 pub mod import;
 pub mod resunet;
 pub mod segformer;

@@ -5,6 +5,7 @@
 //! CFCL taps carry over. Layer names follow torchvision's ResNet where weights would be imported.
 
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
+use crate::conv;
 use crate::{ImportReport, ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -88,10 +89,10 @@ impl<B: Backend> BasicBlock<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let h = self.bn2.forward(self.conv2.forward(h));
+        let h = relu(self.bn1.forward(conv::forward(&self.conv1, x.clone())));
+        let h = self.bn2.forward(conv::forward(&self.conv2, h));
         let shortcut = match &self.downsample {
-            Some((c, bn)) => bn.forward(c.forward(x)),
+            Some((c, bn)) => bn.forward(conv::forward(c, x)),
             None => x,
         };
         relu(h + shortcut)
@@ -127,8 +128,8 @@ impl<B: Backend> DecoderBlock<B> {
             Some(s) => Tensor::cat(vec![up, s], 1),
             None => up,
         };
-        let h = relu(self.bn1.forward(self.conv1.forward(h)));
-        relu(self.bn2.forward(self.conv2.forward(h)))
+        let h = relu(self.bn1.forward(conv::forward(&self.conv1, h)));
+        relu(self.bn2.forward(conv::forward(&self.conv2, h)))
     }
 }
 
@@ -277,7 +278,7 @@ impl<B: Backend> ResUnet<B> {
     /// # Shapes
     /// `x`: `[B, Cin, H, W]` → `[B, c[0], H/2, W/2]`, then `[B, c[i+1], H/2^(i+2), …]`.
     pub fn encode(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        let stem = relu(self.bn1.forward(self.conv1.forward(x)));
+        let stem = relu(self.bn1.forward(conv::forward(&self.conv1, x)));
         let mut h = self.maxpool.forward(stem.clone());
         let mut out = vec![stem];
         for stage in &self.layers {
@@ -304,7 +305,7 @@ impl<B: Backend> ResUnet<B> {
             }
         }
         SegOutput {
-            logits: self.head.forward(h),
+            logits: conv::forward(&self.head, h),
             features,
         }
     }

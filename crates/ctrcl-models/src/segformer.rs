@@ -6,6 +6,7 @@
 //! (the decoder's own per-scale features, like the Swin-UNet's).
 
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
+use crate::conv;
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -101,7 +102,7 @@ impl<B: Backend> EfficientAttention<B> {
             .reshape([b, n, self.heads, hd])
             .swap_dims(1, 2); // [B, heads, N, hd]
         let kv_in = match &self.sr {
-            Some((conv, norm)) => norm.forward(to_tokens(conv.forward(to_map(x, h, w)))),
+            Some((conv, norm)) => norm.forward(to_tokens(conv::forward(conv, to_map(x, h, w)))),
             None => x,
         };
         let m = kv_in.dims()[1];
@@ -378,7 +379,7 @@ impl<B: Backend> SegFormer<B> {
         let mut map = x;
         let mut out = Vec::with_capacity(4);
         for stage in &self.stages {
-            let e = stage.embed.forward(map);
+            let e = conv::forward(&stage.embed, map);
             let [_, _, sh, sw] = e.dims();
             let mut t = stage.embed_norm.forward(to_tokens(e));
             for block in &stage.blocks {
@@ -423,9 +424,9 @@ impl<B: Backend> SegFormer<B> {
             .collect();
         let fused = relu(
             self.fuse_norm
-                .forward(self.fuse.forward(Tensor::cat(up, 1))),
+                .forward(conv::forward(&self.fuse, Tensor::cat(up, 1))),
         );
-        let logits = interpolate(self.head.forward(fused), [h, w], bilinear());
+        let logits = interpolate(conv::forward(&self.head, fused), [h, w], bilinear());
         SegOutput { logits, features }
     }
 }

@@ -6,6 +6,7 @@
 //! larger than it (then the window is clamped to the grid and not shifted, as in Swin). Other
 //! sizes are refused with an error that lists the nearest valid ones.
 
+use crate::conv;
 use crate::swin::{PatchExpand, PatchMerging, SwinBlock};
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -314,7 +315,7 @@ impl<B: Backend> SwinUnet<B> {
         let [_, cin, _, _] = x.dims();
         // 1-channel inputs are repeated to the 3 channels the ImageNet stem expects.
         let x = if cin == 1 { x.repeat_dim(1, 3) } else { x };
-        let x = self.patch_embed.forward(x); // [B, C, g, g]
+        let x = conv::forward(&self.patch_embed, x); // [B, C, g, g]
         let mut t = self
             .patch_norm
             .forward(x.flatten::<3>(2, 3).swap_dims(1, 2));
@@ -349,7 +350,7 @@ impl<B: Backend> SwinUnet<B> {
             }
         }
         let t = self.final_expand.forward(self.norm_up.forward(t));
-        let logits = self.head.forward(tokens_to_map(t, h));
+        let logits = conv::forward(&self.head, tokens_to_map(t, h));
         SegOutput { logits, features }
     }
 }

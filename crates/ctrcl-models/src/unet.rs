@@ -3,6 +3,7 @@
 //! 1×1 conv head. Feature taps: decoder outputs at 1/8, 1/4 and 1/2 of the input size.
 
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
+use crate::conv;
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -64,9 +65,9 @@ impl<B: Backend> ConvBlock<B> {
     /// # Shapes
     /// `[B, Cin, H, W]` → `[B, Cout, H, W]`.
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = leaky_relu(self.norm1.forward(self.conv1.forward(x)), 0.01);
+        let x = leaky_relu(self.norm1.forward(conv::forward(&self.conv1, x)), 0.01);
         let x = self.dropout.forward(x);
-        leaky_relu(self.norm2.forward(self.conv2.forward(x)), 0.01)
+        leaky_relu(self.norm2.forward(conv::forward(&self.conv2, x)), 0.01)
     }
 }
 
@@ -201,7 +202,7 @@ impl<B: Backend> UNet<B> {
             }
         }
         SegOutput {
-            logits: self.head.forward(h),
+            logits: conv::forward(&self.head, h),
             features,
         }
     }
