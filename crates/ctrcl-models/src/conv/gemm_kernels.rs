@@ -1,11 +1,14 @@
-//! 2D convolution gradients as GEMMs over an im2col matrix, on plain `f32` slices (NCHW).
+//! 2D convolution and its gradients as GEMMs over an im2col matrix, on plain `f32` slices
+//! (NCHW).
 //!
 //! Burn 0.21's default `conv2d_weight_backward` convolves the *transposed* input with the
 //! *transposed* output gradient (both copied element by element), and `conv2d_x_backward` runs a
 //! transposed convolution; on the CPU `flex` backend these were ~26% of a U-Net training step.
+//! flex's forward transposes the input to NHWC and scatters the GEMM result back to NCHW.
 //! Here, per image `b` of the batch:
 //!
 //! - `cols_b = im2col(x_b)`, `[K, P]` with `K = C_in·kh·kw` and `P = H_out·W_out`;
+//! - forward `Y_b = W · cols_b` (`[C_out, K] · [K, P]`, written straight into NCHW);
 //! - `dW += dY_b · cols_bᵀ` (`[C_out, P] · [P, K]`, the transpose is a stride, not a copy);
 //! - `dX_b = col2im(Wᵀ · dY_b)` (`[K, C_out] · [C_out, P]`, scattered back with `+=`);
 //! - `db = Σ_b Σ_p dY_b`.
@@ -82,12 +85,11 @@ impl ConvGeometry {
 }
 
 /// im2col of one image: `image` `[C_in, H, W]` → `cols` `[K, P]` (zeros where the window leaves
-/// the image).
+/// the image). Every element of `cols` is written, so it needs no clearing beforehand.
 fn im2col(g: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
     let [out_h, out_w] = g.output_size();
     let p = out_h * out_w;
     let [kh, kw] = g.kernel;
-    cols.fill(0.0);
     for c in 0..g.channels_in {
         let plane = &image[c * g.in_pixels()..(c + 1) * g.in_pixels()];
         for ky in 0..kh {
@@ -96,11 +98,15 @@ fn im2col(g: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
                 let (ox_lo, ox_hi) = g.valid_outputs(1, kx, out_w, g.width_in);
                 let row = (c * kh + ky) * kw + kx;
                 let dst = &mut cols[row * p..(row + 1) * p];
+                dst[..oy_lo * out_w].fill(0.0);
+                dst[oy_hi * out_w..].fill(0.0);
                 let x_off = kx * g.dilation[1];
                 for oy in oy_lo..oy_hi {
                     let iy = oy * g.stride[0] + ky * g.dilation[0] - g.padding[0];
                     let src_row = &plane[iy * g.width_in..(iy + 1) * g.width_in];
                     let dst_row = &mut dst[oy * out_w..(oy + 1) * out_w];
+                    dst_row[..ox_lo].fill(0.0);
+                    dst_row[ox_hi..].fill(0.0);
                     if g.stride[1] == 1 {
                         let ix_lo = ox_lo + x_off - g.padding[1];
                         dst_row[ox_lo..ox_hi]
@@ -195,6 +201,42 @@ fn matmul(
             Parallelism::None,
         );
     }
+}
+
+/// Forward convolution: `x` `[B, C_in, H, W]`, `w` `[C_out, C_in, kh, kw]`, `bias` `[C_out]` →
+/// `[B, C_out, H_out, W_out]` (flattened). Each image is one GEMM `W[co, K] · cols_b[K, P]` that
+/// writes its output planes in place (no layout change of the input, weight or output).
+pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (k, p) = (g.col_rows(), g.out_pixels());
+    let co = g.channels_out;
+    let (x_len, y_len) = (g.channels_in * g.in_pixels(), co * p);
+    assert_eq!(x.len(), g.batch * x_len, "conv forward: input size");
+    assert_eq!(w.len(), co * k, "conv forward: weight size");
+    let mut y = vec![0.0f32; g.batch * y_len];
+    y.par_chunks_mut(y_len).enumerate().for_each_init(
+        || vec![0.0f32; k * p],
+        |cols, (b, y_b)| {
+            im2col(g, &x[b * x_len..(b + 1) * x_len], cols);
+            if let Some(bias) = bias {
+                for (plane, &v) in y_b.chunks_exact_mut(p).zip(bias) {
+                    plane.fill(v);
+                }
+            }
+            // y_b[co, p] (+)= W[co, k] · cols_b[k, p]
+            matmul(
+                co,
+                p,
+                k,
+                y_b,
+                bias.is_some(),
+                w,
+                (k as isize, 1),
+                cols,
+                (p as isize, 1),
+            );
+        },
+    );
+    y
 }
 
 /// Weight gradient `[C_out, C_in, kh, kw]` (flattened) from the input `x` `[B, C_in, H, W]` and
@@ -330,6 +372,40 @@ mod tests {
         (dx, dw)
     }
 
+    fn naive_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f64> {
+        let [oh, ow] = g.output_size();
+        let [kh, kw] = g.kernel;
+        let (ci, co, h, wd) = (g.channels_in, g.channels_out, g.height_in, g.width_in);
+        let mut y = vec![0.0f64; g.batch * co * oh * ow];
+        for b in 0..g.batch {
+            for o in 0..co {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = bias[o] as f64;
+                        for c in 0..ci {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize
+                                        - g.padding[0] as isize;
+                                    let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize
+                                        - g.padding[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * ci + c) * h + iy as usize) * wd + ix as usize;
+                                    let wi = ((o * ci + c) * kh + ky) * kw + kx;
+                                    acc += x[xi] as f64 * w[wi] as f64;
+                                }
+                            }
+                        }
+                        y[((b * co + o) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
     fn values(n: usize, seed: u32) -> Vec<f32> {
         // small deterministic pseudo-random values in [-1, 1)
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
@@ -364,6 +440,12 @@ mod tests {
                 );
             }
         };
+        let bias = values(g.channels_out, 7);
+        close(
+            &forward(&g, &x, &w, Some(&bias)),
+            &naive_forward(&g, &x, &w, &bias),
+            "y",
+        );
         close(&input_grad(&g, &w, &dy), &dx_ref, "dx");
         close(&weight_grad(&g, &x, &dy), &dw_ref, "dw");
         let db_ref: Vec<f64> = (0..g.channels_out)

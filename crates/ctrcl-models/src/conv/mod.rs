@@ -1,15 +1,15 @@
 //! The students' 2D convolution: Burn's `Conv2d` module and weights, with a faster backward on
 //! the default CPU training backend.
 //!
-//! [`forward`] is `Conv2d::forward` for every backend. When the backend is `Autodiff<Flex>` (CPU
-//! training), the convolution is recorded as our own autodiff op whose backward computes the
-//! input, weight and bias gradients as GEMMs over an im2col matrix ([`gemm_kernels`]) instead of
-//! Burn 0.21's transposed convolutions; the forward stays flex's im2col + GEMM. Other backends
-//! (CUDA, Vulkan, plain `Flex` at inference) run Burn's own op. The switch is a runtime type check
+//! [`forward`] is `Conv2d::forward` for every backend. On the CPU backend (`Flex` for inference,
+//! `Autodiff<Flex>` for training) the convolution and, in training, its input, weight and bias
+//! gradients are GEMMs over an im2col matrix ([`gemm_kernels`]), recorded as our own autodiff op,
+//! instead of flex's NHWC forward and Burn 0.21's transposed-convolution backward. Other
+//! backends (CUDA, Vulkan) and grouped convolutions run Burn's own op. The switch is a runtime type check
 //! (`TypeId`), so the models stay generic over `B: Backend` and the weights, records and import
 //! key maps are Burn's `Conv2d`'s.
 //!
-//! `CTRCL_BURN_CONV=1` in the environment turns the fast path off (for A/B benchmarks).
+//! `CTRCL_BURN_CONV=1` in the environment turns this path off (for A/B benchmarks).
 
 pub mod gemm_kernels;
 
@@ -28,7 +28,7 @@ use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::backend::BackendTypes;
 use burn::tensor::module::conv2d;
-use burn::tensor::ops::{ConvOptions, ModuleOps};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::{Bytes, Shape as StdShape};
 
@@ -37,7 +37,7 @@ use gemm_kernels::ConvGeometry;
 type CpuTrain = Autodiff<Flex>;
 type CpuTrainTensor = <CpuTrain as BackendTypes>::FloatTensorPrimitive;
 
-/// Whether the GEMM backward is enabled (default yes; `CTRCL_BURN_CONV=1` disables it).
+/// Whether the GEMM convolution is enabled (default yes; `CTRCL_BURN_CONV=1` disables it).
 pub fn fast_backward_enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_CONV").is_none_or(|v| v == "0"))
@@ -66,7 +66,7 @@ pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     )
 }
 
-/// Functional 2D convolution with the GEMM backward on `Autodiff<Flex>` (f32, `groups = 1`);
+/// Functional 2D convolution: the GEMM path on `Flex` and `Autodiff<Flex>` (f32, `groups = 1`),
 /// Burn's `conv2d` otherwise. Shapes as [`forward`]; `weight` `[C_out, C_in, kh, kw]`, `bias`
 /// `[C_out]`.
 pub fn conv2d_fast<B: Backend>(
@@ -75,22 +75,51 @@ pub fn conv2d_fast<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     options: ConvOptions<2>,
 ) -> Tensor<B, 4> {
-    let eligible = TypeId::of::<B>() == TypeId::of::<CpuTrain>()
-        && options.groups == 1
+    let supported = options.groups == 1
         && x.dtype() == DType::F32
         && weight.dtype() == DType::F32
+        && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
         && fast_backward_enabled();
-    if !eligible {
+    let backend = TypeId::of::<B>();
+    if !supported || (backend != TypeId::of::<CpuTrain>() && backend != TypeId::of::<Flex>()) {
         return conv2d(x, weight, bias, options);
     }
-    let x = cast::<B::FloatTensorPrimitive, CpuTrainTensor>(x.into_primitive().tensor());
-    let weight = cast::<B::FloatTensorPrimitive, CpuTrainTensor>(weight.into_primitive().tensor());
-    let bias =
-        bias.map(|b| cast::<B::FloatTensorPrimitive, CpuTrainTensor>(b.into_primitive().tensor()));
-    let out = autodiff_conv2d(x, weight, bias, options);
-    Tensor::from_primitive(TensorPrimitive::Float(cast::<_, B::FloatTensorPrimitive>(
-        out,
-    )))
+    let prim = |t: TensorPrimitive<B>| t.tensor();
+    let x = prim(x.into_primitive());
+    let weight = prim(weight.into_primitive());
+    let bias = bias.map(|b| prim(b.into_primitive()));
+    let out: B::FloatTensorPrimitive = if backend == TypeId::of::<Flex>() {
+        let out = flex_conv2d(cast(x), cast(weight), bias.map(cast), &options);
+        cast(out)
+    } else {
+        cast(autodiff_conv2d(
+            cast(x),
+            cast(weight),
+            bias.map(cast),
+            options,
+        ))
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// [`gemm_kernels::forward`] on flex tensors (f32).
+fn flex_conv2d(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let g = geometry(&x, &weight, options);
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let bias = bias.map(|b| b.to_contiguous());
+    let y = gemm_kernels::forward(
+        &g,
+        x.storage(),
+        weight.storage(),
+        bias.as_ref().map(|b| b.storage()),
+    );
+    let [oh, ow] = g.output_size();
+    flex_tensor(y, StdShape::new([g.batch, g.channels_out, oh, ow]))
 }
 
 /// Moves a value between two names of the same type (checked at run time).
@@ -191,9 +220,7 @@ fn autodiff_conv2d(
     bias: Option<CpuTrainTensor>,
     options: ConvOptions<2>,
 ) -> CpuTrainTensor {
-    let run = |x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>| {
-        <Flex as ModuleOps<Flex>>::conv2d(x, w, b, options.clone())
-    };
+    let run = |x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>| flex_conv2d(x, w, b, &options);
     // The two arms differ in the op type (2 or 3 parents), so a macro rather than a function.
     macro_rules! record {
         ($op:expr, $nodes:expr, $bias:expr) => {
@@ -296,11 +323,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn module_forward_matches_burns_module_forward() {
+    fn module_forward_parity<M: Backend>() {
         use burn::nn::conv::Conv2dConfig;
         let device = Default::default();
-        let x = Tensor::<B, 4>::random([2, 3, 10, 10], Distribution::Default, &device);
+        let x = Tensor::<M, 4>::random([2, 3, 10, 10], Distribution::Default, &device);
         for (padding, stride) in [
             (PaddingConfig2d::Same, 1),
             (PaddingConfig2d::Valid, 2),
@@ -310,12 +336,19 @@ mod tests {
             let conv = Conv2dConfig::new([3, 4], [3, 3])
                 .with_stride([stride, stride])
                 .with_padding(padding.clone())
-                .init::<B>(&device);
+                .init::<M>(&device);
             let got = forward(&conv, x.clone());
             let want = conv.forward(x.clone());
             assert_eq!(got.dims(), want.dims(), "{padding:?}");
+            let tol = Tolerance::<f32>::rel_abs(1e-4, 1e-5);
             got.into_data()
-                .assert_approx_eq::<f32>(&want.into_data(), Tolerance::default());
+                .assert_approx_eq::<f32>(&want.into_data(), tol);
         }
+    }
+
+    #[test]
+    fn module_forward_matches_burns_module_forward() {
+        module_forward_parity::<B>(); // training backend
+        module_forward_parity::<Flex>(); // inference backend
     }
 }
