@@ -6,6 +6,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod import;
+pub mod permute;
 pub mod resunet;
 pub mod segformer;
 pub mod swin;

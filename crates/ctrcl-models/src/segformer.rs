@@ -7,6 +7,7 @@
 
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::conv;
+use crate::permute::{permute, swap_dims};
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -53,13 +54,13 @@ fn bilinear() -> InterpolateOptions {
 
 /// `[B, C, H, W]` → `[B, H·W, C]`.
 fn to_tokens<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
-    x.flatten::<3>(2, 3).swap_dims(1, 2)
+    swap_dims(x.flatten::<3>(2, 3), 1, 2)
 }
 
 /// `[B, H·W, C]` → `[B, C, H, W]`.
 fn to_map<B: Backend>(x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 4> {
     let [b, _, c] = x.dims();
-    x.swap_dims(1, 2).reshape([b, c, h, w])
+    swap_dims(x, 1, 2).reshape([b, c, h, w])
 }
 
 /// Efficient self-attention: keys and values from the map reduced by a `sr × sr` stride-`sr`
@@ -96,26 +97,25 @@ impl<B: Backend> EfficientAttention<B> {
     fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
         let [b, n, c] = x.dims();
         let hd = c / self.heads;
-        let q = self
-            .q
-            .forward(x.clone())
-            .reshape([b, n, self.heads, hd])
-            .swap_dims(1, 2); // [B, heads, N, hd]
+        let q = swap_dims(
+            self.q.forward(x.clone()).reshape([b, n, self.heads, hd]),
+            1,
+            2,
+        ); // [B, heads, N, hd]
         let kv_in = match &self.sr {
             Some((conv, norm)) => norm.forward(to_tokens(conv::forward(conv, to_map(x, h, w)))),
             None => x,
         };
         let m = kv_in.dims()[1];
-        let kv = self
-            .kv
-            .forward(kv_in)
-            .reshape([b, m, 2, self.heads, hd])
-            .permute([2, 0, 3, 1, 4]); // [2, B, heads, M, hd]
+        let kv = permute(
+            self.kv.forward(kv_in).reshape([b, m, 2, self.heads, hd]),
+            [2, 0, 3, 1, 4],
+        ); // [2, B, heads, M, hd]
         let k = kv.clone().narrow(0, 0, 1).reshape([b, self.heads, m, hd]);
         let v = kv.narrow(0, 1, 1).reshape([b, self.heads, m, hd]);
         let attn = softmax((q * (hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)), 3);
         self.proj
-            .forward(attn.matmul(v).swap_dims(1, 2).reshape([b, n, c]))
+            .forward(swap_dims(attn.matmul(v), 1, 2).reshape([b, n, c]))
     }
 }
 

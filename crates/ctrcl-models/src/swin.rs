@@ -3,6 +3,7 @@
 //! self-attention with relative position bias, cyclic shift with an attention mask, patch merging,
 //! and Swin-Unet's patch expanding. Tokens are `[B, L, C]` with `L = H·W` in row-major order.
 
+use crate::permute::{permute, swap_dims};
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -56,34 +57,32 @@ impl<B: Backend> WindowAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
         let [bw, n, c] = x.dims();
         let hd = c / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([bw, n, 3, self.heads, hd])
-            .permute([2, 0, 3, 1, 4]); // [3, B·nW, heads, N, hd]
+        let qkv = permute(
+            self.qkv.forward(x).reshape([bw, n, 3, self.heads, hd]),
+            [2, 0, 3, 1, 4],
+        ); // [3, B·nW, heads, N, hd]
         let q = qkv.clone().narrow(0, 0, 1).reshape([bw, self.heads, n, hd]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([bw, self.heads, n, hd]);
         let v = qkv.narrow(0, 2, 1).reshape([bw, self.heads, n, hd]);
         let q = q * (hd as f64).powf(-0.5);
-        let mut attn = q.matmul(k.swap_dims(2, 3)); // [B·nW, heads, N, N]
-        let bias = self
-            .relative_position_bias_table
-            .val()
-            .select(0, self.relative_index(&attn.device()))
-            .reshape([n, n, self.heads])
-            .permute([2, 0, 1])
-            .unsqueeze_dim::<4>(0);
-        attn = attn + bias;
-        if let Some(mask) = mask {
-            let nw = mask.dims()[0];
-            attn = (attn.reshape([bw / nw, nw, self.heads, n, n])
-                + mask.unsqueeze_dim::<4>(1).unsqueeze_dim::<5>(0))
+        let attn = q.matmul(k.swap_dims(2, 3)); // [B·nW, heads, N, N]
+        let table = self.relative_position_bias_table.val();
+        let bias = table.select(0, self.relative_index(&attn.device()));
+        let bias = permute(bias.reshape([n, n, self.heads]), [2, 0, 1]); // [heads, N, N]
+                                                                         // Bias and shift mask are summed on their own small grid first, then added to the
+                                                                         // scores as one row broadcast over a 2D view (flex adds a [1, M] row per row; a 4D/5D
+                                                                         // broadcast goes through its element-wise strided iterator).
+        let (nw, bias) = match mask {
+            Some(mask) => {
+                let nw = mask.dims()[0];
+                (nw, bias.unsqueeze_dim::<4>(0) + mask.unsqueeze_dim::<4>(1)) // [nW, heads, N, N]
+            }
+            None => (1, bias.unsqueeze_dim::<4>(0)),
+        };
+        let per_group = nw * self.heads * n * n;
+        let attn = (attn.reshape([bw / nw, per_group]) + bias.reshape([1, per_group]))
             .reshape([bw, self.heads, n, n]);
-        }
-        let out = softmax(attn, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([bw, n, c]);
+        let out = swap_dims(softmax(attn, 3).matmul(v), 1, 2).reshape([bw, n, c]);
         self.proj.forward(out)
     }
 }
@@ -188,16 +187,18 @@ impl<B: Backend> SwinBlock<B> {
         if shift > 0 {
             t = t.roll(&[shift, shift], &[1, 2]);
         }
-        let windows = t
-            .reshape([b, h / ws, ws, w / ws, ws, c])
-            .permute([0, 1, 3, 2, 4, 5])
-            .reshape([b * (h / ws) * (w / ws), ws * ws, c]);
+        let windows = permute(
+            t.reshape([b, h / ws, ws, w / ws, ws, c]),
+            [0, 1, 3, 2, 4, 5],
+        )
+        .reshape([b * (h / ws) * (w / ws), ws * ws, c]);
         let mask = (shift > 0).then(|| self.shift_mask(&windows.device()));
         let attended = self.attn.forward(windows, mask);
-        let mut t = attended
-            .reshape([b, h / ws, w / ws, ws, ws, c])
-            .permute([0, 1, 3, 2, 4, 5])
-            .reshape([b, h, w, c]);
+        let mut t = permute(
+            attended.reshape([b, h / ws, w / ws, ws, ws, c]),
+            [0, 1, 3, 2, 4, 5],
+        )
+        .reshape([b, h, w, c]);
         if shift > 0 {
             t = t.roll(&[-shift, -shift], &[1, 2]);
         }
@@ -235,10 +236,11 @@ impl<B: Backend> PatchMerging<B> {
         let [h, w] = self.resolution;
         // Reference order of the four neighbours: (0,0), (1,0), (0,1), (1,1) as (dy, dx),
         // i.e. dx outer, dy inner.
-        let x = x
-            .reshape([b, h / 2, 2, w / 2, 2, c])
-            .permute([0, 1, 3, 4, 2, 5])
-            .reshape([b, (h / 2) * (w / 2), 4 * c]);
+        let x = permute(x.reshape([b, h / 2, 2, w / 2, 2, c]), [0, 1, 3, 4, 2, 5]).reshape([
+            b,
+            (h / 2) * (w / 2),
+            4 * c,
+        ]);
         self.reduction.forward(self.norm.forward(x))
     }
 }
@@ -275,10 +277,11 @@ impl<B: Backend> PatchExpand<B> {
         let f = self.factor;
         let x = self.expand.forward(x);
         let cout = x.dims()[2] / (f * f);
-        let x = x
-            .reshape([b, h, w, f, f, cout])
-            .permute([0, 1, 3, 2, 4, 5])
-            .reshape([b, h * f * w * f, cout]);
+        let x = permute(x.reshape([b, h, w, f, f, cout]), [0, 1, 3, 2, 4, 5]).reshape([
+            b,
+            h * f * w * f,
+            cout,
+        ]);
         self.norm.forward(x)
     }
 }

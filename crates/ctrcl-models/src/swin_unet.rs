@@ -7,6 +7,7 @@
 //! sizes are refused with an error that lists the nearest valid ones.
 
 use crate::conv;
+use crate::permute::swap_dims;
 use crate::swin::{PatchExpand, PatchMerging, SwinBlock};
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -298,7 +299,7 @@ impl SwinUnetConfig {
 /// `[B, H·W, C]` tokens → `[B, C, H, W]` map.
 fn tokens_to_map<B: Backend>(x: Tensor<B, 3>, side: usize) -> Tensor<B, 4> {
     let [b, _, c] = x.dims();
-    x.swap_dims(1, 2).reshape([b, c, side, side])
+    swap_dims(x, 1, 2).reshape([b, c, side, side])
 }
 
 impl<B: Backend> SwinUnet<B> {
@@ -318,7 +319,7 @@ impl<B: Backend> SwinUnet<B> {
         let x = conv::forward(&self.patch_embed, x); // [B, C, g, g]
         let mut t = self
             .patch_norm
-            .forward(x.flatten::<3>(2, 3).swap_dims(1, 2));
+            .forward(swap_dims(x.flatten::<3>(2, 3), 1, 2));
         let mut skips = Vec::with_capacity(4);
         for stage in &self.encoder {
             skips.push(t.clone());

@@ -123,7 +123,7 @@ fn flex_conv2d(
 }
 
 /// Moves a value between two names of the same type (checked at run time).
-fn cast<From: 'static, To: 'static>(value: From) -> To {
+pub(crate) fn cast<From: 'static, To: 'static>(value: From) -> To {
     let boxed: Box<dyn Any> = Box::new(value);
     *boxed
         .downcast::<To>()
