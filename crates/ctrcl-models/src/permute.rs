@@ -173,9 +173,9 @@ mod tests {
                 rem /= out_shape[i];
             }
             let mut src_idx = 0;
-            for d in 0..n {
+            for (d, &size) in shape.iter().enumerate() {
                 let pos = axes.iter().position(|&a| a == d).unwrap();
-                src_idx = src_idx * shape[d] + idx[pos];
+                src_idx = src_idx * size + idx[pos];
             }
             *slot = src[src_idx];
         }
