@@ -43,6 +43,11 @@ enum Command {
         /// Continue the interrupted run in RUN_DIR from its last/ checkpoint, with its own config.
         #[arg(long, value_name = "RUN_DIR")]
         resume: Option<PathBuf>,
+        /// Data-parallel replicas on this machine (same as --set parallel.devices=N): each
+        /// trains on an equal shard of every batch; gradients are averaged with Burn's
+        /// collective all-reduce. N must divide data.batch_size.
+        #[arg(long, value_name = "N", conflicts_with = "resume")]
+        devices: Option<usize>,
     },
     /// Score a run's students on a split of its dataset (per-class Dice, JSON + table).
     Test {
@@ -220,10 +225,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train {
             config,
-            set,
+            mut set,
             out,
             resume,
+            devices,
         } => {
+            if let Some(n) = devices {
+                set.push(format!("parallel.devices={n}"));
+            }
             eprintln!("backend: {}", backend::NAME);
             let summary = match (resume, config, out) {
                 (Some(run), _, _) => backend::resume(&run, true)?,

@@ -1426,6 +1426,12 @@ fn data_inspect_describes_the_prepared_dataset() {
     assert!(err.contains("/nonexistent/x.nii.gz"), "{err}");
 }
 
+/// The first line of a run's `log.jsonl` (the start event).
+fn start_event(run: &Path) -> Value {
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    serde_json::from_str(log.lines().next().unwrap()).unwrap()
+}
+
 #[test]
 fn accumulating_two_half_batches_equals_one_full_batch() {
     // Where the two are mathematically equal: no BatchNorm (two Swin-UNets: LayerNorm only),
@@ -1477,15 +1483,83 @@ fn accumulating_two_half_batches_equals_one_full_batch() {
     }
     // A large lr makes the first update visible in the second step's loss.
     assert!((a[0] - a[2]).abs() > 1e-3, "{a:?}");
-    let start: Value = serde_json::from_str(
-        std::fs::read_to_string(halves.join("log.jsonl"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(start["accumulate"], 2);
+    assert_eq!(start_event(&halves)["accumulate"], 2);
+}
+
+#[test]
+fn two_data_parallel_devices_equal_one_device_on_the_same_global_batch() {
+    // Where data parallelism is exact: LayerNorm students (two Swin-UNets), no stochastic depth,
+    // every loss term a mean over pixels (CE + RLCL; no batch Dice, no CFCL prototypes), SGD,
+    // no augmentation. Batch 4 on one device vs 2 × 2 on two replicas with Burn's all-reduce:
+    // the same four samples, the same averaged gradient, the same updates.
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, devices: &str| -> PathBuf {
+        let out = dir.path().join(name);
+        let mut sets = tiny_settings(prepared());
+        sets.retain(|s| !s.starts_with("data.batch_size") && !s.starts_with("schedule."));
+        sets.extend([
+            "data.batch_size=4".into(),
+            "students.cnn=swin-unet".into(),
+            "models.swin_unet.drop_path=0.0".into(),
+            "method=ctrcl".into(),
+            "cfcl.enabled=false".into(),
+            "seg.dice_weight=0.0".into(),
+            "seg.ce_weight=1.0".into(),
+            "optim.transformer.optimizer=sgd".into(),
+            "optim.transformer.lr=0.5".into(),
+            "optim.cnn.lr=0.5".into(),
+            "data.augment=none".into(),
+            "schedule.iterations=3".into(),
+            "schedule.rampup_fraction=0.0".into(),
+            "schedule.log_every=1".into(),
+            "schedule.validate_every=3".into(),
+        ]);
+        let config = config_path();
+        let mut args = train_args(&config, out.to_str().unwrap(), &sets);
+        args.extend(["--devices", devices]);
+        ok(&args);
+        out
+    };
+    let one = run("one", "1");
+    let two = run("two", "2");
+    let terms = |r: &Path| -> Vec<f64> {
+        step_lines(r)
+            .iter()
+            .filter(|v| v.get("cnn").is_some())
+            .flat_map(|v| {
+                ["cnn", "transformer"]
+                    .into_iter()
+                    .flat_map(|s| [v[s]["ce"].as_f64().unwrap(), v[s]["rlcl"].as_f64().unwrap()])
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (a, b) = (terms(&one), terms(&two));
+    assert_eq!(a.len(), 12);
+    // The RLCL transfer takes part (it would be 0 if the students agreed everywhere).
+    assert!(a.iter().skip(1).step_by(2).any(|&v| v > 1e-4), "{a:?}");
+    // Steps 2 and 3 follow identical updates: equal up to float summation order.
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() < 1e-5 * x.abs().max(1.0),
+            "one device {a:?}\ntwo devices {b:?}"
+        );
+    }
+    // A large lr makes the updates visible in the later steps' losses.
+    assert!((a[0] - a[8]).abs() > 1e-3, "{a:?}");
+    assert_eq!(start_event(&two)["devices"], 2);
+    // A batch the devices cannot share evenly is a clear error.
+    let bad = dir.path().join("bad");
+    let mut sets = tiny_settings(prepared());
+    sets.push("data.batch_size=3".into());
+    let config = config_path();
+    let mut args = train_args(&config, bad.to_str().unwrap(), &sets);
+    args.extend(["--devices", "2"]);
+    let err = fails(&args);
+    assert!(
+        err.contains("parallel.devices = 2") && err.contains("data.batch_size (3)"),
+        "{err}"
+    );
 }
 
 #[test]

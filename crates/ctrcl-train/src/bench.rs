@@ -195,7 +195,8 @@ pub fn run_bench<B: AutodiffBackend>(
                     lr,
                     cfg.rlcl.weight,
                     cfg.cfcl.weight,
-                );
+                    None,
+                )?;
                 B::sync(device)?;
                 if i >= spec.warmup {
                     times.push(t0.elapsed().as_secs_f64() * 1e3);

@@ -379,6 +379,22 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// Data-parallel training (crate::distributed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParallelConfig {
+    /// Devices of this machine that train replicas on equal shards of each batch, with their
+    /// gradients averaged by Burn's collective all-reduce (`ctrcl train --devices N`).
+    /// `data.batch_size` must be a multiple of it.
+    pub devices: usize,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        ParallelConfig { devices: 1 }
+    }
+}
+
 /// How `test`, `predict` and validation map predictions back to the native grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -405,6 +421,7 @@ pub struct TrainConfig {
     pub cfcl: CfclConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
+    pub parallel: ParallelConfig,
     pub eval: EvalConfig,
     pub teacher: TeacherConfig,
 }
@@ -440,6 +457,13 @@ impl TrainConfig {
         self.augmentation
             .validate()
             .map_err(|m| anyhow::anyhow!(m))?;
+        let devices = self.parallel.devices;
+        if devices == 0 || !self.data.batch_size.is_multiple_of(devices) {
+            bail!(
+                "parallel.devices = {devices}: must be at least 1 and divide data.batch_size ({})",
+                self.data.batch_size
+            );
+        }
         let d = &self.data;
         if !d.window.is_empty() && ct_window(&d.window).is_none() {
             bail!(

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 pub mod evaluate;
 pub mod losses;
 pub mod predictor;

@@ -3,7 +3,7 @@
 
 use crate::config::{OptimizerKind, StudentOptimConfig};
 use crate::losses::cfcl::ProjectionHead;
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -42,6 +42,20 @@ pub struct TrainStudent<B: Backend> {
 /// The recorder of every checkpoint file: named MessagePack, full precision.
 pub fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+}
+
+/// Creates every lazily initialised parameter of `module` now, in module order. Burn draws a
+/// parameter's initial values on its first use, and a clone of a not-yet-created parameter draws
+/// its own; creating them at a fixed point makes the initial weights independent of the forward
+/// order and lets data-parallel replicas copy them.
+pub fn materialize_params<B: Backend, M: Module<B>>(module: &M) {
+    struct Materialize;
+    impl<B: Backend> ModuleVisitor<B> for Materialize {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Materialize);
 }
 
 /// SGD (momentum, no dampening, as PyTorch) or AdamW for one student.
@@ -83,6 +97,21 @@ impl<B: AutodiffBackend> StudentOptimizer<B> {
         match self {
             StudentOptimizer::Sgd(o) => o.step(lr, module, grads),
             StudentOptimizer::AdamW(o) => o.step(lr, module, grads),
+        }
+    }
+
+    /// A copy with the same state (for a data-parallel replica); `cfg` is the config this
+    /// optimizer was built from.
+    pub fn replicate(&self, cfg: &StudentOptimConfig) -> Self {
+        match (self, Self::new(cfg)) {
+            (StudentOptimizer::Sgd(o), StudentOptimizer::Sgd(fresh)) => {
+                StudentOptimizer::Sgd(fresh.load_record(o.to_record()))
+            }
+            (StudentOptimizer::AdamW(o), StudentOptimizer::AdamW(fresh)) => {
+                StudentOptimizer::AdamW(fresh.load_record(o.to_record()))
+            }
+            // `cfg` names the other kind: not the config this optimizer came from.
+            (_, fresh) => fresh,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use crate::checkpoint::{write_checkpoint, write_text_atomic};
 use crate::config::{Method, TeacherRole, TrainConfig};
+use crate::distributed::DataParallel;
 use crate::evaluate::{dice_on_samples, DiceScores};
 use crate::losses::baselines::{cross_teaching_loss, kd_loss, kdcl_loss};
 use crate::losses::cfcl::{
@@ -10,8 +11,9 @@ use crate::losses::cfcl::{
 };
 use crate::losses::rlcl::{dml_loss, rlcl_loss};
 use crate::losses::seg::seg_loss;
-use crate::student::{recorder, Role, StudentOptimizer, TrainStudent};
+use crate::student::{materialize_params, recorder, Role, StudentOptimizer, TrainStudent};
 use anyhow::{bail, Context, Result};
+use burn::collective::PeerId;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
@@ -109,7 +111,7 @@ pub(crate) struct Terms {
 
 impl Terms {
     /// `self += other · w`, field by field (averaging over accumulated batches).
-    fn add_scaled(&mut self, other: &Terms, w: f64) {
+    pub(crate) fn add_scaled(&mut self, other: &Terms, w: f64) {
         self.ce += other.ce * w;
         self.dice += other.dice * w;
         self.seg += other.seg * w;
@@ -304,6 +306,10 @@ pub(crate) fn pair_loss<B: AutodiffBackend>(
 /// several: each batch's loss is divided by their number, so the step follows the mean gradient
 /// — the gradient of one batch of all their samples, BatchNorm statistics aside). Returns the
 /// loss terms averaged over the batches; the caller checks them for non-finite values.
+///
+/// With `sync = Some(peer)` this is one peer of a data-parallel step ([`crate::distributed`]):
+/// each student's gradients are averaged over the peers (Burn's collective all-reduce) before
+/// its optimizer step.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pair_step<B: AutodiffBackend>(
     cfg: &TrainConfig,
@@ -313,9 +319,18 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
     lrs: [f64; 2],
     beta_r: f64,
     beta_f: f64,
-) -> [Terms; 2] {
+    sync: Option<PeerId>,
+) -> Result<[Terms; 2]> {
     let n = batches.len();
-    assert!(n > 0, "a step needs at least one batch");
+    if n == 0 {
+        bail!("a step needs at least one batch");
+    }
+    let synced = |g: GradientsParams, student: &TrainStudent<B>| -> Result<GradientsParams> {
+        match sync {
+            None => Ok(g),
+            Some(peer) => crate::distributed::all_reduce_mean(student, g, peer),
+        }
+    };
     if n == 1 {
         // The plain path, without scaling or accumulation (bit-identical to a single batch).
         let (x, onehot) = batches.into_iter().next().expect("one batch");
@@ -324,11 +339,12 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
         for i in 0..2 {
             if loss.learns[i] {
                 let g = GradientsParams::from_module(&mut grads, &students[i]);
+                let g = synced(g, &students[i])?;
                 let module = students[i].clone();
                 students[i] = optims[i].step(lrs[i], module, g);
             }
         }
-        return loss.terms;
+        return Ok(loss.terms);
     }
     let mut accumulators = [GradientsAccumulator::new(), GradientsAccumulator::new()];
     let mut terms = [Terms::default(); 2];
@@ -347,11 +363,12 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
     }
     for i in 0..2 {
         if learns[i] {
+            let g = synced(accumulators[i].grads(), &students[i])?;
             let module = students[i].clone();
-            students[i] = optims[i].step(lrs[i], module, accumulators[i].grads());
+            students[i] = optims[i].step(lrs[i], module, g);
         }
     }
-    terms
+    Ok(terms)
 }
 
 /// The slot (0 = cnn, 1 = transformer) of the frozen teacher of an offline method.
@@ -605,7 +622,7 @@ pub fn train<B: AutodiffBackend>(
     write_split_lists(&dataset, out)?;
     let log = std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
     let mut log = RunLog { file: log };
-    log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "seed": cfg.seed}))?;
+    log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "devices": cfg.parallel.devices, "seed": cfg.seed}))?;
 
     B::seed(device, cfg.seed);
     let mut students = [
@@ -652,6 +669,14 @@ pub fn train<B: AutodiffBackend>(
             log.line(json!({"event": "pretrained", "role": role.name(), "file": path,
                 "loaded": report.loaded.len(), "missing": report.missing, "unexpected": report.unexpected}))?;
         }
+    }
+    // Each student's lazily initialised parameters are drawn now from a stream of its own, so
+    // its initial weights depend on the seed and its role only — not on the forward order, the
+    // other student, or a frozen teacher in the other slot — and data-parallel replicas can copy
+    // them.
+    for (i, s) in students.iter().enumerate() {
+        B::seed(device, step_seed(cfg.seed, usize::MAX - i));
+        materialize_params(s);
     }
     let optims = [
         StudentOptimizer::<B>::new(&cfg.optim.cnn),
@@ -860,6 +885,7 @@ fn run_loop<B: AutodiffBackend>(
         cfg.students.cnn.name(),
         cfg.students.transformer.name()
     ));
+    let parallel = DataParallel::start(cfg, &students, &optims, cfg.parallel.devices, device)?;
     let started = Instant::now();
     for step in first_step..total {
         B::seed(device, step_seed(cfg.seed, step));
@@ -880,7 +906,7 @@ fn run_loop<B: AutodiffBackend>(
             );
             batches.push((x, onehot_tensor::<B>(&batch, k, device)));
         }
-        let [terms_c, terms_t] = pair_step(
+        let [terms_c, terms_t] = parallel.step(
             cfg,
             &mut students,
             &mut optims,
@@ -888,7 +914,7 @@ fn run_loop<B: AutodiffBackend>(
             lrs,
             beta_r,
             beta_f,
-        );
+        )?;
         for (role, t) in Role::BOTH.iter().zip([&terms_c, &terms_t]) {
             if !t.total.is_finite() {
                 bail!(
@@ -966,6 +992,7 @@ fn run_loop<B: AutodiffBackend>(
         }
     }
     bar.finish_and_clear();
+    parallel.finish::<B>()?;
     let seconds = started.elapsed().as_secs_f64();
     log.line(json!({"event": "end", "seconds": seconds}))?;
     let [c, t] = best;
