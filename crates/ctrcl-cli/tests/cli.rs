@@ -1426,6 +1426,24 @@ fn data_inspect_describes_the_prepared_dataset() {
     assert!(err.contains("/nonexistent/x.nii.gz"), "{err}");
 }
 
+/// Settings under which a step over a batch equals the mean of steps' gradients over its parts:
+/// LayerNorm students (two Swin-UNets), no stochastic depth, loss terms that are means over
+/// pixels (CE only for L_seg), SGD, no augmentation. Later `--set`s win over these.
+fn exactly_decomposable_settings() -> Vec<String> {
+    [
+        "students.cnn=swin-unet",
+        "models.swin_unet.drop_path=0.0",
+        "seg.dice_weight=0.0",
+        "seg.ce_weight=1.0",
+        "optim.transformer.optimizer=sgd",
+        "optim.transformer.lr=0.5",
+        "optim.cnn.lr=0.5",
+        "data.augment=none",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// The first line of a run's `log.jsonl` (the start event).
 fn start_event(run: &Path) -> Value {
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
@@ -1441,19 +1459,11 @@ fn accumulating_two_half_batches_equals_one_full_batch() {
     let run = |name: &str, batch: &str, accumulate: &str| -> PathBuf {
         let out = dir.path().join(name);
         let mut sets = tiny_settings(prepared());
-        sets.retain(|s| !s.starts_with("data.batch_size") && !s.starts_with("schedule."));
+        sets.extend(exactly_decomposable_settings());
         sets.extend([
             format!("data.batch_size={batch}"),
             format!("optim.accumulate={accumulate}"),
-            "students.cnn=swin-unet".into(),
-            "models.swin_unet.drop_path=0.0".into(),
             "method=independent".into(),
-            "seg.dice_weight=0.0".into(),
-            "seg.ce_weight=1.0".into(),
-            "optim.transformer.optimizer=sgd".into(),
-            "optim.transformer.lr=0.5".into(),
-            "optim.cnn.lr=0.5".into(),
-            "data.augment=none".into(),
             "schedule.iterations=2".into(),
             "schedule.log_every=1".into(),
             "schedule.validate_every=2".into(),
@@ -1496,19 +1506,11 @@ fn two_data_parallel_devices_equal_one_device_on_the_same_global_batch() {
     let run = |name: &str, devices: &str| -> PathBuf {
         let out = dir.path().join(name);
         let mut sets = tiny_settings(prepared());
-        sets.retain(|s| !s.starts_with("data.batch_size") && !s.starts_with("schedule."));
+        sets.extend(exactly_decomposable_settings());
         sets.extend([
             "data.batch_size=4".into(),
-            "students.cnn=swin-unet".into(),
-            "models.swin_unet.drop_path=0.0".into(),
             "method=ctrcl".into(),
             "cfcl.enabled=false".into(),
-            "seg.dice_weight=0.0".into(),
-            "seg.ce_weight=1.0".into(),
-            "optim.transformer.optimizer=sgd".into(),
-            "optim.transformer.lr=0.5".into(),
-            "optim.cnn.lr=0.5".into(),
-            "data.augment=none".into(),
             "schedule.iterations=3".into(),
             "schedule.rampup_fraction=0.0".into(),
             "schedule.log_every=1".into(),
