@@ -17,17 +17,13 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::prelude::*;
-use burn::tensor::backend::BackendTypes;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::{Bytes, Shape as StdShape};
 use rayon::prelude::*;
 
-use crate::conv::cast;
-
-type CpuTrain = Autodiff<Flex>;
-type CpuTrainTensor = <CpuTrain as BackendTypes>::FloatTensorPrimitive;
+use crate::conv::{cast, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -206,7 +202,7 @@ mod tests {
 
     #[test]
     fn values_and_gradients_match_burns_permute() {
-        type B = Autodiff<Flex>;
+        type B = CpuTrain;
         let device = Default::default();
         let x0 = Tensor::<B, 5>::random([3, 4, 3, 2, 5], Distribution::Default, &device);
         let axes = [2, 0, 3, 1, 4];

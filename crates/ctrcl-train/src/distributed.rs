@@ -29,7 +29,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorPrimitive;
 
 use crate::config::TrainConfig;
-use crate::student::{materialize_params, StudentOptimizer, TrainStudent};
+use crate::student::{StudentOptimizer, TrainStudent};
 use crate::trainer::{pair_step, Terms};
 
 /// Averages a student's gradients over the peers with one collective all-reduce (mean) of all
@@ -40,14 +40,18 @@ pub(crate) fn all_reduce_mean<B: AutodiffBackend, M: AutodiffModule<B>>(
     mut grads: GradientsParams,
     peer: PeerId,
 ) -> Result<GradientsParams> {
-    /// Takes every gradient out of `grads`, flattened, in visiting order.
+    /// Takes every gradient out of `grads`, flattened, in visiting order, noting which
+    /// parameters had one.
     struct Take<'a, I: Backend> {
         grads: &'a mut GradientsParams,
         flat: Vec<Tensor<I, 1>>,
+        present: Vec<bool>,
     }
     impl<B: AutodiffBackend> ModuleVisitor<B> for Take<'_, B::InnerBackend> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let grad = self.grads.remove::<B::InnerBackend, D>(param.id);
+            self.present.push(grad.is_some());
+            if let Some(g) = grad {
                 self.flat.push(g.flatten::<1>(0, D - 1));
             }
         }
@@ -77,32 +81,17 @@ pub(crate) fn all_reduce_mean<B: AutodiffBackend, M: AutodiffModule<B>>(
             }
         }
     }
-    /// Which parameters have a gradient, in visiting order.
-    struct Present<'a> {
-        grads: &'a GradientsParams,
-        present: Vec<bool>,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Present<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let has = self.grads.get::<B::InnerBackend, D>(param.id).is_some();
-            self.present.push(has);
-        }
-    }
-    let mut present = Present {
-        grads: &grads,
-        present: Vec::new(),
-    };
-    module.visit(&mut present);
-    let present = present.present;
     let mut take = Take::<B::InnerBackend> {
         grads: &mut grads,
         flat: Vec::new(),
+        present: Vec::new(),
     };
     module.visit(&mut take);
-    if take.flat.is_empty() {
+    let (flat, present) = (take.flat, take.present);
+    if flat.is_empty() {
         return Ok(grads);
     }
-    let flat = Tensor::cat(take.flat, 0);
+    let flat = Tensor::cat(flat, 0);
     let reduced =
         all_reduce::<B::InnerBackend>(peer, flat.into_primitive().tensor(), ReduceOperation::Mean)
             .map_err(|e| anyhow!("peer {}: gradient all-reduce failed: {e:?}", peer.0))?;
@@ -171,10 +160,8 @@ impl DataParallel {
             });
         }
         // Burn creates parameters lazily and a clone of a not-yet-created parameter draws its
-        // own values: `train` creates them all first (`materialize_params`), so clones copy.
-        for s in students {
-            materialize_params(s);
-        }
+        // own values: `train` creates them all first (`materialize_params`) and `resume` loads
+        // them, so the copies below copy values.
         let config = CollectiveConfig::default().with_num_devices(devices);
         let mut workers = Vec::with_capacity(devices - 1);
         let (ready_tx, ready_rx) = sync_channel::<Result<(), String>>(devices);

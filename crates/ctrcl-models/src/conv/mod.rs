@@ -34,8 +34,9 @@ use burn_std::{Bytes, Shape as StdShape};
 
 use gemm_kernels::ConvGeometry;
 
-type CpuTrain = Autodiff<Flex>;
-type CpuTrainTensor = <CpuTrain as BackendTypes>::FloatTensorPrimitive;
+/// The CPU training backend, and its float tensor type (shared with [`crate::permute`]).
+pub(crate) type CpuTrain = Autodiff<Flex>;
+pub(crate) type CpuTrainTensor = <CpuTrain as BackendTypes>::FloatTensorPrimitive;
 
 /// Whether the GEMM convolution is enabled (default yes; `CTRCL_BURN_CONV=1` disables it).
 pub fn fast_backward_enabled() -> bool {
