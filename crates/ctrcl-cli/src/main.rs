@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod coordinator;
 mod evaluate;
 mod experiment;
 mod quickstart;
@@ -48,7 +49,27 @@ enum Command {
         /// collective all-reduce. N must divide data.batch_size.
         #[arg(long, value_name = "N", conflicts_with = "resume")]
         devices: Option<usize>,
+        /// Machines taking part in a multi-node run (parallel.nodes); nodes × devices must
+        /// divide data.batch_size. Start the same command on every machine, each with its own
+        /// --node-rank.
+        #[arg(long, value_name = "N", conflicts_with = "resume")]
+        nodes: Option<usize>,
+        /// This machine's rank, 0 … nodes − 1 (parallel.node_rank). Rank 0 also hosts the
+        /// coordinator unless parallel.host_coordinator=false.
+        #[arg(long, value_name = "R", conflicts_with = "resume")]
+        node_rank: Option<usize>,
+        /// HOST:PORT of the coordinator (parallel.coordinator): rank 0's address, or that of
+        /// a `ctrcl coordinator` you run yourself.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "resume")]
+        coordinator: Option<String>,
+        /// HOST:PORT at which the other nodes reach this one (parallel.node_address; default:
+        /// this machine's address towards the coordinator, port = coordinator's + 1 + rank).
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "resume")]
+        node_address: Option<String>,
     },
+    /// Serve Burn's global collective orchestrator for a multi-node run (rank 0's `ctrcl train`
+    /// starts one itself unless parallel.host_coordinator=false).
+    Coordinator(coordinator::Args),
     /// Score a run's students on a split of its dataset (per-class Dice, JSON + table).
     Test {
         /// Run directory written by `ctrcl train`.
@@ -229,15 +250,36 @@ fn run(cli: Cli) -> Result<()> {
             out,
             resume,
             devices,
+            nodes,
+            node_rank,
+            coordinator,
+            node_address,
         } => {
-            if let Some(n) = devices {
-                set.push(format!("parallel.devices={n}"));
+            let numbers = [
+                ("devices", devices),
+                ("nodes", nodes),
+                ("node_rank", node_rank),
+            ];
+            for (key, value) in numbers {
+                if let Some(n) = value {
+                    set.push(format!("parallel.{key}={n}"));
+                }
+            }
+            for (key, value) in [("coordinator", coordinator), ("node_address", node_address)] {
+                if let Some(v) = value {
+                    set.push(format!("parallel.{key}={v:?}"));
+                }
             }
             eprintln!("backend: {}", backend::NAME);
             let summary = match (resume, config, out) {
-                (Some(run), _, _) => backend::resume(&run, true)?,
+                (Some(run), _, _) => {
+                    let cfg = TrainConfig::load(&run.join("config.toml"), &[])?;
+                    let _coordinator = coordinator::host_if_rank_zero(&cfg)?;
+                    backend::resume(&run, true)?
+                }
                 (None, Some(config), Some(out)) => {
                     let cfg = TrainConfig::load(&config, &set)?;
+                    let _coordinator = coordinator::host_if_rank_zero(&cfg)?;
                     backend::train(&cfg, &out, true)?
                 }
                 _ => anyhow::bail!("give --config and --out, or --resume RUN_DIR"),
@@ -316,6 +358,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(args) => evaluate::run(args)?,
         Command::Quickstart(args) => quickstart::run(args)?,
         Command::Bench(args) => bench::run(args)?,
+        Command::Coordinator(args) => coordinator::run(args)?,
         Command::Experiment(args) => experiment::run(args)?,
     }
     Ok(())

@@ -1496,26 +1496,66 @@ fn accumulating_two_half_batches_equals_one_full_batch() {
     assert_eq!(start_event(&halves)["accumulate"], 2);
 }
 
+/// Where data parallelism is exact: LayerNorm students (two Swin-UNets), no stochastic depth,
+/// every loss term a mean over pixels (CE + RLCL; no batch Dice, no CFCL prototypes), SGD, no
+/// augmentation; batch 4, three steps, every step logged.
+fn data_parallel_settings() -> Vec<String> {
+    let mut sets = tiny_settings(prepared());
+    sets.extend(exactly_decomposable_settings());
+    sets.extend(
+        [
+            "data.batch_size=4",
+            "method=ctrcl",
+            "cfcl.enabled=false",
+            "schedule.iterations=3",
+            "schedule.rampup_fraction=0.0",
+            "schedule.log_every=1",
+            "schedule.validate_every=3",
+        ]
+        .map(String::from),
+    );
+    sets
+}
+
+/// CE and RLCL of both students at every logged step.
+fn ce_rlcl_terms(run: &Path) -> Vec<f64> {
+    step_lines(run)
+        .iter()
+        .filter(|v| v.get("cnn").is_some())
+        .flat_map(|v| {
+            ["cnn", "transformer"]
+                .into_iter()
+                .flat_map(|s| [v[s]["ce"].as_f64().unwrap(), v[s]["rlcl"].as_f64().unwrap()])
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Asserts that a data-parallel run's losses equal the single-device run's: steps 2 and 3
+/// follow identical updates, equal up to float summation order (and the f32 all-reduce).
+fn assert_same_training(one: &[f64], parallel: &[f64]) {
+    assert_eq!(one.len(), 12);
+    assert_eq!(parallel.len(), 12);
+    // The RLCL transfer takes part (it would be 0 if the students agreed everywhere).
+    assert!(one.iter().skip(1).step_by(2).any(|&v| v > 1e-4), "{one:?}");
+    for (x, y) in one.iter().zip(parallel) {
+        assert!(
+            (x - y).abs() < 1e-5 * x.abs().max(1.0),
+            "one device {one:?}\ndata-parallel {parallel:?}"
+        );
+    }
+    // A large lr makes the updates visible in the later steps' losses.
+    assert!((one[0] - one[8]).abs() > 1e-3, "{one:?}");
+}
+
 #[test]
 fn two_data_parallel_devices_equal_one_device_on_the_same_global_batch() {
-    // Where data parallelism is exact: LayerNorm students (two Swin-UNets), no stochastic depth,
-    // every loss term a mean over pixels (CE + RLCL; no batch Dice, no CFCL prototypes), SGD,
-    // no augmentation. Batch 4 on one device vs 2 × 2 on two replicas with Burn's all-reduce:
-    // the same four samples, the same averaged gradient, the same updates.
+    // Batch 4 on one device vs 2 × 2 on two replicas with Burn's all-reduce: the same four
+    // samples, the same averaged gradient, the same updates.
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, devices: &str| -> PathBuf {
         let out = dir.path().join(name);
-        let mut sets = tiny_settings(prepared());
-        sets.extend(exactly_decomposable_settings());
-        sets.extend([
-            "data.batch_size=4".into(),
-            "method=ctrcl".into(),
-            "cfcl.enabled=false".into(),
-            "schedule.iterations=3".into(),
-            "schedule.rampup_fraction=0.0".into(),
-            "schedule.log_every=1".into(),
-            "schedule.validate_every=3".into(),
-        ]);
+        let sets = data_parallel_settings();
         let config = config_path();
         let mut args = train_args(&config, out.to_str().unwrap(), &sets);
         args.extend(["--devices", devices]);
@@ -1524,31 +1564,7 @@ fn two_data_parallel_devices_equal_one_device_on_the_same_global_batch() {
     };
     let one = run("one", "1");
     let two = run("two", "2");
-    let terms = |r: &Path| -> Vec<f64> {
-        step_lines(r)
-            .iter()
-            .filter(|v| v.get("cnn").is_some())
-            .flat_map(|v| {
-                ["cnn", "transformer"]
-                    .into_iter()
-                    .flat_map(|s| [v[s]["ce"].as_f64().unwrap(), v[s]["rlcl"].as_f64().unwrap()])
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    let (a, b) = (terms(&one), terms(&two));
-    assert_eq!(a.len(), 12);
-    // The RLCL transfer takes part (it would be 0 if the students agreed everywhere).
-    assert!(a.iter().skip(1).step_by(2).any(|&v| v > 1e-4), "{a:?}");
-    // Steps 2 and 3 follow identical updates: equal up to float summation order.
-    for (x, y) in a.iter().zip(&b) {
-        assert!(
-            (x - y).abs() < 1e-5 * x.abs().max(1.0),
-            "one device {a:?}\ntwo devices {b:?}"
-        );
-    }
-    // A large lr makes the updates visible in the later steps' losses.
-    assert!((a[0] - a[8]).abs() > 1e-3, "{a:?}");
+    assert_same_training(&ce_rlcl_terms(&one), &ce_rlcl_terms(&two));
     assert_eq!(start_event(&two)["devices"], 2);
     // A batch the devices cannot share evenly is a clear error.
     let bad = dir.path().join("bad");
@@ -1562,6 +1578,126 @@ fn two_data_parallel_devices_equal_one_device_on_the_same_global_batch() {
         err.contains("parallel.devices = 2") && err.contains("data.batch_size (3)"),
         "{err}"
     );
+}
+
+/// `n` distinct free TCP ports on the loopback interface.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+#[test]
+fn two_nodes_on_loopback_equal_one_device_on_the_same_global_batch() {
+    // Two processes as two nodes of two devices each (4 peers, one sample each), joined by the
+    // coordinator that rank 0 hosts, against batch 4 on one device.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_path();
+    let sets = data_parallel_settings();
+    let one = dir.path().join("one");
+    ok(&train_args(&config, one.to_str().unwrap(), &sets));
+
+    let ports = free_ports(3);
+    let coordinator = format!("127.0.0.1:{}", ports[0]);
+    let nodes: Vec<(PathBuf, std::process::Child)> = (0..2)
+        .map(|rank| {
+            let out = dir.path().join(format!("node{rank}"));
+            let mut args = train_args(&config, out.to_str().unwrap(), &sets);
+            let rank_text = rank.to_string();
+            let node_address = format!("127.0.0.1:{}", ports[1 + rank]);
+            args.extend([
+                "--devices",
+                "2",
+                "--nodes",
+                "2",
+                "--node-rank",
+                &rank_text,
+                "--coordinator",
+                &coordinator,
+                "--node-address",
+                &node_address,
+            ]);
+            let child = Command::new(env!("CARGO_BIN_EXE_ctrcl"))
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (out, child)
+        })
+        .collect();
+    // A hang (a node waiting for a peer forever) fails the test instead of stalling CI.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let mut nodes = nodes;
+    while nodes
+        .iter_mut()
+        .any(|(_, child)| child.try_wait().unwrap().is_none())
+    {
+        if std::time::Instant::now() > deadline {
+            for (_, child) in &mut nodes {
+                let _ = child.kill();
+            }
+            panic!("the two nodes did not finish within 10 minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut runs = Vec::new();
+    for (out, child) in nodes {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "node {} failed:\n{}\n{}",
+            out.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        runs.push(out);
+    }
+    let reference = ce_rlcl_terms(&one);
+    for run in &runs {
+        // Every node logs the global batch's losses (averaged over all four peers).
+        assert_same_training(&reference, &ce_rlcl_terms(run));
+    }
+    let start = start_event(&runs[1]);
+    assert_eq!(
+        (start["devices"].clone(), start["nodes"].clone()),
+        (2.into(), 2.into())
+    );
+    assert_eq!(start["node_rank"], 1);
+    // Both nodes end with the same weights: their validation scores (computed by each node on
+    // its own copy of the students) agree to the last bit.
+    let val = |run: &Path| -> Vec<Value> {
+        step_lines(run)
+            .into_iter()
+            .filter_map(|v| v.get("val").cloned())
+            .collect()
+    };
+    let (val0, val1) = (val(&runs[0]), val(&runs[1]));
+    assert_eq!(val0.len(), 1);
+    assert!(val0[0]["transformer"]["mean_dice"].as_f64().unwrap() > 0.0);
+    assert_eq!(val0, val1);
+
+    // A multi-node run without a coordinator, or with a rank past the last, is a clear error.
+    let bad = dir.path().join("bad");
+    let mut args = train_args(&config, bad.to_str().unwrap(), &sets);
+    args.extend(["--nodes", "2"]);
+    let err = fails(&args);
+    assert!(err.contains("parallel.coordinator"), "{err}");
+    let mut args = train_args(&config, bad.to_str().unwrap(), &sets);
+    args.extend([
+        "--nodes",
+        "2",
+        "--node-rank",
+        "2",
+        "--coordinator",
+        &coordinator,
+    ]);
+    let err = fails(&args);
+    assert!(err.contains("parallel.node_rank = 2"), "{err}");
 }
 
 #[test]

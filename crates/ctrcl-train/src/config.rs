@@ -387,12 +387,89 @@ pub struct ParallelConfig {
     /// gradients averaged by Burn's collective all-reduce (`ctrcl train --devices N`).
     /// `data.batch_size` must be a multiple of it.
     pub devices: usize,
+    /// Machines (nodes) taking part (`ctrcl train --nodes N`). Each runs `devices` replicas; the
+    /// global batch `data.batch_size` is split over `nodes × devices` peers.
+    pub nodes: usize,
+    /// This machine's rank, 0 … nodes − 1 (`--node-rank R`). Rank 0 hosts the coordinator
+    /// unless `host_coordinator = false`.
+    pub node_rank: usize,
+    /// `HOST:PORT` of Burn's global collective orchestrator (`--coordinator`); required when
+    /// `nodes > 1`. With `host_coordinator`, HOST is rank 0's address (as torchrun's
+    /// MASTER_ADDR).
+    pub coordinator: String,
+    /// `HOST:PORT` at which the other nodes reach this node's tensor service (`--node-address`).
+    /// Empty: this machine's address on the route to the coordinator, port = coordinator port
+    /// + 1 + node_rank.
+    pub node_address: String,
+    /// Whether rank 0's `ctrcl train` starts the orchestrator itself (a `ctrcl coordinator`
+    /// child process on the coordinator's port). `false`: run `ctrcl coordinator` yourself.
+    pub host_coordinator: bool,
 }
 
 impl Default for ParallelConfig {
     fn default() -> Self {
-        ParallelConfig { devices: 1 }
+        ParallelConfig {
+            devices: 1,
+            nodes: 1,
+            node_rank: 0,
+            coordinator: String::new(),
+            node_address: String::new(),
+            host_coordinator: true,
+        }
     }
+}
+
+impl ParallelConfig {
+    /// Peers over all nodes: each takes `data.batch_size / peers()` samples of every batch.
+    pub fn peers(&self) -> usize {
+        self.devices * self.nodes
+    }
+
+    /// Checks the topology against the global batch size.
+    fn validate(&self, batch_size: usize) -> Result<()> {
+        let (devices, nodes) = (self.devices, self.nodes);
+        if devices == 0 || !batch_size.is_multiple_of(devices) {
+            bail!(
+                "parallel.devices = {devices}: must be at least 1 and divide data.batch_size ({batch_size})"
+            );
+        }
+        if nodes == 0 || !batch_size.is_multiple_of(self.peers()) {
+            bail!(
+                "parallel.nodes = {nodes}: with {devices} device(s) per node, nodes × devices ({}) must divide data.batch_size ({batch_size})",
+                nodes * devices
+            );
+        }
+        if self.node_rank >= nodes {
+            bail!(
+                "parallel.node_rank = {}: must be below parallel.nodes ({nodes})",
+                self.node_rank
+            );
+        }
+        if nodes > 1 {
+            if self.coordinator.is_empty() {
+                bail!("parallel.nodes = {nodes} needs parallel.coordinator = \"HOST:PORT\" (--coordinator)");
+            }
+            host_port(&self.coordinator).with_context(|| "parallel.coordinator")?;
+            if !self.node_address.is_empty() {
+                host_port(&self.node_address).with_context(|| "parallel.node_address")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits `HOST:PORT` (HOST may be a name, an IPv4 address or a bracketed IPv6 address).
+pub fn host_port(text: &str) -> Result<(String, u16)> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("\"{text}\" is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| anyhow::anyhow!("\"{text}\": the port must be a number in 1…65535"))?;
+    Ok((host.to_string(), port))
 }
 
 /// How `test`, `predict` and validation map predictions back to the native grid.
@@ -457,13 +534,7 @@ impl TrainConfig {
         self.augmentation
             .validate()
             .map_err(|m| anyhow::anyhow!(m))?;
-        let devices = self.parallel.devices;
-        if devices == 0 || !self.data.batch_size.is_multiple_of(devices) {
-            bail!(
-                "parallel.devices = {devices}: must be at least 1 and divide data.batch_size ({})",
-                self.data.batch_size
-            );
-        }
+        self.parallel.validate(self.data.batch_size)?;
         let d = &self.data;
         if !d.window.is_empty() && ct_window(&d.window).is_none() {
             bail!(
@@ -610,6 +681,59 @@ mod tests {
         assert_eq!(c.schedule.iterations, 7);
         assert_eq!(c.rlcl.rectify, Rectify::Hard);
         assert_eq!(c.cfcl.taps, vec![8]);
+    }
+
+    #[test]
+    fn host_port_accepts_names_and_addresses_and_names_the_problem() {
+        assert_eq!(host_port("node-a:29500").unwrap(), ("node-a".into(), 29500));
+        assert_eq!(host_port("10.0.0.2:1").unwrap(), ("10.0.0.2".into(), 1));
+        assert_eq!(host_port("[::1]:29500").unwrap(), ("[::1]".into(), 29500));
+        for bad in [
+            "node-a",
+            ":29500",
+            "node-a:",
+            "node-a:0",
+            "node-a:70000",
+            "node-a:x",
+        ] {
+            assert!(host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_multi_node_topology_is_checked_against_the_batch() {
+        let with = |sets: &[&str]| {
+            let mut all = vec!["data.batch_size=8".to_string()];
+            all.extend(sets.iter().map(|s| s.to_string()));
+            TrainConfig::from_toml("", &all)
+        };
+        let ok = with(&[
+            "parallel.nodes=2",
+            "parallel.devices=2",
+            "parallel.node_rank=1",
+            "parallel.coordinator=\"10.0.0.1:29500\"",
+        ])
+        .unwrap();
+        assert_eq!(ok.parallel.peers(), 4);
+        let err = |sets: &[&str]| format!("{:#}", with(sets).unwrap_err());
+        let e = err(&["parallel.nodes=3", "parallel.coordinator=\"h:1\""]);
+        assert!(
+            e.contains("parallel.nodes = 3") && e.contains("data.batch_size (8)"),
+            "{e}"
+        );
+        let e = err(&["parallel.nodes=2"]);
+        assert!(e.contains("parallel.coordinator"), "{e}");
+        let e = err(&[
+            "parallel.nodes=2",
+            "parallel.node_rank=2",
+            "parallel.coordinator=\"h:1\"",
+        ]);
+        assert!(e.contains("parallel.node_rank = 2"), "{e}");
+        let e = err(&["parallel.nodes=2", "parallel.coordinator=\"h\""]);
+        assert!(
+            e.contains("parallel.coordinator") && e.contains("HOST:PORT"),
+            "{e}"
+        );
     }
 
     /// configs/icbm152_ctrcl.toml documents every key: each key of the default configuration

@@ -120,6 +120,31 @@ impl Terms {
         self.total += other.total * w;
     }
 
+    /// The fields in declaration order (for the cross-peer all-reduce).
+    pub(crate) fn to_array(self) -> [f64; 6] {
+        [
+            self.ce,
+            self.dice,
+            self.seg,
+            self.transfer_logit,
+            self.transfer_feature,
+            self.total,
+        ]
+    }
+
+    /// Inverse of [`Terms::to_array`]; `v` holds at least 6 values.
+    pub(crate) fn from_slice(v: &[f32]) -> Terms {
+        let f = |i: usize| f64::from(v[i]);
+        Terms {
+            ce: f(0),
+            dice: f(1),
+            seg: f(2),
+            transfer_logit: f(3),
+            transfer_feature: f(4),
+            total: f(5),
+        }
+    }
+
     fn json(&self, method: Method) -> serde_json::Value {
         let mut v = json!({"ce": self.ce, "dice": self.dice, "seg": self.seg, "total": self.total});
         match method {
@@ -325,10 +350,22 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
     if n == 0 {
         bail!("a step needs at least one batch");
     }
+    let device = batches[0].0.device();
     let synced = |g: GradientsParams, student: &TrainStudent<B>| -> Result<GradientsParams> {
         match sync {
             None => Ok(g),
             Some(peer) => crate::distributed::all_reduce_mean(student, g, peer),
+        }
+    };
+    let synced_terms = |terms: [Terms; 2]| -> Result<[Terms; 2]> {
+        match sync {
+            None => Ok(terms),
+            Some(peer) => crate::distributed::all_reduce_terms::<B::InnerBackend>(
+                terms,
+                peer,
+                cfg.parallel.peers(),
+                &device,
+            ),
         }
     };
     if n == 1 {
@@ -344,7 +381,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
                 students[i] = optims[i].step(lrs[i], module, g);
             }
         }
-        return Ok(loss.terms);
+        return synced_terms(loss.terms);
     }
     let mut accumulators = [GradientsAccumulator::new(), GradientsAccumulator::new()];
     let mut terms = [Terms::default(); 2];
@@ -368,7 +405,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
             students[i] = optims[i].step(lrs[i], module, g);
         }
     }
-    Ok(terms)
+    synced_terms(terms)
 }
 
 /// The slot (0 = cnn, 1 = transformer) of the frozen teacher of an offline method.
@@ -622,7 +659,7 @@ pub fn train<B: AutodiffBackend>(
     write_split_lists(&dataset, out)?;
     let log = std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
     let mut log = RunLog { file: log };
-    log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "devices": cfg.parallel.devices, "seed": cfg.seed}))?;
+    log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "devices": cfg.parallel.devices, "nodes": cfg.parallel.nodes, "node_rank": cfg.parallel.node_rank, "seed": cfg.seed}))?;
 
     B::seed(device, cfg.seed);
     let mut students = [
@@ -885,7 +922,7 @@ fn run_loop<B: AutodiffBackend>(
         cfg.students.cnn.name(),
         cfg.students.transformer.name()
     ));
-    let parallel = DataParallel::start(cfg, &students, &optims, cfg.parallel.devices, device)?;
+    let parallel = DataParallel::start(cfg, &students, &optims, device)?;
     let started = Instant::now();
     for step in first_step..total {
         B::seed(device, step_seed(cfg.seed, step));
@@ -992,7 +1029,7 @@ fn run_loop<B: AutodiffBackend>(
         }
     }
     bar.finish_and_clear();
-    parallel.finish::<B>()?;
+    parallel.finish::<B>(device)?;
     let seconds = started.elapsed().as_secs_f64();
     log.line(json!({"event": "end", "seconds": seconds}))?;
     let [c, t] = best;
