@@ -7,6 +7,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod import;
 pub mod permute;
+pub mod pool;
 pub mod resunet;
 pub mod segformer;
 pub mod swin;
@@ -188,6 +189,37 @@ impl<B: Backend> Student<B> {
 pub(crate) mod test_backend {
     pub type TestBackend = burn::backend::Flex;
     pub type TestAutodiff = burn::backend::Autodiff<TestBackend>;
+
+    /// Asserts that `fast` and `reference` give bit-identical values and input gradients on
+    /// `x0` (autodiff CPU backend); the gradient is taken of `Σ y · arange` so that every output
+    /// element carries a distinct weight.
+    pub fn assert_same_values_and_gradients<const D: usize, const E: usize>(
+        x0: &burn::tensor::Tensor<TestAutodiff, D>,
+        fast: impl Fn(burn::tensor::Tensor<TestAutodiff, D>) -> burn::tensor::Tensor<TestAutodiff, E>,
+        reference: impl Fn(
+            burn::tensor::Tensor<TestAutodiff, D>,
+        ) -> burn::tensor::Tensor<TestAutodiff, E>,
+    ) {
+        use burn::tensor::{Int, Tensor, Tolerance};
+        let run = |op: &dyn Fn(Tensor<TestAutodiff, D>) -> Tensor<TestAutodiff, E>| {
+            let x = x0.clone().detach().require_grad();
+            let y = op(x.clone());
+            let n = y.shape().num_elements() as i64;
+            let w = Tensor::<TestAutodiff, 1, Int>::arange(0..n, &y.device())
+                .float()
+                .reshape(y.dims());
+            let grads = (y.clone() * w).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap())
+        };
+        let ((y_fast, g_fast), (y_ref, g_ref)) = (run(&fast), run(&reference));
+        assert_eq!(y_fast.dims(), y_ref.dims());
+        y_fast
+            .into_data()
+            .assert_approx_eq::<f32>(&y_ref.into_data(), Tolerance::absolute(0.0));
+        g_fast
+            .into_data()
+            .assert_approx_eq::<f32>(&g_ref.into_data(), Tolerance::absolute(0.0));
+    }
 
     /// A PyTorch-made weight fixture's JSON (`tests/data/NAME.json`, see `scripts/reference/`).
     pub struct Fixture(pub serde_json::Value);

@@ -153,6 +153,7 @@ fn permute_autodiff(x: CpuTrainTensor, axes: Vec<usize>) -> CpuTrainTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_backend::assert_same_values_and_gradients;
     use burn::tensor::{Distribution, Tolerance};
 
     /// Index-by-index reference.
@@ -202,30 +203,10 @@ mod tests {
 
     #[test]
     fn values_and_gradients_match_burns_permute() {
-        type B = CpuTrain;
         let device = Default::default();
-        let x0 = Tensor::<B, 5>::random([3, 4, 3, 2, 5], Distribution::Default, &device);
+        let x0 = Tensor::<CpuTrain, 5>::random([3, 4, 3, 2, 5], Distribution::Default, &device);
         let axes = [2, 0, 3, 1, 4];
-        let run = |fast: bool| {
-            let x = x0.clone().detach().require_grad();
-            let y = if fast {
-                permute(x.clone(), axes)
-            } else {
-                x.clone().permute(axes)
-            };
-            let w = Tensor::<B, 1, Int>::arange(0..y.shape().num_elements() as i64, &device)
-                .float()
-                .reshape(y.dims());
-            let grads = (y.clone() * w).sum().backward();
-            (y.inner(), x.grad(&grads).unwrap())
-        };
-        let ((y_fast, g_fast), (y_ref, g_ref)) = (run(true), run(false));
-        y_fast
-            .into_data()
-            .assert_approx_eq::<f32>(&y_ref.into_data(), Tolerance::absolute(0.0));
-        g_fast
-            .into_data()
-            .assert_approx_eq::<f32>(&g_ref.into_data(), Tolerance::absolute(0.0));
+        assert_same_values_and_gradients(&x0, |x| permute(x, axes), |x| x.permute(axes));
         // inference backend
         let x = x0.inner();
         permute(x.clone(), axes)

@@ -100,6 +100,7 @@ impl<B: Backend> UpBlock<B> {
 #[derive(Module, Debug)]
 pub struct UNet<B: Backend> {
     encoder: Vec<ConvBlock<B>>,
+    /// Kept so that checkpoints keep their layout; the forward pools with `crate::pool`.
     pool: MaxPool2d,
     decoder: Vec<UpBlock<B>>,
     head: Conv2d<B>,
@@ -187,7 +188,7 @@ impl<B: Backend> UNet<B> {
         let mut h = x;
         for (i, block) in self.encoder.iter().enumerate() {
             if i > 0 {
-                h = self.pool.forward(h);
+                h = crate::pool::max_pool_2x2(h);
             }
             h = block.forward(h);
             skips.push(h.clone());
