@@ -33,7 +33,9 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: its default, all cores)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads of both: PyTorch's --threads and ctrcl's RAYON_NUM_THREADS "
+                         "(0: each its default, all cores)")
     ap.add_argument("--unet-channels", type=int, nargs=5, default=[16, 32, 64, 128, 256])
     ap.add_argument("--swin-embed", type=int, default=96)
     ap.add_argument("--swin-heads", type=int, nargs=4, default=[3, 6, 12, 24])
@@ -50,13 +52,15 @@ def main():
     theirs_sizes = ["--unet-channels", *map(str, a.unet_channels), "--swin-embed", str(a.swin_embed),
                     "--swin-heads", *map(str, a.swin_heads), "--swin-window", str(a.swin_window),
                     "--device", a.device]
+    ours_env = dict(os.environ)
     if a.threads:
         theirs_sizes += ["--threads", str(a.threads)]
+        ours_env["RAYON_NUM_THREADS"] = str(a.threads)
     rows = []
     for model in a.models:
         ours, theirs = [], []
         for _ in range(a.rounds):
-            ours.append(run([a.ctrcl, "bench", "--model", model, "--json", *common, *ours_sets]))
+            ours.append(run([a.ctrcl, "bench", "--model", model, "--json", *common, *ours_sets], env=ours_env))
             theirs.append(run([sys.executable, os.path.join(here, "bench.py"), "--model", model, *common, *theirs_sizes]))
         med = lambda rs, k: statistics.median(r[k] for r in rs)
         rows.append({
