@@ -333,8 +333,8 @@ pub(crate) fn pair_loss<B: AutodiffBackend>(
 /// loss terms averaged over the batches; the caller checks them for non-finite values.
 ///
 /// With `sync = Some(peer)` this is one peer of a data-parallel step ([`crate::distributed`]):
-/// each student's gradients are averaged over the peers (Burn's collective all-reduce) before
-/// its optimizer step.
+/// each student's gradients are averaged over all peers (Burn's collective all-reduce) before
+/// its optimizer step, and the returned loss terms are the all-peer means.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pair_step<B: AutodiffBackend>(
     cfg: &TrainConfig,
