@@ -1580,15 +1580,25 @@ fn two_data_parallel_devices_equal_one_device_on_the_same_global_batch() {
     );
 }
 
-/// `n` distinct free TCP ports on the loopback interface.
+/// `n` distinct free TCP ports, below Linux's ephemeral range (32768–60999) so that the
+/// outgoing connections of the processes under test cannot take them before they bind.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    let mut state = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = 20000 + ((state >> 33) % 12000) as u16;
+        if !ports.contains(&port) && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 #[test]
