@@ -6,6 +6,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod import;
+pub mod norm;
 pub mod permute;
 pub mod pool;
 pub mod resunet;

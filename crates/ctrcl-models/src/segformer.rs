@@ -103,7 +103,9 @@ impl<B: Backend> EfficientAttention<B> {
             2,
         ); // [B, heads, N, hd]
         let kv_in = match &self.sr {
-            Some((conv, norm)) => norm.forward(to_tokens(conv::forward(conv, to_map(x, h, w)))),
+            Some((conv, norm)) => {
+                crate::norm::layer_norm(norm, to_tokens(conv::forward(conv, to_map(x, h, w))))
+            }
             None => x,
         };
         let m = kv_in.dims()[1];
@@ -156,8 +158,14 @@ pub struct MitBlock<B: Backend> {
 
 impl<B: Backend> MitBlock<B> {
     fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), h, w);
-        x.clone() + self.ffn.forward(self.norm2.forward(x), h, w)
+        let x = x.clone()
+            + self
+                .attn
+                .forward(crate::norm::layer_norm(&self.norm1, x), h, w);
+        x.clone()
+            + self
+                .ffn
+                .forward(crate::norm::layer_norm(&self.norm2, x), h, w)
     }
 }
 
@@ -381,11 +389,11 @@ impl<B: Backend> SegFormer<B> {
         for stage in &self.stages {
             let e = conv::forward(&stage.embed, map);
             let [_, _, sh, sw] = e.dims();
-            let mut t = stage.embed_norm.forward(to_tokens(e));
+            let mut t = crate::norm::layer_norm(&stage.embed_norm, to_tokens(e));
             for block in &stage.blocks {
                 t = block.forward(t, sh, sw);
             }
-            map = to_map(stage.norm.forward(t), sh, sw);
+            map = to_map(crate::norm::layer_norm(&stage.norm, t), sh, sw);
             out.push(map.clone());
         }
         out

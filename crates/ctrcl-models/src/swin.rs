@@ -180,7 +180,7 @@ impl<B: Backend> SwinBlock<B> {
         let [h, w] = self.resolution;
         let ws = self.window;
         let shortcut = x.clone();
-        let mut t = self.norm1.forward(x).reshape([b, h, w, c]);
+        let mut t = crate::norm::layer_norm(&self.norm1, x).reshape([b, h, w, c]);
         let shift = self.shift as i64;
         // Burn's `roll` moves elements the other way from `torch.roll` (Burn: roll([0,1,2,3], 1)
         // = [1,2,3,0]; torch: [3,0,1,2]), so Swin's torch.roll(x, −s) is roll(x, +s) here.
@@ -203,9 +203,10 @@ impl<B: Backend> SwinBlock<B> {
             t = t.roll(&[-shift, -shift], &[1, 2]);
         }
         let x = shortcut + drop_path(t.reshape([b, l, c]), self.drop_path);
-        let mlp = self
-            .fc2
-            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        let mlp = self.fc2.forward(gelu(
+            self.fc1
+                .forward(crate::norm::layer_norm(&self.norm2, x.clone())),
+        ));
         x + drop_path(mlp, self.drop_path)
     }
 }
@@ -241,7 +242,8 @@ impl<B: Backend> PatchMerging<B> {
             (h / 2) * (w / 2),
             4 * c,
         ]);
-        self.reduction.forward(self.norm.forward(x))
+        self.reduction
+            .forward(crate::norm::layer_norm(&self.norm, x))
     }
 }
 
@@ -282,6 +284,6 @@ impl<B: Backend> PatchExpand<B> {
             h * f * w * f,
             cout,
         ]);
-        self.norm.forward(x)
+        crate::norm::layer_norm(&self.norm, x)
     }
 }

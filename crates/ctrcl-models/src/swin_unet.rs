@@ -330,7 +330,7 @@ impl<B: Backend> SwinUnet<B> {
                 t = merge.forward(t);
             }
         }
-        (skips, self.norm.forward(t))
+        (skips, crate::norm::layer_norm(&self.norm, t))
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {
@@ -350,7 +350,9 @@ impl<B: Backend> SwinUnet<B> {
                 t = expand.forward(t);
             }
         }
-        let t = self.final_expand.forward(self.norm_up.forward(t));
+        let t = self
+            .final_expand
+            .forward(crate::norm::layer_norm(&self.norm_up, t));
         let logits = conv::forward(&self.head, tokens_to_map(t, h));
         SegOutput { logits, features }
     }
