@@ -5,7 +5,7 @@
 use crate::config::{Method, TrainConfig};
 use crate::losses::seg::seg_loss;
 use crate::student::{eval_net, Role, StudentOptimizer, TrainStudent};
-use crate::trainer::{build_student, pair_step};
+use crate::trainer::{build_student, pair_step, StepRates};
 use anyhow::Result;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -192,9 +192,11 @@ pub fn run_bench<B: AutodiffBackend>(
                     &mut students,
                     &mut optims,
                     vec![(x.clone(), onehot.clone())],
-                    lr,
-                    cfg.rlcl.weight,
-                    cfg.cfcl.weight,
+                    StepRates {
+                        lrs: lr,
+                        beta_r: cfg.rlcl.weight,
+                        beta_f: cfg.cfcl.weight,
+                    },
                     None,
                 )?;
                 B::sync(device)?;

@@ -44,7 +44,7 @@ use burn_communication::Address;
 
 use crate::config::{host_port, ParallelConfig, TrainConfig};
 use crate::student::{StudentOptimizer, TrainStudent};
-use crate::trainer::{pair_step, Terms};
+use crate::trainer::{pair_step, StepRates, Terms};
 
 /// Averages a student's gradients over the peers with one collective all-reduce (mean) of all
 /// its gradients flattened in module order — the same order on every peer, and one collective
@@ -176,12 +176,10 @@ impl<B: Backend> ModuleMapper<B> for DeepCopy<B::Device> {
 }
 
 /// One step's work for a worker: its shards (image `[b, C, S, S]` and one-hot `[b, K, S, S]`
-/// data, one pair per accumulated batch), learning rates and transfer weights.
+/// data, one pair per accumulated batch) and the step's rates.
 struct Job {
     shards: Vec<(TensorData, TensorData)>,
-    lrs: [f64; 2],
-    beta_r: f64,
-    beta_f: f64,
+    rates: StepRates,
 }
 
 struct Worker {
@@ -353,9 +351,7 @@ impl DataParallel {
                             &mut replicas,
                             &mut replica_optims,
                             batches,
-                            job.lrs,
-                            job.beta_r,
-                            job.beta_f,
+                            job.rates,
                             Some(id),
                         )
                         .map_err(|e| format!("{e:#}"));
@@ -404,20 +400,17 @@ impl DataParallel {
     /// one-hot `[B, K, S, S]` each): of each batch's `total` shards, the caller's peer trains on
     /// shard `first` here and the workers on the next ones. Returns the loss terms averaged
     /// over all peers.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn step<B: AutodiffBackend>(
         &self,
         cfg: &TrainConfig,
         students: &mut [TrainStudent<B>; 2],
         optims: &mut [StudentOptimizer<B>; 2],
         batches: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
-        lrs: [f64; 2],
-        beta_r: f64,
-        beta_f: f64,
+        rates: StepRates,
     ) -> Result<[Terms; 2]> {
         let n = self.total;
         if n == 1 {
-            return pair_step(cfg, students, optims, batches, lrs, beta_r, beta_f, None);
+            return pair_step(cfg, students, optims, batches, rates, None);
         }
         let local = self.workers.len() + 1;
         let mut own = Vec::with_capacity(batches.len());
@@ -442,12 +435,7 @@ impl DataParallel {
         for (worker, shards) in self.workers.iter().zip(per_worker) {
             worker
                 .jobs
-                .send(Job {
-                    shards,
-                    lrs,
-                    beta_r,
-                    beta_f,
-                })
+                .send(Job { shards, rates })
                 .map_err(|_| anyhow!("a data-parallel worker stopped"))?;
         }
         // Every peer's terms are already the all-peer means (pair_step reduces them).
@@ -456,9 +444,7 @@ impl DataParallel {
             students,
             optims,
             own,
-            lrs,
-            beta_r,
-            beta_f,
+            rates,
             Some(PeerId::from(self.first)),
         )?;
         for worker in &self.workers {

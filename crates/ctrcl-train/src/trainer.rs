@@ -327,6 +327,15 @@ pub(crate) fn pair_loss<B: AutodiffBackend>(
     }
 }
 
+/// The schedule's values for one step: each student's learning rate and the transfer weights
+/// β_r (logit) and β_f (feature).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepRates {
+    pub(crate) lrs: [f64; 2],
+    pub(crate) beta_r: f64,
+    pub(crate) beta_f: f64,
+}
+
 /// One optimizer step of both students over `batches` (gradient accumulation when there are
 /// several: each batch's loss is divided by their number, so the step follows the mean gradient
 /// — the gradient of one batch of all their samples, BatchNorm statistics aside). Returns the
@@ -335,17 +344,19 @@ pub(crate) fn pair_loss<B: AutodiffBackend>(
 /// With `sync = Some(peer)` this is one peer of a data-parallel step ([`crate::distributed`]):
 /// each student's gradients are averaged over all peers (Burn's collective all-reduce) before
 /// its optimizer step, and the returned loss terms are the all-peer means.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn pair_step<B: AutodiffBackend>(
     cfg: &TrainConfig,
     students: &mut [TrainStudent<B>; 2],
     optims: &mut [StudentOptimizer<B>; 2],
     batches: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
-    lrs: [f64; 2],
-    beta_r: f64,
-    beta_f: f64,
+    rates: StepRates,
     sync: Option<PeerId>,
 ) -> Result<[Terms; 2]> {
+    let StepRates {
+        lrs,
+        beta_r,
+        beta_f,
+    } = rates;
     let n = batches.len();
     if n == 0 {
         bail!("a step needs at least one batch");
@@ -943,15 +954,12 @@ fn run_loop<B: AutodiffBackend>(
             );
             batches.push((x, onehot_tensor::<B>(&batch, k, device)));
         }
-        let [terms_c, terms_t] = parallel.step(
-            cfg,
-            &mut students,
-            &mut optims,
-            batches,
+        let rates = StepRates {
             lrs,
             beta_r,
             beta_f,
-        )?;
+        };
+        let [terms_c, terms_t] = parallel.step(cfg, &mut students, &mut optims, batches, rates)?;
         for (role, t) in Role::BOTH.iter().zip([&terms_c, &terms_t]) {
             if !t.total.is_finite() {
                 bail!(
