@@ -1,5 +1,6 @@
 //! The `ctrcl` command: parses arguments and prints; the library crates do the work.
 
+mod allocator;
 mod backend;
 mod bench;
 mod coordinator;
@@ -218,6 +219,7 @@ impl SplitChoice {
 }
 
 fn main() {
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

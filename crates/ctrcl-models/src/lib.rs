@@ -421,6 +421,41 @@ mod tests {
         );
     }
 
+    /// The final expansion goes back to pixels by `patch_size` and keeps `embed_dim` channels for
+    /// the head whatever the patch size (patch 2 once halved them and the head's conv panicked).
+    #[test]
+    fn swin_unet_runs_at_every_patch_size() {
+        let device = Default::default();
+        for (patch, size) in [(2, 32), (4, 64), (8, 128)] {
+            let mut sizes = small_sizes();
+            sizes.swin_unet.patch_size = patch;
+            sizes.validate(Architecture::SwinUnet, size, 1).unwrap();
+            let m = sizes.init::<TestAutodiff>(Architecture::SwinUnet, size, 1, 3, &device);
+            let out = m.forward(Tensor::random(
+                [1, 1, size, size],
+                Distribution::Default,
+                &device,
+            ));
+            assert_eq!(out.logits.dims(), [1, 3, size, size], "patch {patch}");
+            // Token grid 16 → decoder taps on grids 4, 8, 16, i.e. at strides 4p, 2p, p, where
+            // CFCL pairs them with the CNN's taps of the same stride.
+            let taps: Vec<_> = out.features.iter().map(|(s, f)| (*s, f.dims())).collect();
+            assert_eq!(
+                taps,
+                vec![
+                    (4 * patch, [1, 48, 4, 4]),
+                    (2 * patch, [1, 24, 8, 8]),
+                    (patch, [1, 12, 16, 16])
+                ],
+                "patch {patch}"
+            );
+            assert_eq!(
+                sizes.tap_channels(Architecture::SwinUnet),
+                vec![(4 * patch, 48), (2 * patch, 24), (patch, 12)]
+            );
+        }
+    }
+
     #[test]
     fn invalid_swin_size_is_refused_with_nearest_valid_sizes() {
         let sizes = small_sizes();

@@ -68,10 +68,10 @@ impl<B: Backend> WindowAttention<B> {
         let attn = q.matmul(k.swap_dims(2, 3)); // [B·nW, heads, N, N]
         let table = self.relative_position_bias_table.val();
         let bias = table.select(0, self.relative_index(&attn.device()));
-        let bias = permute(bias.reshape([n, n, self.heads]), [2, 0, 1]); // [heads, N, N]
-                                                                         // Bias and shift mask are summed on their own small grid first, then added to the
-                                                                         // scores as one row broadcast over a 2D view (flex adds a [1, M] row per row; a 4D/5D
-                                                                         // broadcast goes through its element-wise strided iterator).
+        // [heads, N, N]. Bias and shift mask are summed on their own small grid first, then added
+        // to the scores as one row broadcast over a 2D view (flex adds a [1, M] row per row; a
+        // 4D/5D broadcast goes through its element-wise strided iterator).
+        let bias = permute(bias.reshape([n, n, self.heads]), [2, 0, 1]);
         let (nw, bias) = match mask {
             Some(mask) => {
                 let nw = mask.dims()[0];
@@ -257,10 +257,29 @@ pub struct PatchExpand<B: Backend> {
 }
 
 impl<B: Backend> PatchExpand<B> {
-    /// `factor = 2` halves the channels (Swin-Unet `PatchExpand`); `factor = 4` keeps them
-    /// (`FinalPatchExpand_X4`).
-    pub fn new(dim: usize, resolution: [usize; 2], factor: usize, device: &B::Device) -> Self {
-        let out = if factor == 2 { dim / 2 } else { dim };
+    /// Swin-Unet's decoder `PatchExpand`: 2× up-sampling that halves the channels.
+    pub fn halving(dim: usize, resolution: [usize; 2], device: &B::Device) -> Self {
+        Self::new(dim, dim / 2, resolution, 2, device)
+    }
+
+    /// Swin-Unet's `FinalPatchExpand_X4` for any patch size: `factor`× up-sampling back to pixel
+    /// resolution that keeps the channels.
+    pub fn to_pixels(
+        dim: usize,
+        resolution: [usize; 2],
+        factor: usize,
+        device: &B::Device,
+    ) -> Self {
+        Self::new(dim, dim, resolution, factor, device)
+    }
+
+    fn new(
+        dim: usize,
+        out: usize,
+        resolution: [usize; 2],
+        factor: usize,
+        device: &B::Device,
+    ) -> Self {
         PatchExpand {
             expand: LinearConfig::new(dim, factor * factor * out)
                 .with_bias(false)

@@ -81,6 +81,7 @@ pub struct SwinUnet<B: Backend> {
     head: Conv2d<B>,
     /// Token grid side at stride `patch_size`.
     grid: usize,
+    patch_size: usize,
 }
 
 /// Official Swin Transformer key → ctrcl SwinUnet key (applied in order).
@@ -206,12 +207,13 @@ impl SwinUnetConfig {
         macs + (image_size * image_size) as f64 * c * num_classes as f64
     }
 
-    /// Feature-tap channels by stride: 16 → 4C, 8 → 2C, 4 → C.
+    /// Feature-tap channels by stride (patch size p): 4p → 4C, 2p → 2C, p → C.
     pub fn tap_channels(&self) -> Vec<(usize, usize)> {
+        let p = self.patch_size;
         vec![
-            (16, 4 * self.embed_dim),
-            (8, 2 * self.embed_dim),
-            (4, self.embed_dim),
+            (4 * p, 4 * self.embed_dim),
+            (2 * p, 2 * self.embed_dim),
+            (p, self.embed_dim),
         ]
     }
 
@@ -265,7 +267,7 @@ impl SwinUnetConfig {
             });
             first += self.depths[stage];
         }
-        // Decoder stages at strides 16, 8, 4 = encoder stages 2, 1, 0.
+        // Decoder stages at strides 4p, 2p, p (p = patch size) = encoder stages 2, 1, 0.
         let mut decoder = Vec::with_capacity(3);
         for (j, stage) in [2usize, 1, 0].into_iter().enumerate() {
             let dim = c << stage;
@@ -274,7 +276,7 @@ impl SwinUnetConfig {
             decoder.push(DecoderStage {
                 fuse: LinearConfig::new(2 * dim, dim).init(device),
                 blocks: stage_blocks(stage, self.decoder_depths[j], first, device),
-                expand: (stage > 0).then(|| PatchExpand::new(dim, [g, g], 2, device)),
+                expand: (stage > 0).then(|| PatchExpand::halving(dim, [g, g], device)),
             });
         }
         SwinUnet {
@@ -284,14 +286,15 @@ impl SwinUnetConfig {
             patch_norm: LayerNormConfig::new(c).init(device),
             encoder,
             norm: LayerNormConfig::new(8 * c).init(device),
-            bottleneck_expand: PatchExpand::new(8 * c, [grid >> 3, grid >> 3], 2, device),
+            bottleneck_expand: PatchExpand::halving(8 * c, [grid >> 3, grid >> 3], device),
             decoder,
             norm_up: LayerNormConfig::new(c).init(device),
-            final_expand: PatchExpand::new(c, [grid, grid], self.patch_size, device),
+            final_expand: PatchExpand::to_pixels(c, [grid, grid], self.patch_size, device),
             head: Conv2dConfig::new([c, num_classes], [1, 1])
                 .with_bias(false)
                 .init(device),
             grid,
+            patch_size: self.patch_size,
         }
     }
 }
@@ -345,7 +348,7 @@ impl<B: Backend> SwinUnet<B> {
                 t = block.forward(t);
             }
             let side = self.grid >> (2 - j);
-            features.push((16 >> j, tokens_to_map(t.clone(), side)));
+            features.push(((4 * self.patch_size) >> j, tokens_to_map(t.clone(), side)));
             if let Some(expand) = &stage.expand {
                 t = expand.forward(t);
             }
