@@ -3,6 +3,7 @@
 //! Every student returns full-resolution logits and its decoder feature taps keyed by stride
 //! (8 means 1/8 of the input size), which the feature-wise transfer (CFCL) aligns.
 
+pub mod activation;
 pub mod batchnorm;
 pub mod conv;
 pub mod import;

@@ -5,6 +5,7 @@
 //! classifies and upsamples ×4. Feature taps: the projected stage features at strides 16, 8, 4
 //! (the decoder's own per-scale features, like the Swin-UNet's).
 
+use crate::activation::{gelu, softmax};
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::conv;
 use crate::permute::{permute, swap_dims};
@@ -12,7 +13,7 @@ use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, relu, softmax};
+use burn::tensor::activation::relu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use serde::{Deserialize, Serialize};

@@ -3,11 +3,11 @@
 //! self-attention with relative position bias, cyclic shift with an attention mask, patch merging,
 //! and Swin-Unet's patch expanding. Tokens are `[B, L, C]` with `L = H·W` in row-major order.
 
+use crate::activation::{gelu, softmax};
 use crate::permute::{permute, swap_dims};
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::Distribution;
 
 /// Window attention with a learned relative position bias per head.

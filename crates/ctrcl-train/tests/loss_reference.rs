@@ -110,6 +110,20 @@ fn supervised_loss_matches_reference() {
         f.expect("seg_a_04_06"),
         "L_seg 0.4/0.6",
     );
+    // The training backend computes CE and Dice in one fused op (losses/seg_cpu.rs).
+    let terms = seg_loss(
+        f.logits::<Autodiff<B>>("z_a"),
+        f.onehot::<Autodiff<B>>(),
+        0.4,
+        0.6,
+    );
+    close(value(terms.ce), f.expect("ce_a"), "fused CE");
+    close(value(terms.dice), f.expect("dice_a"), "fused Dice");
+    close(
+        value(terms.total),
+        f.expect("seg_a_04_06"),
+        "fused L_seg 0.4/0.6",
+    );
 }
 
 #[test]

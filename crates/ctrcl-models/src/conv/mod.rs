@@ -34,9 +34,10 @@ use burn_std::{Bytes, Shape as StdShape};
 
 use gemm_kernels::ConvGeometry;
 
-/// The CPU training backend, and its float tensor type (shared with [`crate::permute`]).
-pub(crate) type CpuTrain = Autodiff<Flex>;
-pub(crate) type CpuTrainTensor = <CpuTrain as BackendTypes>::FloatTensorPrimitive;
+/// The CPU training backend, and its float tensor type (shared with the other fused CPU ops
+/// here and in ctrcl-train's losses).
+pub type CpuTrain = Autodiff<Flex>;
+pub type CpuTrainTensor = <CpuTrain as BackendTypes>::FloatTensorPrimitive;
 
 /// Whether the GEMM convolution is enabled (default yes; `CTRCL_BURN_CONV=1` disables it).
 pub fn fast_backward_enabled() -> bool {
@@ -123,8 +124,9 @@ fn flex_conv2d(
     flex_tensor(y, StdShape::new([g.batch, g.channels_out, oh, ow]))
 }
 
-/// Moves a value between two names of the same type (checked at run time).
-pub(crate) fn cast<From: 'static, To: 'static>(value: From) -> To {
+/// Moves a value between two names of the same type (checked at run time): a generic backend's
+/// tensor primitive to the concrete CPU type after a `TypeId` check, and back.
+pub fn cast<From: 'static, To: 'static>(value: From) -> To {
     let boxed: Box<dyn Any> = Box::new(value);
     *boxed
         .downcast::<To>()

@@ -4,3 +4,4 @@ pub mod baselines;
 pub mod cfcl;
 pub mod rlcl;
 pub mod seg;
+mod seg_cpu;
