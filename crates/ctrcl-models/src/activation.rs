@@ -5,6 +5,7 @@
 //! strided iterator; its softmax is max, subtract, exp, sum, divide, with a composite backward.
 //! Together they were ~25% of a Swin-UNet training step on one core (`perf`). Here each is one
 //! pass over contiguous chunks in parallel:
+//! - e^x without libm ([`exp`], 1 ulp), for the two ops here and the fused loss.
 //! - GELU `y = x·Φ(x)`, `Φ(x) = (1 + erf(x/√2))/2`, with erf as a rational approximation
 //!   (Eigen's and XLA's, clamped to ±4; |error| ≤ 5e-7, the compiler vectorises it) and
 //!   backward `dx = dy·(Φ(x) + x·φ(x))`, `φ` the standard normal density; the input is kept.
@@ -134,6 +135,31 @@ fn erf(x: f32) -> f32 {
     x * p / q
 }
 
+/// e^x in f32 within 1 ulp of libm's (measured over 2·10⁷ inputs) without a libm call, so that
+/// loops over it vectorise: Cody–Waite reduction x = n·ln2 + r (|r| ≤ ln2/2, n rounded with the
+/// 1.5·2²³ trick) and Cephes' degree-5 polynomial for e^r, scaled by 2ⁿ through the exponent
+/// bits. x is clamped to [−87, 88], so e^x ≥ 1.6e-38 (≈ 0 beside any softmax denominator ≥ 1)
+/// and it never overflows or gives NaN for ±∞.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5, // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+    ] {
+        p = p * r + c;
+    }
+    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    (p * r * r + r + 1.0) * scale
+}
+
 /// Φ(x), the standard normal distribution function.
 #[inline(always)]
 fn normal_cdf(x: f32) -> f32 {
@@ -160,12 +186,10 @@ fn forward(x: &FlexTensor, op: Op) -> FlexTensor {
                 .for_each(|(y, x)| {
                     for (y, x) in y.chunks_exact_mut(row).zip(x.chunks_exact(row)) {
                         let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0.0f32;
                         for (y, &x) in y.iter_mut().zip(x) {
-                            *y = (x - max).exp();
-                            sum += *y;
+                            *y = exp(x - max);
                         }
-                        let inv = 1.0 / sum;
+                        let inv = 1.0 / y.iter().sum::<f32>();
                         y.iter_mut().for_each(|y| *y *= inv);
                     }
                 });
@@ -189,7 +213,7 @@ fn backward(dy: &FlexTensor, kept: &FlexTensor, op: Op) -> FlexTensor {
                 .zip(k.par_chunks(CHUNK))
                 .for_each(|((dx, dy), x)| {
                     for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
-                        let pdf = (-0.5 * x * x).exp() * inv_sqrt_2pi;
+                        let pdf = exp(-0.5 * x * x) * inv_sqrt_2pi;
                         *dx = dy * (normal_cdf(x) + x * pdf);
                     }
                 });
@@ -302,6 +326,33 @@ mod tests {
             assert!((f64::from(erf(x)) - exact).abs() <= 5e-7, "erf({x})");
             assert!((f64::from(erf(-x)) + exact).abs() <= 5e-7, "erf({})", -x);
         }
+    }
+
+    #[test]
+    fn exp_is_within_2_ulp_of_libm_over_the_softmax_range() {
+        // Every 97th f32 in [−87, 88] (≈ 2·10⁷ values) against libm's expf; measured worst 1 ulp.
+        let (lo, hi) = (-87.0f32, 88.0f32);
+        let mut worst = 0.0f64;
+        let mut x = lo;
+        while x < hi {
+            let (got, want) = (f64::from(exp(x)), f64::from(x.exp()));
+            worst = worst.max(((got - want) / want).abs());
+            x = f32::from_bits(if x < 0.0 {
+                x.to_bits() - 97
+            } else {
+                x.to_bits() + 97
+            });
+            if x == 0.0 || (x < 0.0 && x > -1e-30) {
+                x = 1e-30;
+            }
+        }
+        assert!(
+            worst <= 2.0 * f64::from(f32::EPSILON),
+            "worst relative error {worst}"
+        );
+        // Clamped ends: no overflow, no NaN, ~0 for very negative inputs.
+        assert!(exp(f32::NEG_INFINITY) < 1e-37 && exp(-1e4) < 1e-37);
+        assert!(exp(88.0).is_finite() && exp(f32::INFINITY).is_finite());
     }
 
     #[test]
