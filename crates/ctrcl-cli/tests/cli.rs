@@ -838,9 +838,12 @@ fn predict_writes_probabilities_and_segments_png_like_nifti() {
         "--upsample",
         "bilinear",
     ]);
-    let metrics: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics/test-test.json")).unwrap())
-            .unwrap();
+    // The run's own rule is nearest, so the override is written beside its default file.
+    assert!(!out.join("metrics/test-test.json").exists());
+    let metrics: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("metrics/test-test-bilinear.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(metrics["upsample"], "bilinear");
     let image = prepared().join("imagesTr/icbm152_0000.nii.gz");
     let pred_dir = run.path().join("pred");
@@ -945,15 +948,15 @@ fn predict_writes_probabilities_and_segments_png_like_nifti() {
     assert_eq!(npy.len(), 10 + header_len + 4 * 4 * slice);
 
     // `report` on the run (twice: two runs with the same folder name get distinct folders). The
-    // run's test metrics hold the cnn only, so the report tests both students (bilinear, as
-    // recorded) first.
+    // run has no test metrics in its own rule yet (the bilinear ones above are kept apart), so
+    // the report tests both students with the run's rule, nearest, first.
     let rep = run.path().join("report");
     ok(&["report", out_s, out_s, "--out", rep.to_str().unwrap()]);
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
     let metrics: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics/test-test.json")).unwrap())
             .unwrap();
-    assert_eq!(metrics["upsample"], "bilinear");
+    assert_eq!(metrics["upsample"], "nearest");
     let mean = |role: &str| metrics[role]["transunet"]["mean"]["dice"].as_f64().unwrap();
     assert!(
         md.contains("| r | ctrcl | cnn | unet |")

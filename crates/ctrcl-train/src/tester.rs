@@ -93,7 +93,8 @@ pub fn load_student<B: Backend>(
 }
 
 /// Tests `roles` of the run on `split`; writes `metrics/test-SPLIT.json` in the run directory.
-/// `upsample` overrides the run's `eval.upsample`.
+/// `upsample` overrides the run's `eval.upsample`; an override that differs from it writes
+/// `metrics/test-SPLIT-UPSAMPLE.json` instead, so scoring a run both ways keeps both results.
 pub fn test_run<B: Backend>(
     run: &Path,
     roles: &[Role],
@@ -102,6 +103,14 @@ pub fn test_run<B: Backend>(
     device: &B::Device,
 ) -> Result<TestReport> {
     let (cfg, info) = open_run(run)?;
+    let file_name = match upsample {
+        Some(u) if u != cfg.eval.upsample => format!(
+            "test-{}-{}.json",
+            split.name(),
+            serde_json::to_value(u)?.as_str().unwrap_or("upsample")
+        ),
+        _ => format!("test-{}.json", split.name()),
+    };
     let upsample = upsample.unwrap_or(cfg.eval.upsample);
     let dataset = Dataset::open(&info.dataset, cfg.data.open_options())
         .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
@@ -176,9 +185,7 @@ pub fn test_run<B: Backend>(
     for s in &students {
         doc[s.role.name()] = student_json(s);
     }
-    let json_path = run
-        .join("metrics")
-        .join(format!("test-{}.json", split.name()));
+    let json_path = run.join("metrics").join(file_name);
     write_text_atomic(&json_path, &serde_json::to_string_pretty(&doc)?)?;
     Ok(TestReport {
         run: run.to_path_buf(),

@@ -12,6 +12,7 @@
 //! `CTRCL_BURN_CONV=1` in the environment turns this path off (for A/B benchmarks).
 
 pub mod gemm_kernels;
+pub mod up;
 
 use std::any::{Any, TypeId};
 use std::sync::OnceLock;
