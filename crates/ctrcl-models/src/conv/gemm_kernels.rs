@@ -163,7 +163,7 @@ fn col2im_add(g: &ConvGeometry, cols: &[f32], image: &mut [f32]) {
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, each operand given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,

@@ -23,9 +23,9 @@ use burn::nn::conv::ConvTranspose2d;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::gemm_kernels::matmul;
 use super::{cast, fast_backward_enabled, flex_tensor, CpuTrain, CpuTrainTensor};
 
 /// `conv.forward(x)`: `x` `[B, C_in, H, W]` → `[B, C_out, 2H, 2W]` for a 2×2 stride-2 layer.
@@ -86,45 +86,6 @@ impl Geometry {
     }
 }
 
-/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, operands given by (row, column) strides.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    [m, n, k]: [usize; 3],
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_strides: (isize, isize),
-    rhs: &[f32],
-    rhs_strides: (isize, isize),
-) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    // SAFETY: `dst` is `[m, n]` row major and `lhs`, `rhs` hold `m·k` and `k·n` elements that
-    // the given strides address within those lengths (checked by the callers' shapes).
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_strides.1,
-            lhs_strides.0,
-            rhs.as_ptr(),
-            rhs_strides.1,
-            rhs_strides.0,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
-
 /// The forward values `[B, C_out, 2H, 2W]`.
 fn values(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let g = Geometry::of(x, w);
@@ -138,7 +99,9 @@ fn values(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
             // T[co·4 + q, pixel] = Σ_ci W[ci, co·4 + q] · x_b[ci, pixel]
             let x_b = &xs[bi * g.cin * p..(bi + 1) * g.cin * p];
             matmul(
-                [rows, p, g.cin],
+                rows,
+                p,
+                g.cin,
                 t,
                 false,
                 ws,
@@ -198,7 +161,9 @@ fn gradients(g: &Geometry, xs: &[f32], ws: &[f32], dy: &[f32]) -> (Vec<f32>, Vec
             gather(g, &dy[bi * rows * p..(bi + 1) * rows * p], &mut dt);
             // dx_b[ci, pixel] = Σ W[ci, r] · dT[r, pixel]
             matmul(
-                [g.cin, p, rows],
+                g.cin,
+                p,
+                rows,
                 dx_b,
                 false,
                 ws,
@@ -209,7 +174,9 @@ fn gradients(g: &Geometry, xs: &[f32], ws: &[f32], dy: &[f32]) -> (Vec<f32>, Vec
             // dW_b[ci, r] = Σ_pixel x_b[ci, pixel] · dT[r, pixel]
             let mut dw = vec![0.0f32; g.cin * rows];
             matmul(
-                [g.cin, rows, p],
+                g.cin,
+                rows,
+                p,
                 &mut dw,
                 false,
                 &xs[bi * g.cin * p..(bi + 1) * g.cin * p],
