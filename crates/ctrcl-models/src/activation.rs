@@ -22,14 +22,13 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
-use burn_std::{Bytes, Shape as StdShape};
 use rayon::prelude::*;
 
-use crate::conv::{cast, CpuTrain, CpuTrainTensor};
+use crate::conv::{cast, flex_tensor, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -96,19 +95,6 @@ fn apply<B: Backend, const D: usize>(x: Tensor<B, D>, path: Path, op: Op) -> Ten
         cast(autodiff(cast(x), op))
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
-}
-
-/// Contiguous f32 flex tensor of `values` in `shape`.
-fn flex(values: Vec<f32>, shape: &StdShape) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(values),
-        Layout::contiguous(shape.clone()),
-        DType::F32,
-    )
-}
-
-fn shape_of(t: &FlexTensor) -> StdShape {
-    StdShape::from(t.layout().shape().iter().copied().collect::<Vec<_>>())
 }
 
 /// erf(x) in f32 to |error| ≤ 5e-7: x·P(x²)/Q(x²) on x clamped to [−4, 4] (beyond, erf is ±1
@@ -195,7 +181,7 @@ fn forward(x: &FlexTensor, op: Op) -> FlexTensor {
                 });
         }
     }
-    flex(y, &shape_of(&x))
+    flex_tensor(y, x.layout().shape().clone())
 }
 
 /// `dx` from the output gradient `dy` and the kept tensor (GELU: the input; softmax: the output).
@@ -237,7 +223,7 @@ fn backward(dy: &FlexTensor, kept: &FlexTensor, op: Op) -> FlexTensor {
                 });
         }
     }
-    flex(dx, &shape_of(kept))
+    flex_tensor(dx, kept.layout().shape().clone())
 }
 
 #[derive(Debug)]

@@ -209,7 +209,8 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Co
     }
 }
 
-fn flex_tensor(values: Vec<f32>, shape: StdShape) -> FlexTensor {
+/// A contiguous f32 flex tensor of `values` in `shape` (shared by the fused CPU ops).
+pub fn flex_tensor(values: Vec<f32>, shape: StdShape) -> FlexTensor {
     FlexTensor::new(
         Bytes::from_elems(values),
         Layout::contiguous(shape),

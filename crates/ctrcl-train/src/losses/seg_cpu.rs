@@ -21,12 +21,12 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
-use burn_std::{Bytes, Shape as StdShape};
-use ctrcl_models::conv::{cast, CpuTrain, CpuTrainTensor};
+use burn_std::Shape as StdShape;
+use ctrcl_models::conv::{cast, flex_tensor, CpuTrain, CpuTrainTensor};
 use rayon::prelude::*;
 
 use super::seg::DICE_EPS;
@@ -236,18 +236,14 @@ impl Backward<Flex, 1> for SegLossBackward {
         if let Some(logits) = logits {
             let dz = backward(&ops.state, g[0], g[1]);
             let shape = StdShape::from(ops.state.dims.to_vec());
-            let dz = FlexTensor::new(Bytes::from_elems(dz), Layout::contiguous(shape), DType::F32);
+            let dz = flex_tensor(dz, shape);
             grads.register::<Flex>(logits.id, dz);
         }
     }
 }
 
 fn terms_tensor(terms: [f32; 2]) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(terms.to_vec()),
-        Layout::contiguous(StdShape::from(vec![2])),
-        DType::F32,
-    )
+    flex_tensor(terms.to_vec(), StdShape::new([2]))
 }
 
 fn autodiff(z: CpuTrainTensor, onehot: FlexTensor) -> CpuTrainTensor {
