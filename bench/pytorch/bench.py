@@ -42,6 +42,8 @@ def main():
     ap.add_argument("--swin-heads", type=int, nargs=4, default=[3, 6, 12, 24])
     ap.add_argument("--swin-window", type=int, default=7)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: forward and loss under torch.autocast(dtype=torch.bfloat16)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -63,6 +65,7 @@ def main():
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     else:
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01, eps=1e-8)
+    autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     with FlopCounterMode(display=False) as counter:
@@ -76,7 +79,9 @@ def main():
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        seg_loss(net(x), onehot).backward()
+        with autocast():
+            loss = seg_loss(net(x), onehot)
+        loss.backward()
         opt.step()
         sync()
         if i >= a.warmup:
@@ -86,7 +91,8 @@ def main():
     with torch.no_grad():
         for i in range(a.warmup + a.steps):
             t0 = time.perf_counter()
-            net(x).argmax(1)
+            with autocast():
+                net(x).argmax(1)
             sync()
             if i >= a.warmup:
                 infer.append((time.perf_counter() - t0) * 1e3 / a.batch)
@@ -99,6 +105,7 @@ def main():
         "classes": a.classes,
         "backend": f"pytorch {torch.__version__} {a.device} ({torch.get_num_threads()} threads)",
         "optimizer": a.optimizer,
+        "precision": a.precision,
         "ms_per_step": ms,
         "ms_per_step_min": min(times),
         "images_per_s": a.batch / (ms / 1e3),

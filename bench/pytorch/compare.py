@@ -42,9 +42,12 @@ def main():
     ap.add_argument("--swin-window", type=int, default=7)
     ap.add_argument("--ctrcl", default="target/release/ctrcl")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for a ctrcl built with --features cuda")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: ctrcl's mixed precision beside torch.autocast(dtype=torch.bfloat16)")
     a = ap.parse_args()
     common = ["--size", str(a.size), "--batch", str(a.batch), "--classes", str(a.classes),
-              "--optimizer", a.optimizer, "--steps", str(a.steps), "--warmup", str(a.warmup)]
+              "--optimizer", a.optimizer, "--steps", str(a.steps), "--warmup", str(a.warmup),
+              "--precision", a.precision]
     ours_sets = ["--set", f"models.unet.channels={a.unet_channels}".replace(" ", ""),
                  "--set", f"models.swin_unet.embed_dim={a.swin_embed}",
                  "--set", f"models.swin_unet.heads={a.swin_heads}".replace(" ", ""),
@@ -71,7 +74,7 @@ def main():
             "ctrcl_gflop": ours[0]["forward_gflop_per_image"], "pytorch_gflop": theirs[0]["forward_gflop_per_image"],
             "ctrcl_peak_mb": max(r["peak_rss_mb"] for r in ours), "pytorch_peak_mb": max(r["peak_rss_mb"] for r in theirs),
         })
-    print(f"size {a.size}, batch {a.batch}, {a.classes} classes, {a.optimizer}, {a.steps} steps x {a.rounds} rounds")
+    print(f"size {a.size}, batch {a.batch}, {a.classes} classes, {a.optimizer}, {a.precision}, {a.steps} steps x {a.rounds} rounds")
     print(f"ctrcl: {rows[0]['ctrcl_backend']}; PyTorch: {rows[0]['pytorch_backend']}")
     print(f"{'model':<10} {'ctrcl ms/step':>14} {'torch ms/step':>14} {'ratio':>6} {'ctrcl inf ms':>13} {'torch inf ms':>13} {'ratio':>6} {'GFLOP fwd (ours/torch)':>24} {'peak MiB (ours/torch)':>22}")
     for r in rows:

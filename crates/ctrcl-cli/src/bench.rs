@@ -44,6 +44,11 @@ pub struct Args {
     /// Optimizer of every benchmarked student (default: the config's, SGD for both).
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
+    /// Dtype of the students' products in the timed steps and inference: f32, or bf16 mixed
+    /// precision (default: the config's `precision`, f32). Meant for GPUs; on the CPU backend
+    /// bf16 products are slower than f32.
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    precision: Option<String>,
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -100,6 +105,9 @@ fn config(args: &Args) -> Result<TrainConfig> {
         };
         sets.push(format!("optim.cnn.optimizer={name}"));
         sets.push(format!("optim.transformer.optimizer={name}"));
+    }
+    if let Some(p) = &args.precision {
+        sets.push(format!("precision={p}"));
     }
     match &args.config {
         Some(path) => TrainConfig::load(path, &sets),

@@ -276,6 +276,49 @@ fn same_seed_gives_identical_logs() {
         .any(|l| l["cnn"]["dml"].as_f64().is_some_and(|v| v > 0.0)));
 }
 
+/// Mixed precision: the same seed and data in f32 and in bf16 give losses that differ (the
+/// products really ran in bf16) by less than bf16's error over a few steps (unit roundoff 2⁻⁹
+/// per product; measured 1.3e-2 relative on these tiny students, bound 5e-2: a dropped or
+/// mis-cast term changes a loss by O(1)). The run records its precision and tests in f32.
+#[test]
+fn bf16_autocast_training_tracks_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_path();
+    let mut logs = Vec::new();
+    for precision in ["f32", "bf16"] {
+        let out = dir.path().join(precision);
+        let mut sets = tiny_settings(prepared());
+        sets.push(format!("precision={precision}"));
+        ok(&train_args(&config, out.to_str().unwrap(), &sets));
+        let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+        let start: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+        assert_eq!(start["precision"], precision, "{start}");
+        logs.push(step_lines(&out));
+    }
+    let mut largest = 0.0f64;
+    for (a, b) in logs[0].iter().zip(&logs[1]) {
+        for role in ["cnn", "transformer"] {
+            let (Some(x), Some(y)) = (a[role]["total"].as_f64(), b[role]["total"].as_f64()) else {
+                continue;
+            };
+            largest = largest.max((x - y).abs() / x.abs());
+        }
+    }
+    eprintln!("bf16 vs f32: largest relative loss difference {largest:.2e}");
+    assert!(
+        largest > 0.0 && largest < 5e-2,
+        "largest relative loss difference {largest}"
+    );
+    let bf16_run = dir.path().join("bf16");
+    ok(&["test", "--run", bf16_run.to_str().unwrap()]);
+    let err = fails(&train_args(
+        &config,
+        dir.path().join("bad").to_str().unwrap(),
+        &[tiny_settings(prepared()), vec!["precision=f8".into()]].concat(),
+    ));
+    assert!(err.contains("precision") && err.contains("f8"), "{err}");
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let config = config_path();
@@ -1107,6 +1150,7 @@ fn bench_reports_every_model_with_the_documented_keys() {
             (Some(32), Some(2), Some(4))
         );
         assert!(v["backend"].as_str().unwrap().contains("flex"));
+        assert_eq!(v["precision"], "f32");
     }
     // The pair's forward FLOPs are the two students' (counted from the architecture; the same
     // counts as PyTorch's FlopCounterMode on bench/pytorch's twins, docs/benchmarks.md).

@@ -10,6 +10,7 @@ pub mod import;
 pub mod norm;
 pub mod permute;
 pub mod pool;
+pub mod precision;
 pub mod resunet;
 pub mod segformer;
 pub mod swin;
@@ -223,6 +224,24 @@ pub(crate) mod test_backend {
             .assert_approx_eq::<f32>(&g_ref.into_data(), Tolerance::absolute(0.0));
     }
 
+    /// Small students for fast tests (U-Net [4..16], Swin-UNet embed 12, window 4).
+    pub fn small_sizes() -> crate::ModelSizes {
+        crate::ModelSizes {
+            unet: crate::UNetConfig {
+                channels: [4, 8, 8, 16, 16],
+                ..Default::default()
+            },
+            swin_unet: crate::SwinUnetConfig {
+                embed_dim: 12,
+                heads: [1, 2, 3, 6],
+                window: 4,
+                depths: [2, 2, 2, 2],
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
     /// A PyTorch-made weight fixture's JSON (`tests/data/NAME.json`, see `scripts/reference/`).
     pub struct Fixture(pub serde_json::Value);
 
@@ -261,25 +280,8 @@ pub(crate) mod test_backend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_backend::TestAutodiff;
+    use crate::test_backend::{small_sizes, TestAutodiff};
     use burn::tensor::Distribution;
-
-    fn small_sizes() -> ModelSizes {
-        ModelSizes {
-            unet: UNetConfig {
-                channels: [4, 8, 8, 16, 16],
-                ..Default::default()
-            },
-            swin_unet: SwinUnetConfig {
-                embed_dim: 12,
-                heads: [1, 2, 3, 6],
-                window: 4,
-                depths: [2, 2, 2, 2],
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn unet_macs_by_hand() {

@@ -9,6 +9,7 @@ use crate::activation::{gelu, softmax};
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::conv;
 use crate::permute::{permute, swap_dims};
+use crate::precision::{linear_forward, matmul};
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -99,7 +100,7 @@ impl<B: Backend> EfficientAttention<B> {
         let [b, n, c] = x.dims();
         let hd = c / self.heads;
         let q = swap_dims(
-            self.q.forward(x.clone()).reshape([b, n, self.heads, hd]),
+            linear_forward(&self.q, x.clone()).reshape([b, n, self.heads, hd]),
             1,
             2,
         ); // [B, heads, N, hd]
@@ -111,14 +112,16 @@ impl<B: Backend> EfficientAttention<B> {
         };
         let m = kv_in.dims()[1];
         let kv = permute(
-            self.kv.forward(kv_in).reshape([b, m, 2, self.heads, hd]),
+            linear_forward(&self.kv, kv_in).reshape([b, m, 2, self.heads, hd]),
             [2, 0, 3, 1, 4],
         ); // [2, B, heads, M, hd]
         let k = kv.clone().narrow(0, 0, 1).reshape([b, self.heads, m, hd]);
         let v = kv.narrow(0, 1, 1).reshape([b, self.heads, m, hd]);
-        let attn = softmax((q * (hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)), 3);
-        self.proj
-            .forward(swap_dims(attn.matmul(v), 1, 2).reshape([b, n, c]))
+        let attn = softmax(matmul(q * (hd as f64).powf(-0.5), k.swap_dims(2, 3)), 3);
+        linear_forward(
+            &self.proj,
+            swap_dims(matmul(attn, v), 1, 2).reshape([b, n, c]),
+        )
     }
 }
 
@@ -143,9 +146,9 @@ impl<B: Backend> MixFfn<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
-        let x = self.fc1.forward(x);
-        let x = to_tokens(self.dwconv.forward(to_map(x, h, w)));
-        self.fc2.forward(gelu(x))
+        let x = linear_forward(&self.fc1, x);
+        let x = to_tokens(conv::forward(&self.dwconv, to_map(x, h, w)));
+        linear_forward(&self.fc2, gelu(x))
     }
 }
 
@@ -411,7 +414,7 @@ impl<B: Backend> SegFormer<B> {
             .zip(&self.project)
             .map(|(map, project)| {
                 let [_, _, sh, sw] = map.dims();
-                to_map(project.forward(to_tokens(map)), sh, sw)
+                to_map(linear_forward(project, to_tokens(map)), sh, sw)
             })
             .collect();
         let (qh, qw) = (h / 4, w / 4);

@@ -5,6 +5,7 @@
 
 use crate::activation::{gelu, softmax};
 use crate::permute::{permute, swap_dims};
+use crate::precision::{linear_forward, matmul};
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -58,14 +59,14 @@ impl<B: Backend> WindowAttention<B> {
         let [bw, n, c] = x.dims();
         let hd = c / self.heads;
         let qkv = permute(
-            self.qkv.forward(x).reshape([bw, n, 3, self.heads, hd]),
+            linear_forward(&self.qkv, x).reshape([bw, n, 3, self.heads, hd]),
             [2, 0, 3, 1, 4],
         ); // [3, B·nW, heads, N, hd]
         let q = qkv.clone().narrow(0, 0, 1).reshape([bw, self.heads, n, hd]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([bw, self.heads, n, hd]);
         let v = qkv.narrow(0, 2, 1).reshape([bw, self.heads, n, hd]);
         let q = q * (hd as f64).powf(-0.5);
-        let attn = q.matmul(k.swap_dims(2, 3)); // [B·nW, heads, N, N]
+        let attn = matmul(q, k.swap_dims(2, 3)); // [B·nW, heads, N, N]
         let table = self.relative_position_bias_table.val();
         let bias = table.select(0, self.relative_index(&attn.device()));
         // [heads, N, N]. Bias and shift mask are summed on their own small grid first, then added
@@ -82,8 +83,8 @@ impl<B: Backend> WindowAttention<B> {
         let per_group = nw * self.heads * n * n;
         let attn = (attn.reshape([bw / nw, per_group]) + bias.reshape([1, per_group]))
             .reshape([bw, self.heads, n, n]);
-        let out = swap_dims(softmax(attn, 3).matmul(v), 1, 2).reshape([bw, n, c]);
-        self.proj.forward(out)
+        let out = swap_dims(matmul(softmax(attn, 3), v), 1, 2).reshape([bw, n, c]);
+        linear_forward(&self.proj, out)
     }
 }
 
@@ -203,10 +204,13 @@ impl<B: Backend> SwinBlock<B> {
             t = t.roll(&[-shift, -shift], &[1, 2]);
         }
         let x = shortcut + drop_path(t.reshape([b, l, c]), self.drop_path);
-        let mlp = self.fc2.forward(gelu(
-            self.fc1
-                .forward(crate::norm::layer_norm(&self.norm2, x.clone())),
-        ));
+        let mlp = linear_forward(
+            &self.fc2,
+            gelu(linear_forward(
+                &self.fc1,
+                crate::norm::layer_norm(&self.norm2, x.clone()),
+            )),
+        );
         x + drop_path(mlp, self.drop_path)
     }
 }
@@ -242,8 +246,7 @@ impl<B: Backend> PatchMerging<B> {
             (h / 2) * (w / 2),
             4 * c,
         ]);
-        self.reduction
-            .forward(crate::norm::layer_norm(&self.norm, x))
+        linear_forward(&self.reduction, crate::norm::layer_norm(&self.norm, x))
     }
 }
 
@@ -296,7 +299,7 @@ impl<B: Backend> PatchExpand<B> {
         let [b, _, _] = x.dims();
         let [h, w] = self.resolution;
         let f = self.factor;
-        let x = self.expand.forward(x);
+        let x = linear_forward(&self.expand, x);
         let cout = x.dims()[2] / (f * f);
         let x = permute(x.reshape([b, h, w, f, f, cout]), [0, 1, 3, 2, 4, 5]).reshape([
             b,

@@ -8,6 +8,7 @@
 
 use crate::conv;
 use crate::permute::swap_dims;
+use crate::precision::linear_forward;
 use crate::swin::{PatchExpand, PatchMerging, SwinBlock};
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -343,7 +344,7 @@ impl<B: Backend> SwinUnet<B> {
         let mut features = Vec::with_capacity(3);
         for (j, stage) in self.decoder.iter().enumerate() {
             let skip = skips[2 - j].clone();
-            t = stage.fuse.forward(Tensor::cat(vec![t, skip], 2));
+            t = linear_forward(&stage.fuse, Tensor::cat(vec![t, skip], 2));
             for block in &stage.blocks {
                 t = block.forward(t);
             }

@@ -5,11 +5,12 @@
 use crate::config::{Method, TrainConfig};
 use crate::losses::seg::seg_loss;
 use crate::student::{eval_net, Role, StudentOptimizer, TrainStudent};
-use crate::trainer::{build_student, pair_step, StepRates};
+use crate::trainer::{build_student, check_precision, pair_step, StepRates};
 use anyhow::Result;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use ctrcl_models::precision::autocast;
 use ctrcl_models::Architecture;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -51,6 +52,8 @@ pub struct BenchResult {
     pub classes: usize,
     pub backend: String,
     pub optimizer: String,
+    /// Dtype of the products (`f32`, `bf16`, `f16`: `precision` of the config).
+    pub precision: String,
     /// Median over the timed steps.
     pub ms_per_step: f64,
     pub ms_per_step_min: f64,
@@ -129,6 +132,7 @@ pub fn run_bench<B: AutodiffBackend>(
     backend: &str,
     device: &B::Device,
 ) -> Result<BenchResult> {
+    check_precision::<B>(cfg, device, backend)?;
     let (s, b, k) = (cfg.data.image_size, cfg.data.batch_size, classes);
     let (x, onehot) = batch::<B>(b, s, k, cfg.seed, device);
     let mut times = Vec::with_capacity(spec.steps);
@@ -154,7 +158,10 @@ pub fn run_bench<B: AutodiffBackend>(
             let mut optim = StudentOptimizer::<B>::new(optim_cfg);
             for i in 0..spec.warmup + spec.steps {
                 let t0 = Instant::now();
-                let out = student.net.forward(x.clone());
+                let out = {
+                    let _autocast = autocast(cfg.precision);
+                    student.net.forward(x.clone())
+                };
                 let loss = seg_loss(
                     out.logits,
                     onehot.clone(),
@@ -169,7 +176,7 @@ pub fn run_bench<B: AutodiffBackend>(
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
                 }
             }
-            let infer = time_inference::<B>(&student, &x, spec, device)?;
+            let infer = time_inference::<B>(cfg, &student, &x, spec, device)?;
             let flop = 2.0 * cfg.models.forward_macs(arch, s, 1, k);
             (
                 flop,
@@ -204,8 +211,8 @@ pub fn run_bench<B: AutodiffBackend>(
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
                 }
             }
-            let infer = time_inference::<B>(&students[0], &x, spec, device)?
-                + time_inference::<B>(&students[1], &x, spec, device)?;
+            let infer = time_inference::<B>(cfg, &students[0], &x, spec, device)?
+                + time_inference::<B>(cfg, &students[1], &x, spec, device)?;
             let flop = 2.0
                 * (cfg.models.forward_macs(cfg.students.cnn, s, 1, k)
                     + cfg.models.forward_macs(cfg.students.transformer, s, 1, k));
@@ -227,6 +234,7 @@ pub fn run_bench<B: AutodiffBackend>(
         classes: k,
         backend: backend.into(),
         optimizer,
+        precision: cfg.precision.name().into(),
         ms_per_step: ms,
         ms_per_step_min: min,
         images_per_s: b as f64 / (ms / 1e3),
@@ -237,8 +245,10 @@ pub fn run_bench<B: AutodiffBackend>(
     })
 }
 
-/// Median inference time per image of a batch forward (no autodiff), in ms.
+/// Median inference time per image of a batch forward (no autodiff; products in
+/// `cfg.precision`), in ms.
 fn time_inference<B: AutodiffBackend>(
+    cfg: &TrainConfig,
     student: &TrainStudent<B>,
     x: &Tensor<B, 4>,
     spec: &BenchSpec,
@@ -250,7 +260,10 @@ fn time_inference<B: AutodiffBackend>(
     let mut times = Vec::new();
     for i in 0..spec.warmup + spec.steps {
         let t0 = Instant::now();
-        let out = net.forward(x.clone());
+        let out = {
+            let _autocast = autocast(cfg.precision);
+            net.forward(x.clone())
+        };
         drop(out.logits.argmax(1));
         B::sync(device)?;
         if i >= spec.warmup {

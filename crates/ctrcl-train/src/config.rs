@@ -488,6 +488,10 @@ pub struct EvalConfig {
 pub struct TrainConfig {
     pub method: Method,
     pub seed: u64,
+    /// Dtype of the students' matrix products in training (`f32` or `bf16`; `f16` is refused:
+    /// it would need loss scaling); parameters, normalisation, softmax and losses stay f32
+    /// (`ctrcl_models::precision`).
+    pub precision: ctrcl_models::precision::Precision,
     pub data: DataConfig,
     /// Extra augmentations after `data.augment` (all off by default).
     pub augmentation: ctrcl_data::augment::Augmentations,
@@ -501,6 +505,28 @@ pub struct TrainConfig {
     pub parallel: ParallelConfig,
     pub eval: EvalConfig,
     pub teacher: TeacherConfig,
+}
+
+/// The value of serde's "unknown variant `X`, expected …" message.
+fn bad_variant(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown variant `")?;
+    rest.split_once('`').map(|(value, _)| value)
+}
+
+/// The dotted key of the first string equal to `needle` in `value`.
+fn key_holding(value: &toml::Value, needle: &str, prefix: &str) -> Option<String> {
+    match value {
+        toml::Value::String(s) if s == needle => Some(prefix.to_string()),
+        toml::Value::Table(t) => t.iter().find_map(|(k, child)| {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            key_holding(child, needle, &path)
+        }),
+        _ => None,
+    }
 }
 
 impl TrainConfig {
@@ -522,15 +548,27 @@ impl TrainConfig {
         let mut merged = toml::Value::try_from(TrainConfig::default()).expect("defaults serialise");
         merge_toml(&mut merged, value);
         let value = merged;
-        let config: TrainConfig = value
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
+        let config: TrainConfig = value.clone().try_into().map_err(|e: toml::de::Error| {
+            let message = e.message().trim();
+            // serde names the bad value, not its key: find the key holding it.
+            match bad_variant(message).and_then(|v| key_holding(&value, v, "")) {
+                Some(key) => anyhow::anyhow!("{key}: {message}"),
+                None => anyhow::anyhow!("{message}"),
+            }
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks values that serde cannot (ranges, model sizes for the image size).
     pub fn validate(&self) -> Result<()> {
+        if self.precision == ctrcl_models::precision::Precision::F16 {
+            bail!(
+                "precision = \"f16\": training in f16 needs loss scaling (gradients underflow \
+                 f16's range), which ctrcl does not implement; use \"bf16\" (f32's range, the \
+                 same tensor-core speed) or \"f32\""
+            );
+        }
         self.augmentation
             .validate()
             .map_err(|m| anyhow::anyhow!(m))?;
@@ -663,6 +701,20 @@ mod tests {
         assert!(format!("{err:#}").contains("temprature"), "{err:#}");
         let err = TrainConfig::from_toml("", &["optim.cnn.lrr=0.1".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("lrr"), "{err:#}");
+        // A bad value of an enumerated key names the key too.
+        let err = TrainConfig::from_toml("", &["precision=f8".into()]).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("precision: unknown variant `f8`"),
+            "{err:#}"
+        );
+        let err = TrainConfig::from_toml("precision = \"f16\"", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("bf16"), "{err:#}");
+        let err =
+            TrainConfig::from_toml("[optim.transformer]\noptimizer = \"adam\"\n", &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("optim.transformer.optimizer: "),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -284,6 +284,9 @@ pub(crate) fn pair_loss<B: AutodiffBackend>(
     beta_r: f64,
     beta_f: f64,
 ) -> PairLoss<B> {
+    // Mixed precision: the students' products in `cfg.precision`, the rest f32; the casts are
+    // recorded, so the backward after this returns needs no guard.
+    let _autocast = ctrcl_models::precision::autocast(cfg.precision);
     let fractions: Vec<Tensor<B, 4>> = if cfg.method.is_ctrcl() && cfg.cfcl.enabled {
         cfg.cfcl
             .taps
@@ -624,6 +627,21 @@ pub fn prepare_run_dir(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))
 }
 
+/// A clear error when the backend cannot compute in `cfg.precision` on `device`.
+pub(crate) fn check_precision<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: &B::Device,
+    backend: &str,
+) -> Result<()> {
+    if !cfg.precision.supported_by::<B>(device) {
+        bail!(
+            "precision = \"{}\" is not supported by the {backend} backend on this device; use \"f32\"",
+            cfg.precision.name()
+        );
+    }
+    Ok(())
+}
+
 /// Trains both students as `cfg` says, writing everything into `out`.
 pub fn train<B: AutodiffBackend>(
     cfg: &TrainConfig,
@@ -651,6 +669,7 @@ pub fn train<B: AutodiffBackend>(
     } else {
         cfg
     };
+    check_precision::<B>(cfg, device, backend)?;
     prepare_run_dir(out)?;
     let k = dataset.num_classes();
     let size = cfg.data.image_size;
@@ -670,7 +689,7 @@ pub fn train<B: AutodiffBackend>(
     write_split_lists(&dataset, out)?;
     let log = std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
     let mut log = RunLog { file: log };
-    log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "devices": cfg.parallel.devices, "nodes": cfg.parallel.nodes, "node_rank": cfg.parallel.node_rank, "seed": cfg.seed}))?;
+    log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "precision": cfg.precision.name(), "devices": cfg.parallel.devices, "nodes": cfg.parallel.nodes, "node_rank": cfg.parallel.node_rank, "seed": cfg.seed}))?;
 
     B::seed(device, cfg.seed);
     let mut students = [
@@ -776,6 +795,7 @@ pub fn resume<B: AutodiffBackend>(
     progress: bool,
 ) -> Result<TrainSummary> {
     let (cfg, info) = crate::tester::open_run(run)?;
+    check_precision::<B>(&cfg, device, backend)?;
     let last = run.join("last");
     let state_path = last.join("state.json");
     let state: serde_json::Value =

@@ -69,7 +69,8 @@ pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     )
 }
 
-/// Functional 2D convolution: the GEMM path on `Flex` and `Autodiff<Flex>` (f32, `groups = 1`),
+/// Functional 2D convolution: in an autocast region ([`crate::precision`]) Burn's `conv2d` in
+/// the half dtype; else the GEMM path on `Flex` and `Autodiff<Flex>` (f32, `groups = 1`),
 /// Burn's `conv2d` otherwise. Shapes as [`forward`]; `weight` `[C_out, C_in, kh, kw]`, `bias`
 /// `[C_out]`.
 pub fn conv2d_fast<B: Backend>(
@@ -78,6 +79,9 @@ pub fn conv2d_fast<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     options: ConvOptions<2>,
 ) -> Tensor<B, 4> {
+    if let Some(half) = crate::precision::half() {
+        return crate::precision::conv2d_in(half, x, weight, bias, options);
+    }
     let supported = options.groups == 1
         && x.dtype() == DType::F32
         && weight.dtype() == DType::F32

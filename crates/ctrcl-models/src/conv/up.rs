@@ -28,8 +28,12 @@ use rayon::prelude::*;
 use super::gemm_kernels::matmul;
 use super::{cast, fast_backward_enabled, flex_tensor, CpuTrain, CpuTrainTensor};
 
-/// `conv.forward(x)`: `x` `[B, C_in, H, W]` → `[B, C_out, 2H, 2W]` for a 2×2 stride-2 layer.
+/// `conv.forward(x)`: `x` `[B, C_in, H, W]` → `[B, C_out, 2H, 2W]` for a 2×2 stride-2 layer
+/// (Burn's op in the half dtype inside an autocast region).
 pub fn forward<B: Backend>(conv: &ConvTranspose2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    if let Some(half) = crate::precision::half() {
+        return crate::precision::conv_transpose2d_in(half, conv, x);
+    }
     let backend = TypeId::of::<B>();
     let supported = conv.kernel_size == [2, 2]
         && conv.stride == [2, 2]
