@@ -43,8 +43,11 @@ pub struct TrainingLog {
     pub steps: Vec<(f64, Value)>,
     /// (step, line) of the validation lines.
     pub validations: Vec<(f64, Value)>,
-    /// Wall-clock seconds of the finished run, if it finished.
+    /// Wall-clock seconds of the finished run, if it finished: summed over the segments of a
+    /// resumed run (each segment's clock restarts; a segment counts up to its last kept line).
     pub seconds: Option<f64>,
+    /// How many times the run was resumed.
+    pub resumes: usize,
 }
 
 impl TrainingLog {
@@ -52,13 +55,23 @@ impl TrainingLog {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut log = TrainingLog::default();
+        // Seconds of the finished segments, and the latest clock reading of the current one.
+        let (mut before, mut segment) = (0.0, 0.0);
         for (i, line) in text.lines().enumerate() {
             let v: Value = serde_json::from_str(line)
                 .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
             match (v["step"].as_f64(), v.get("val")) {
                 (Some(step), Some(_)) => log.validations.push((step, v)),
-                (Some(step), None) => log.steps.push((step, v)),
-                _ if v["event"] == "end" => log.seconds = v["seconds"].as_f64(),
+                (Some(step), None) => {
+                    segment = v["elapsed_s"].as_f64().unwrap_or(segment);
+                    log.steps.push((step, v))
+                }
+                _ if v["event"] == "resume" => {
+                    before += segment;
+                    segment = 0.0;
+                    log.resumes += 1;
+                }
+                _ if v["event"] == "end" => log.seconds = v["seconds"].as_f64().map(|s| before + s),
                 _ => {}
             }
         }
@@ -275,9 +288,14 @@ fn run_section<B: Backend>(
         view.architectures[0],
         view.architectures[1],
         view.metrics["upsample"].as_str().unwrap_or("nearest"),
-        view.log
-            .seconds
-            .map_or_else(String::new, |s| format!("; trained in {:.1} min", s / 60.0))
+        view.log.seconds.map_or_else(String::new, |s| {
+            let resumed = match view.log.resumes {
+                0 => String::new(),
+                1 => " (resumed once)".into(),
+                n => format!(" (resumed {n} times)"),
+            };
+            format!("; trained in {:.1} min{resumed}", s / 60.0)
+        })
     );
     // Per-class test table, both students, all four metrics.
     md.push_str(
@@ -472,4 +490,36 @@ fn write_overlays<B: Backend>(
         written.push((file, s.z));
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainingLog;
+
+    /// A run resumed from its step-10 checkpoint: the first segment counts up to its last kept
+    /// line (100 s; the lines after the checkpoint were dropped on resume), the second to its
+    /// end (95 s).
+    #[test]
+    fn training_time_sums_the_segments_of_a_resumed_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let lines = [
+            r#"{"event":"start"}"#,
+            r#"{"step":5,"elapsed_s":50.0}"#,
+            r#"{"step":10,"elapsed_s":100.0}"#,
+            r#"{"step":10,"val":{}}"#,
+            r#"{"event":"resume","from_step":10}"#,
+            r#"{"step":15,"elapsed_s":40.0}"#,
+            r#"{"step":20,"elapsed_s":90.0}"#,
+            r#"{"event":"end","seconds":95.0}"#,
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let log = TrainingLog::read(&path).unwrap();
+        assert_eq!(log.seconds, Some(195.0));
+        assert_eq!(log.resumes, 1);
+        assert_eq!((log.steps.len(), log.validations.len()), (4, 1));
+        // Unfinished: no time.
+        std::fs::write(&path, lines[..7].join("\n")).unwrap();
+        assert_eq!(TrainingLog::read(&path).unwrap().seconds, None);
+    }
 }
