@@ -270,31 +270,8 @@ fn autodiff(x: CpuTrainTensor, op: Op) -> CpuTrainTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_backend::assert_values_and_gradients_match;
     use burn::tensor::{Distribution, Tolerance};
-
-    /// Values and input gradients of `fast` and Burn's `reference` on the training backend, with
-    /// the gradient taken of `Σ y·sin(k)` so that every output carries its own weight.
-    fn assert_matches<const D: usize>(
-        x0: Tensor<CpuTrain, D>,
-        fast: impl Fn(Tensor<CpuTrain, D>) -> Tensor<CpuTrain, D>,
-        reference: impl Fn(Tensor<CpuTrain, D>) -> Tensor<CpuTrain, D>,
-        tol: Tolerance<f32>,
-    ) {
-        let run = |op: &dyn Fn(Tensor<CpuTrain, D>) -> Tensor<CpuTrain, D>| {
-            let x = x0.clone().detach().require_grad();
-            let y = op(x.clone());
-            let n = y.shape().num_elements() as i64;
-            let w = Tensor::<CpuTrain, 1, Int>::arange(0..n, &y.device())
-                .float()
-                .reshape(y.dims())
-                .sin();
-            let grads = (y.clone() * w).sum().backward();
-            (y.inner().into_data(), x.grad(&grads).unwrap().into_data())
-        };
-        let ((y, g), (y_ref, g_ref)) = (run(&fast), run(&reference));
-        y.assert_approx_eq::<f32>(&y_ref, tol);
-        g.assert_approx_eq::<f32>(&g_ref, tol);
-    }
 
     #[test]
     fn erf_is_within_5e7_of_the_exact_values() {
@@ -349,7 +326,7 @@ mod tests {
             Tensor::<CpuTrain, 3>::random([3, 1000, 17], Distribution::Normal(0.0, 3.0), &device);
         // Burn evaluates libm's erf, this the rational approximation (≤ 5e-7 apart).
         let tol = Tolerance::<f32>::rel_abs(1e-5, 2e-6);
-        assert_matches(x0, gelu, burn::tensor::activation::gelu, tol);
+        assert_values_and_gradients_match(&x0, gelu, burn::tensor::activation::gelu, tol);
     }
 
     #[test]
@@ -359,8 +336,8 @@ mod tests {
             Tensor::<CpuTrain, 4>::random([5, 3, 49, 49], Distribution::Normal(0.0, 4.0), &device);
         // Same formula, summation order differs only.
         let tol = Tolerance::<f32>::rel_abs(1e-5, 1e-6);
-        assert_matches(
-            x0,
+        assert_values_and_gradients_match(
+            &x0,
             |x| softmax(x, 3),
             |x| burn::tensor::activation::softmax(x, 3),
             tol,

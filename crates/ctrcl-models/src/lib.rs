@@ -194,8 +194,7 @@ pub(crate) mod test_backend {
     pub type TestAutodiff = burn::backend::Autodiff<TestBackend>;
 
     /// Asserts that `fast` and `reference` give bit-identical values and input gradients on
-    /// `x0` (autodiff CPU backend); the gradient is taken of `Σ y · arange` so that every output
-    /// element carries a distinct weight.
+    /// `x0` (autodiff CPU backend).
     pub fn assert_same_values_and_gradients<const D: usize, const E: usize>(
         x0: &burn::tensor::Tensor<TestAutodiff, D>,
         fast: impl Fn(burn::tensor::Tensor<TestAutodiff, D>) -> burn::tensor::Tensor<TestAutodiff, E>,
@@ -203,14 +202,34 @@ pub(crate) mod test_backend {
             burn::tensor::Tensor<TestAutodiff, D>,
         ) -> burn::tensor::Tensor<TestAutodiff, E>,
     ) {
-        use burn::tensor::{Int, Tensor, Tolerance};
+        assert_values_and_gradients_match(
+            x0,
+            fast,
+            reference,
+            burn::tensor::Tolerance::absolute(0.0),
+        );
+    }
+
+    /// Asserts that `fast` and `reference` give the same values and input gradients on `x0`
+    /// within `tol` (autodiff CPU backend); the gradient is taken of `Σ y·sin(k)` over the
+    /// flat index `k`, so that every output element carries its own weight.
+    pub fn assert_values_and_gradients_match<const D: usize, const E: usize>(
+        x0: &burn::tensor::Tensor<TestAutodiff, D>,
+        fast: impl Fn(burn::tensor::Tensor<TestAutodiff, D>) -> burn::tensor::Tensor<TestAutodiff, E>,
+        reference: impl Fn(
+            burn::tensor::Tensor<TestAutodiff, D>,
+        ) -> burn::tensor::Tensor<TestAutodiff, E>,
+        tol: burn::tensor::Tolerance<f32>,
+    ) {
+        use burn::tensor::{Int, Tensor};
         let run = |op: &dyn Fn(Tensor<TestAutodiff, D>) -> Tensor<TestAutodiff, E>| {
             let x = x0.clone().detach().require_grad();
             let y = op(x.clone());
             let n = y.shape().num_elements() as i64;
             let w = Tensor::<TestAutodiff, 1, Int>::arange(0..n, &y.device())
                 .float()
-                .reshape(y.dims());
+                .reshape(y.dims())
+                .sin();
             let grads = (y.clone() * w).sum().backward();
             (y.inner(), x.grad(&grads).unwrap())
         };
@@ -218,10 +237,10 @@ pub(crate) mod test_backend {
         assert_eq!(y_fast.dims(), y_ref.dims());
         y_fast
             .into_data()
-            .assert_approx_eq::<f32>(&y_ref.into_data(), Tolerance::absolute(0.0));
+            .assert_approx_eq::<f32>(&y_ref.into_data(), tol);
         g_fast
             .into_data()
-            .assert_approx_eq::<f32>(&g_ref.into_data(), Tolerance::absolute(0.0));
+            .assert_approx_eq::<f32>(&g_ref.into_data(), tol);
     }
 
     /// Small students for fast tests (U-Net [4..16], Swin-UNet embed 12, window 4).
