@@ -178,6 +178,18 @@ fn rlcl_matches_reference_in_every_mode() {
             &cfg,
         ));
         close(got, f.expect(key), key);
+        // The training backend runs the fused CPU op (losses/rlcl_cpu.rs): same reference.
+        let fused = rlcl_loss(
+            f.logits::<Autodiff<B>>("z_a"),
+            f.logits("z_b"),
+            f.onehot(),
+            &cfg,
+        );
+        close(
+            value(fused.inner()),
+            f.expect(key),
+            &format!("{key} (fused)"),
+        );
     }
     // DML is the unrectified transfer at τ = 1.
     close(

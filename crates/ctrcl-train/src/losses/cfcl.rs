@@ -11,6 +11,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, relu, softmax};
 use ctrcl_models::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
+use ctrcl_models::conv;
 
 /// Denominator floor of prototype averages and normalisations.
 const EPS: f64 = 1e-6;
@@ -37,10 +38,9 @@ impl<B: Backend> ProjectionHead<B> {
     /// # Shapes
     /// `[B, C, h, w]` → `[B, d, h, w]`, unit L2 norm per pixel.
     pub fn forward(&self, features: Tensor<B, 4>) -> Tensor<B, 4> {
-        let f = self
-            .conv2
-            .forward(relu(self.norm.forward(self.conv1.forward(features))));
-        l2_normalize(f, 1)
+        // The students' convolution path (a GEMM with its own backward on the CPU backend).
+        let h = relu(self.norm.forward(conv::forward(&self.conv1, features)));
+        l2_normalize(conv::forward(&self.conv2, h), 1)
     }
 }
 

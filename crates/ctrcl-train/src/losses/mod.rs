@@ -3,5 +3,6 @@
 pub mod baselines;
 pub mod cfcl;
 pub mod rlcl;
+mod rlcl_cpu;
 pub mod seg;
 mod seg_cpu;

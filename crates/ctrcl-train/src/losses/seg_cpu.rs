@@ -31,7 +31,8 @@ use rayon::prelude::*;
 
 use super::seg::DICE_EPS;
 
-fn enabled() -> bool {
+/// Whether the fused CPU losses are on (default yes; `CTRCL_BURN_LOSS=1` turns them off).
+pub(super) fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_LOSS").is_none_or(|v| v == "0"))
 }
