@@ -224,6 +224,23 @@ fn rlcl_matches_reference_in_every_mode() {
         f.expect("cross_teaching_b_from_a"),
         "cross teaching",
     );
+    // The training backend runs DML, KD and KDCL as the fused distillation op
+    // (losses/rlcl_cpu.rs): same references.
+    type AD = Autodiff<B>;
+    let z = |key: &str| f.logits::<AD>(key);
+    let fused = [
+        (dml_loss(z("z_a"), z("z_b")), "dml_b_from_a"),
+        (kd_loss(z("z_a"), z("z_b"), 2.0), "kd_b_from_a_tau2"),
+        (kdcl_loss(z("z_b"), z("z_a"), 1.0), "kdcl_b"),
+        (kdcl_loss(z("z_b"), z("z_a"), 2.0), "kdcl_b_tau2"),
+    ];
+    for (loss, key) in fused {
+        close(
+            value(loss.inner()),
+            f.expect(key),
+            &format!("{key} (fused)"),
+        );
+    }
 }
 
 #[test]

@@ -17,6 +17,9 @@ pub fn kdcl_loss<B: Backend>(
     temperature: f64,
 ) -> Tensor<B, 1> {
     let ensemble = (own_logits.clone().detach() + peer_logits.detach()) / 2.0;
+    if let Some(loss) = super::rlcl_cpu::distill_loss(&ensemble, &own_logits, temperature) {
+        return loss;
+    }
     let target = softmax(ensemble / temperature, 1);
     kl_to_logits(target, own_logits, temperature).mean() * (temperature * temperature)
 }
@@ -30,6 +33,10 @@ pub fn kd_loss<B: Backend>(
     student_logits: Tensor<B, 4>,
     temperature: f64,
 ) -> Tensor<B, 1> {
+    if let Some(loss) = super::rlcl_cpu::distill_loss(&teacher_logits, &student_logits, temperature)
+    {
+        return loss;
+    }
     let target = softmax(teacher_logits.detach() / temperature, 1);
     kl_to_logits(target, student_logits, temperature).mean() * (temperature * temperature)
 }
@@ -89,5 +96,44 @@ mod tests {
         let z = logits(1.0);
         let l = kdcl_loss(z.clone(), z, 1.5).into_scalar();
         assert!(l.abs() < 1e-6, "{l}");
+    }
+
+    /// The fused distillation (CPU training backend) against the composed KL: KD at τ = 2 and
+    /// KDCL at τ = 1.5, value and student gradient, on 2 images of 19×23 pixels, 5 classes.
+    #[test]
+    fn fused_distillation_matches_the_composed_kl() {
+        use burn::tensor::{Distribution, Tolerance};
+        let device = Default::default();
+        let shape = [2, 5, 19, 23];
+        let zt0 = Tensor::<A, 4>::random(shape, Distribution::Normal(0.0, 2.0), &device);
+        let zs0 = Tensor::<A, 4>::random(shape, Distribution::Normal(0.0, 2.0), &device);
+        for (kdcl, tau) in [(false, 2.0), (true, 1.5)] {
+            let zs = zs0.clone().detach().require_grad();
+            let zt = zt0.clone().detach();
+            let fused = if kdcl {
+                kdcl_loss(zs.clone(), zt.clone(), tau)
+            } else {
+                kd_loss(zt.clone(), zs.clone(), tau)
+            };
+            let g = fused.backward();
+            let (v, gz) = (fused.inner().into_data(), zs.grad(&g).unwrap().into_data());
+            let zs = zs0.clone().detach().require_grad();
+            let teacher = if kdcl {
+                (zs.clone().detach() + zt) / 2.0
+            } else {
+                zt
+            };
+            let composed =
+                kl_to_logits(softmax(teacher / tau, 1), zs.clone(), tau).mean() * (tau * tau);
+            let g = composed.backward();
+            let (v_ref, gz_ref) = (
+                composed.inner().into_data(),
+                zs.grad(&g).unwrap().into_data(),
+            );
+            // As the RLCL parity test: float rounding only.
+            let tol = Tolerance::<f32>::rel_abs(1e-4, 1e-8);
+            v.assert_approx_eq::<f32>(&v_ref, tol);
+            gz.assert_approx_eq::<f32>(&gz_ref, tol);
+        }
     }
 }

@@ -147,6 +147,9 @@ fn rlcl_loss_composed<B: Backend>(
 /// # Shapes
 /// `[B, K, H, W]` twice → scalar `[1]`.
 pub fn dml_loss<B: Backend>(peer_logits: Tensor<B, 4>, own_logits: Tensor<B, 4>) -> Tensor<B, 1> {
+    if let Some(loss) = super::rlcl_cpu::distill_loss(&peer_logits, &own_logits, 1.0) {
+        return loss;
+    }
     let target = softmax(peer_logits.detach(), 1);
     kl_to_logits(target, own_logits, 1.0).mean()
 }

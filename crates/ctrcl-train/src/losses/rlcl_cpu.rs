@@ -42,9 +42,39 @@ pub fn rlcl_loss<B: Backend>(
     onehot: &Tensor<B, 4>,
     cfg: &RlclConfig,
 ) -> Option<Tensor<B, 1>> {
+    fused(teacher_logits, student_logits, Some(onehot), cfg)
+}
+
+/// Plain distillation τ²·mean_i KL(softmax(sg[z_t]/τ) ‖ softmax(z_s/τ)) — DML (τ = 1), KD, and
+/// KDCL with the ensemble as `teacher_logits` — on the CPU training backend (RLCL without
+/// rectification or weights); `None` elsewhere.
+///
+/// # Shapes
+/// `teacher_logits` (values only), `student_logits`: `[B, K, H, W]` → `[1]`.
+pub fn distill_loss<B: Backend>(
+    teacher_logits: &Tensor<B, 4>,
+    student_logits: &Tensor<B, 4>,
+    temperature: f64,
+) -> Option<Tensor<B, 1>> {
+    let cfg = RlclConfig {
+        rectify: Rectify::None,
+        pixel_weight: PixelWeight::None,
+        temperature,
+        ..RlclConfig::default()
+    };
+    fused(teacher_logits, student_logits, None, &cfg)
+}
+
+fn fused<B: Backend>(
+    teacher_logits: &Tensor<B, 4>,
+    student_logits: &Tensor<B, 4>,
+    onehot: Option<&Tensor<B, 4>>,
+    cfg: &RlclConfig,
+) -> Option<Tensor<B, 1>> {
     if TypeId::of::<B>() != TypeId::of::<CpuTrain>()
-        || [teacher_logits, student_logits, onehot]
+        || [Some(teacher_logits), Some(student_logits), onehot]
             .iter()
+            .flatten()
             .any(|t| t.dtype() != DType::F32)
         || !super::seg_cpu::enabled()
     {
@@ -52,8 +82,9 @@ pub fn rlcl_loss<B: Backend>(
     }
     let t: CpuTrainTensor = cast(teacher_logits.clone().into_primitive().tensor());
     let s: CpuTrainTensor = cast(student_logits.clone().into_primitive().tensor());
-    let y: CpuTrainTensor = cast(onehot.clone().into_primitive().tensor());
-    let out: B::FloatTensorPrimitive = cast(autodiff(&t.primitive, s, &y.primitive, cfg));
+    let y: Option<CpuTrainTensor> = onehot.map(|y| cast(y.clone().into_primitive().tensor()));
+    let y = y.map(|y| y.primitive);
+    let out: B::FloatTensorPrimitive = cast(autodiff(&t.primitive, s, y.as_ref(), cfg));
     Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }
 
@@ -129,14 +160,34 @@ struct Partial {
     weights: Vec<f32>,
 }
 
-fn forward(t: &FlexTensor, s: &FlexTensor, y: &FlexTensor, cfg: &RlclConfig) -> (f32, Saved) {
+/// `y`: the one-hot labels, or `None` for plain distillation (`cfg.rectify` must be `None`).
+fn forward(
+    t: &FlexTensor,
+    s: &FlexTensor,
+    y: Option<&FlexTensor>,
+    cfg: &RlclConfig,
+) -> (f32, Saved) {
+    assert!(
+        y.is_some() || cfg.rectify == Rectify::None,
+        "rectification needs labels"
+    );
     let dims: [usize; 4] = s.layout().shape().iter().copied().collect::<Vec<_>>()[..]
         .try_into()
         .expect("4D logits");
     let [b, k, h, w] = dims;
     let hw = h * w;
-    let (t, s, y) = (t.to_contiguous(), s.to_contiguous(), y.to_contiguous());
-    let (ts, ss, ys): (&[f32], &[f32], &[f32]) = (t.storage(), s.storage(), y.storage());
+    let (t, s) = (t.to_contiguous(), s.to_contiguous());
+    let y = y.map(|y| y.to_contiguous());
+    let (ts, ss): (&[f32], &[f32]) = (t.storage(), s.storage());
+    // Without labels every class is 0: λ stays 0 (no rectification).
+    let no_labels;
+    let ys: &[f32] = match &y {
+        Some(y) => y.storage(),
+        None => {
+            no_labels = vec![0.0f32; ss.len()];
+            &no_labels
+        }
+    };
     let tau = cfg.temperature as f32;
     let certainty_weighted = cfg.pixel_weight == PixelWeight::Certainty;
     let ln_k = (k as f32).ln();
@@ -236,7 +287,12 @@ impl Backward<Flex, 1> for RlclBackward {
     }
 }
 
-fn autodiff(t: &FlexTensor, s: CpuTrainTensor, y: &FlexTensor, cfg: &RlclConfig) -> CpuTrainTensor {
+fn autodiff(
+    t: &FlexTensor,
+    s: CpuTrainTensor,
+    y: Option<&FlexTensor>,
+    cfg: &RlclConfig,
+) -> CpuTrainTensor {
     let scalar = |v: f32| flex_tensor(vec![v], StdShape::new([1]));
     match RlclBackward
         .prepare::<NoCheckpointing>([s.node.clone()])
