@@ -19,16 +19,15 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::conv::{cast, flex_tensor, CpuTrain, CpuTrainTensor};
+use crate::conv::{cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -249,22 +248,15 @@ impl Backward<Flex, 1> for ActivationBackward {
 }
 
 fn autodiff(x: CpuTrainTensor, op: Op) -> CpuTrainTensor {
-    match ActivationBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let input = x.primitive.to_contiguous();
-            let out = forward(&input, op);
-            let kept = match op {
-                Op::Gelu => input,
-                Op::Softmax { .. } => out.clone(),
-            };
-            prep.finish(Saved { op, kept }, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward(&x.primitive, op)),
-    }
+    record_unary(ActivationBackward, &x, || {
+        let input = x.primitive.to_contiguous();
+        let out = forward(&input, op);
+        let kept = match op {
+            Op::Gelu => input,
+            Op::Softmax { .. } => out.clone(),
+        };
+        (out, Saved { op, kept })
+    })
 }
 
 #[cfg(test)]

@@ -12,9 +12,8 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::Flex;
 use burn::prelude::*;
@@ -23,7 +22,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::{Bytes, Shape as StdShape};
 use rayon::prelude::*;
 
-use crate::conv::{cast, CpuTrain, CpuTrainTensor};
+use crate::conv::{cast, record_unary, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -138,17 +137,7 @@ impl Backward<Flex, 1> for MaxPoolBackward {
 }
 
 fn pool_autodiff(x: CpuTrainTensor) -> CpuTrainTensor {
-    match MaxPoolBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (out, winners) = pool_flex(&x.primitive);
-            prep.finish(winners, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(pool_flex(&x.primitive).0),
-    }
+    record_unary(MaxPoolBackward, &x, || pool_flex(&x.primitive))
 }
 
 #[cfg(test)]

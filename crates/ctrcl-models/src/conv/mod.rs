@@ -222,6 +222,27 @@ pub fn flex_tensor(values: Vec<f32>, shape: StdShape) -> FlexTensor {
     )
 }
 
+/// Records a one-input fused CPU op as one autodiff node: `forward` gives the output and what
+/// `op`'s backward needs (dropped when nothing asks for gradients). Shared by the fused ops
+/// here and in ctrcl-train's losses.
+pub fn record_unary<Op: Backward<Flex, 1>>(
+    op: Op,
+    parent: &CpuTrainTensor,
+    forward: impl FnOnce() -> (FlexTensor, Op::State),
+) -> CpuTrainTensor {
+    match op
+        .prepare::<NoCheckpointing>([parent.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (out, state) = forward();
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward().0),
+    }
+}
+
 /// The convolution as one autodiff node whose backward is [`register_grads`].
 fn autodiff_conv2d(
     x: CpuTrainTensor,

@@ -15,16 +15,15 @@
 use std::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
 use ctrcl_models::activation::exp;
-use ctrcl_models::conv::{cast, flex_tensor, CpuTrain, CpuTrainTensor};
+use ctrcl_models::conv::{cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
 use rayon::prelude::*;
 
 use crate::config::{PixelWeight, Rectify, RlclConfig};
@@ -293,16 +292,8 @@ fn autodiff(
     y: Option<&FlexTensor>,
     cfg: &RlclConfig,
 ) -> CpuTrainTensor {
-    let scalar = |v: f32| flex_tensor(vec![v], StdShape::new([1]));
-    match RlclBackward
-        .prepare::<NoCheckpointing>([s.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (loss, saved) = forward(t, &s.primitive, y, cfg);
-            prep.finish(saved, scalar(loss))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(scalar(forward(t, &s.primitive, y, cfg).0)),
-    }
+    record_unary(RlclBackward, &s, || {
+        let (loss, saved) = forward(t, &s.primitive, y, cfg);
+        (flex_tensor(vec![loss], StdShape::new([1])), saved)
+    })
 }

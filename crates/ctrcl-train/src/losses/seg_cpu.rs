@@ -18,15 +18,14 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
-use ctrcl_models::conv::{cast, flex_tensor, CpuTrain, CpuTrainTensor};
+use ctrcl_models::conv::{cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
 use rayon::prelude::*;
 
 use super::seg::DICE_EPS;
@@ -248,15 +247,8 @@ fn terms_tensor(terms: [f32; 2]) -> FlexTensor {
 }
 
 fn autodiff(z: CpuTrainTensor, onehot: FlexTensor) -> CpuTrainTensor {
-    match SegLossBackward
-        .prepare::<NoCheckpointing>([z.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (terms, saved) = forward(&z.primitive, &onehot);
-            prep.finish(saved, terms_tensor(terms))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(terms_tensor(forward(&z.primitive, &onehot).0)),
-    }
+    record_unary(SegLossBackward, &z, || {
+        let (terms, saved) = forward(&z.primitive, &onehot);
+        (terms_tensor(terms), saved)
+    })
 }
