@@ -178,15 +178,13 @@ fn forward(
     let (t, s) = (t.to_contiguous(), s.to_contiguous());
     let y = y.map(|y| y.to_contiguous());
     let (ts, ss): (&[f32], &[f32]) = (t.storage(), s.storage());
-    // Without labels every class is 0: λ stays 0 (no rectification).
-    let no_labels;
-    let ys: &[f32] = match &y {
-        Some(y) => y.storage(),
-        None => {
-            no_labels = vec![0.0f32; ss.len()];
-            &no_labels
-        }
-    };
+    // Per image, its labels; without labels every class is 0 and λ stays 0 (no rectification).
+    let labels: Vec<Option<&[f32]>> = (0..b)
+        .map(|i| {
+            y.as_ref()
+                .map(|y| &y.storage::<f32>()[i * k * hw..(i + 1) * k * hw])
+        })
+        .collect();
     let tau = cfg.temperature as f32;
     let certainty_weighted = cfg.pixel_weight == PixelWeight::Certainty;
     let ln_k = (k as f32).ln();
@@ -194,7 +192,7 @@ fn forward(
     let partials: Vec<Partial> = grad
         .par_chunks_mut(k * hw)
         .zip(ts.par_chunks(k * hw))
-        .zip(ss.par_chunks(k * hw).zip(ys.par_chunks(k * hw)))
+        .zip(ss.par_chunks(k * hw).zip(labels.par_iter()))
         .map(|((g, t), (s, y))| {
             let mut buf = vec![0.0f32; 7 * k];
             let mut part = Partial {
@@ -212,7 +210,7 @@ fn forward(
                 for c in 0..k {
                     zt[c] = t[c * hw + i];
                     zs[c] = s[c * hw + i];
-                    yi[c] = y[c * hw + i];
+                    yi[c] = y.map_or(0.0, |y| y[c * hw + i]);
                 }
                 softmax_into(zt, tau, pt);
                 let log_norm = softmax_into(zs, tau, ps);
