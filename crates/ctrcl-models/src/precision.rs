@@ -92,10 +92,6 @@ pub fn half() -> Option<DType> {
     }
 }
 
-fn to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    x.cast(dtype)
-}
-
 /// `layer.forward(x)` with the product in the compute dtype: `x` `[…, d_in]` → `[…, d_out]`.
 pub fn linear_forward<B: Backend, const D: usize>(
     layer: &Linear<B>,
@@ -103,14 +99,12 @@ pub fn linear_forward<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     match half() {
         None => layer.forward(x),
-        Some(h) => to(
-            linear(
-                to(x, h),
-                to(layer.weight.val(), h),
-                layer.bias.as_ref().map(|b| to(b.val(), h)),
-            ),
-            DType::F32,
-        ),
+        Some(h) => linear(
+            x.cast(h),
+            layer.weight.val().cast(h),
+            layer.bias.as_ref().map(|b| b.val().cast(h)),
+        )
+        .cast(DType::F32),
     }
 }
 
@@ -118,7 +112,7 @@ pub fn linear_forward<B: Backend, const D: usize>(
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     match half() {
         None => a.matmul(b),
-        Some(h) => to(to(a, h).matmul(to(b, h)), DType::F32),
+        Some(h) => a.cast(h).matmul(b.cast(h)).cast(DType::F32),
     }
 }
 
@@ -131,13 +125,13 @@ pub fn conv2d_in<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     options: burn::tensor::ops::ConvOptions<2>,
 ) -> Tensor<B, 4> {
-    let y = burn::tensor::module::conv2d(
-        to(x, half),
-        to(weight, half),
-        bias.map(|b| to(b, half)),
+    burn::tensor::module::conv2d(
+        x.cast(half),
+        weight.cast(half),
+        bias.map(|b| b.cast(half)),
         options,
-    );
-    to(y, DType::F32)
+    )
+    .cast(DType::F32)
 }
 
 /// `conv.forward(x)` with the product in dtype `h`, output f32.
@@ -154,13 +148,13 @@ pub fn conv_transpose2d_in<B: Backend>(
         conv.dilation,
         conv.groups,
     );
-    let y = burn::tensor::module::conv_transpose2d(
-        to(x, h),
-        to(conv.weight.val(), h),
-        conv.bias.as_ref().map(|b| to(b.val(), h)),
+    burn::tensor::module::conv_transpose2d(
+        x.cast(h),
+        conv.weight.val().cast(h),
+        conv.bias.as_ref().map(|b| b.val().cast(h)),
         options,
-    );
-    to(y, DType::F32)
+    )
+    .cast(DType::F32)
 }
 
 #[cfg(test)]
