@@ -27,7 +27,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::conv::{cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
+use crate::conv::{backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -239,11 +239,7 @@ impl Backward<Flex, 1> for ActivationBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [x] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
-        if let Some(x) = x {
-            grads.register::<Flex>(x.id, backward(&dy, &ops.state.kept, ops.state.op));
-        }
+        backprop_unary(ops, grads, |dy, s| backward(dy, &s.kept, s.op));
     }
 }
 

@@ -22,7 +22,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::{Bytes, Shape as StdShape};
 use rayon::prelude::*;
 
-use crate::conv::{cast, record_unary, CpuTrain, CpuTrainTensor};
+use crate::conv::{backprop_unary, cast, record_unary, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -128,11 +128,7 @@ impl Backward<Flex, 1> for MaxPoolBackward {
     type State = Winners;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        if let Some(parent) = parent {
-            grads.register::<Flex>(parent.id, unpool_flex(&grad, &ops.state));
-        }
+        backprop_unary(ops, grads, |dy, winners| unpool_flex(dy, &winners));
     }
 }
 

@@ -243,6 +243,20 @@ pub fn record_unary<Op: Backward<Flex, 1>>(
     }
 }
 
+/// The body of a one-input fused op's `Backward::backward`: takes the upstream gradient and, if
+/// the input wants one, registers `input_grad(upstream, state)` for it.
+pub fn backprop_unary<S>(
+    ops: Ops<S, 1>,
+    grads: &mut Gradients,
+    input_grad: impl FnOnce(&FlexTensor, S) -> FlexTensor,
+) {
+    let [parent] = ops.parents;
+    let upstream = grads.consume::<Flex>(&ops.node);
+    if let Some(parent) = parent {
+        grads.register::<Flex>(parent.id, input_grad(&upstream, ops.state));
+    }
+}
+
 /// The convolution as one autodiff node whose backward is [`register_grads`].
 fn autodiff_conv2d(
     x: CpuTrainTensor,

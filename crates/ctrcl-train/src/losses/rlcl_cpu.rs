@@ -23,7 +23,9 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
 use ctrcl_models::activation::exp;
-use ctrcl_models::conv::{cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
+use ctrcl_models::conv::{
+    backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor,
+};
 use rayon::prelude::*;
 
 use crate::config::{PixelWeight, Rectify, RlclConfig};
@@ -271,16 +273,12 @@ impl Backward<Flex, 1> for RlclBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [student] = ops.parents;
-        let g = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let g: &[f32] = g.storage();
-        let g = g[0];
-        if let Some(student) = student {
-            let Saved { dims, mut grad } = ops.state;
+        backprop_unary(ops, grads, |g, Saved { dims, mut grad }| {
+            let g = g.to_contiguous();
+            let g = g.storage::<f32>()[0];
             grad.par_iter_mut().for_each(|v| *v *= g);
-            let dz = flex_tensor(grad, StdShape::from(dims.to_vec()));
-            grads.register::<Flex>(student.id, dz);
-        }
+            flex_tensor(grad, StdShape::from(dims.to_vec()))
+        });
     }
 }
 

@@ -25,7 +25,9 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
-use ctrcl_models::conv::{cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
+use ctrcl_models::conv::{
+    backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor,
+};
 use rayon::prelude::*;
 
 use super::seg::DICE_EPS;
@@ -230,15 +232,12 @@ impl Backward<Flex, 1> for SegLossBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [logits] = ops.parents;
-        let g = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let g: &[f32] = g.storage();
-        if let Some(logits) = logits {
-            let dz = backward(&ops.state, g[0], g[1]);
-            let shape = StdShape::from(ops.state.dims.to_vec());
-            let dz = flex_tensor(dz, shape);
-            grads.register::<Flex>(logits.id, dz);
-        }
+        backprop_unary(ops, grads, |g, saved| {
+            let g = g.to_contiguous();
+            let g: &[f32] = g.storage();
+            let dz = backward(&saved, g[0], g[1]);
+            flex_tensor(dz, StdShape::from(saved.dims.to_vec()))
+        });
     }
 }
 
