@@ -11,6 +11,7 @@ pub mod norm;
 pub mod permute;
 pub mod pool;
 pub mod precision;
+pub mod resize;
 pub mod resunet;
 pub mod segformer;
 pub mod swin;

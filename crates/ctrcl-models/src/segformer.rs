@@ -10,13 +10,12 @@ use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::conv;
 use crate::permute::{permute, swap_dims};
 use crate::precision::{linear_forward, matmul};
+use crate::resize::resize_bilinear;
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,10 +47,6 @@ impl Default for SegFormerConfig {
             pretrained: std::path::PathBuf::new(),
         }
     }
-}
-
-fn bilinear() -> InterpolateOptions {
-    InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false)
 }
 
 /// `[B, C, H, W]` → `[B, H·W, C]`.
@@ -430,7 +425,7 @@ impl<B: Backend> SegFormer<B> {
                 if p.dims()[2] == qh {
                     p
                 } else {
-                    interpolate(p, [qh, qw], bilinear())
+                    resize_bilinear(p, [qh, qw])
                 }
             })
             .collect();
@@ -438,7 +433,7 @@ impl<B: Backend> SegFormer<B> {
             self.fuse_norm
                 .forward(conv::forward(&self.fuse, Tensor::cat(up, 1))),
         );
-        let logits = interpolate(conv::forward(&self.head, fused), [h, w], bilinear());
+        let logits = resize_bilinear(conv::forward(&self.head, fused), [h, w]);
         SegOutput { logits, features }
     }
 }

@@ -60,7 +60,7 @@ impl ConvGeometry {
 
     /// For kernel offset `k` along axis `axis`: the output positions `[lo, hi)` whose input
     /// index `o·stride + k·dilation − padding` lies inside the image.
-    fn valid_outputs(
+    pub(super) fn valid_outputs(
         &self,
         axis: usize,
         k: usize,

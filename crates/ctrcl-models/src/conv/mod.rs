@@ -5,12 +5,14 @@
 //! `Autodiff<Flex>` for training) the convolution and, in training, its input, weight and bias
 //! gradients are GEMMs over an im2col matrix ([`gemm_kernels`]), recorded as our own autodiff op,
 //! instead of flex's NHWC forward and Burn 0.21's transposed-convolution backward. Other
-//! backends (CUDA, Vulkan) and grouped convolutions run Burn's own op. The switch is a runtime type check
-//! (`TypeId`), so the models stay generic over `B: Backend` and the weights, records and import
-//! key maps are Burn's `Conv2d`'s.
+//! backends (CUDA, Vulkan) and grouped convolutions other than stride-1 depthwise ones
+//! ([`depthwise`]) run Burn's own op. The switch is a runtime type check (`TypeId`), so the
+//! models stay generic over `B: Backend` and the weights, records and import key maps are
+//! Burn's `Conv2d`'s.
 //!
 //! `CTRCL_BURN_CONV=1` in the environment turns this path off (for A/B benchmarks).
 
+pub mod depthwise;
 pub mod gemm_kernels;
 pub mod up;
 
@@ -70,9 +72,9 @@ pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 }
 
 /// Functional 2D convolution: in an autocast region ([`crate::precision`]) Burn's `conv2d` in
-/// the half dtype; else the GEMM path on `Flex` and `Autodiff<Flex>` (f32, `groups = 1`),
-/// Burn's `conv2d` otherwise. Shapes as [`forward`]; `weight` `[C_out, C_in, kh, kw]`, `bias`
-/// `[C_out]`.
+/// the half dtype; else the GEMM path on `Flex` and `Autodiff<Flex>` (f32, `groups = 1`; the
+/// [`depthwise`] kernels for `groups = C_in = C_out` at stride 1), Burn's `conv2d` otherwise.
+/// Shapes as [`forward`]; `weight` `[C_out, C_in / groups, kh, kw]`, `bias` `[C_out]`.
 pub fn conv2d_fast<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
@@ -82,7 +84,13 @@ pub fn conv2d_fast<B: Backend>(
     if let Some(half) = crate::precision::half() {
         return crate::precision::conv2d_in(half, x, weight, bias, options);
     }
-    let supported = options.groups == 1
+    let [_, channels_in, _, _] = x.dims();
+    let [channels_out, _, _, _] = weight.dims();
+    let depthwise = options.groups > 1
+        && options.groups == channels_in
+        && options.groups == channels_out
+        && options.stride == [1, 1];
+    let supported = (options.groups == 1 || depthwise)
         && x.dtype() == DType::F32
         && weight.dtype() == DType::F32
         && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
@@ -119,12 +127,12 @@ fn flex_conv2d(
     let g = geometry(&x, &weight, options);
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let bias = bias.map(|b| b.to_contiguous());
-    let y = gemm_kernels::forward(
-        &g,
-        x.storage(),
-        weight.storage(),
-        bias.as_ref().map(|b| b.storage()),
-    );
+    let bias = bias.as_ref().map(|b| b.storage());
+    let y = if depthwise::applies(&g, options.groups) {
+        depthwise::forward(&g, x.storage(), weight.storage(), bias)
+    } else {
+        gemm_kernels::forward(&g, x.storage(), weight.storage(), bias)
+    };
     let [oh, ow] = g.output_size();
     flex_tensor(y, StdShape::new([g.batch, g.channels_out, oh, ow]))
 }
@@ -181,14 +189,23 @@ fn register_grads<const N: usize>(
     let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_id);
     let g = geometry(&x, &weight, &options);
     let dy_data: &[f32] = dy.storage();
+    let depthwise = depthwise::applies(&g, options.groups);
     if let Some(node) = node_x {
         let w = weight.to_contiguous();
-        let dx = gemm_kernels::input_grad(&g, w.storage(), dy_data);
+        let dx = if depthwise {
+            depthwise::input_grad(&g, w.storage(), dy_data)
+        } else {
+            gemm_kernels::input_grad(&g, w.storage(), dy_data)
+        };
         grads.register::<Flex>(node.id, flex_tensor(dx, x.layout().shape().clone()));
     }
     if let Some(node) = node_weight {
         let xc = x.to_contiguous();
-        let dw = gemm_kernels::weight_grad(&g, xc.storage(), dy_data);
+        let dw = if depthwise {
+            depthwise::weight_grad(&g, xc.storage(), dy_data)
+        } else {
+            gemm_kernels::weight_grad(&g, xc.storage(), dy_data)
+        };
         grads.register::<Flex>(node.id, flex_tensor(dw, weight.layout().shape().clone()));
     }
     if let Some(node) = node_bias {
@@ -364,6 +381,17 @@ mod tests {
         ];
         for (x, w, bias, s, p) in cases {
             parity(x, w, bias, ConvOptions::new([s, s], [p, p], [1, 1], 1));
+        }
+    }
+
+    #[test]
+    fn depthwise_matches_burns_grouped_conv2d() {
+        // SegFormer's Mix-FFN 3×3 (with bias), and a dilated one without bias.
+        for (x, bias, padding, dilation) in
+            [([2, 6, 9, 7], true, 1, 1), ([1, 4, 8, 8], false, 2, 2)]
+        {
+            let options = ConvOptions::new([1, 1], [padding; 2], [dilation; 2], x[1]);
+            parity(x, [x[1], 1, 3, 3], bias, options);
         }
     }
 
