@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod batchnorm;
 pub mod conv;
+pub mod dense;
 pub mod import;
 pub mod norm;
 pub mod permute;

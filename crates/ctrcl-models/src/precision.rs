@@ -98,7 +98,7 @@ pub fn linear_forward<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
     match half() {
-        None => layer.forward(x),
+        None => crate::dense::linear(layer, x),
         Some(h) => linear(
             x.cast(h),
             layer.weight.val().cast(h),
@@ -111,7 +111,7 @@ pub fn linear_forward<B: Backend, const D: usize>(
 /// `a.matmul(b)` in the compute dtype: `[…, n, k] × […, k, m]` → `[…, n, m]`.
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     match half() {
-        None => a.matmul(b),
+        None => crate::dense::matmul(a, b),
         Some(h) => a.cast(h).matmul(b.cast(h)).cast(DType::F32),
     }
 }

@@ -44,6 +44,12 @@ impl ConvGeometry {
         [out(0), out(1)]
     }
 
+    /// A 1×1 convolution with stride 1 and no padding: its im2col matrix is the image itself
+    /// (`[C_in, H·W]`), so no copy is made in either direction.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
     /// Rows of the im2col matrix: `C_in·kh·kw`.
     fn col_rows(&self) -> usize {
         self.channels_in * self.kernel[0] * self.kernel[1]
@@ -120,6 +126,17 @@ fn im2col(g: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
             }
         }
     }
+}
+
+/// The im2col matrix `[K, P]` of one image: the image itself for a pointwise convolution,
+/// else written into `buf` (grown on first use).
+fn cols_of<'a>(g: &ConvGeometry, image: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if g.is_pointwise() {
+        return image;
+    }
+    buf.resize(g.col_rows() * g.out_pixels(), 0.0);
+    im2col(g, image, buf);
+    buf
 }
 
 /// col2im of one image, accumulating: `cols` `[K, P]` is added into `image` `[C_in, H, W]`.
@@ -213,10 +230,10 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> 
     assert_eq!(x.len(), g.batch * x_len, "conv forward: input size");
     assert_eq!(w.len(), co * k, "conv forward: weight size");
     let mut y = vec![0.0f32; g.batch * y_len];
-    y.par_chunks_mut(y_len).enumerate().for_each_init(
-        || vec![0.0f32; k * p],
-        |cols, (b, y_b)| {
-            im2col(g, &x[b * x_len..(b + 1) * x_len], cols);
+    y.par_chunks_mut(y_len)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (b, y_b)| {
+            let cols = cols_of(g, &x[b * x_len..(b + 1) * x_len], buf);
             if let Some(bias) = bias {
                 for (plane, &v) in y_b.chunks_exact_mut(p).zip(bias) {
                     plane.fill(v);
@@ -234,8 +251,7 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> 
                 cols,
                 (p as isize, 1),
             );
-        },
-    );
+        });
     y
 }
 
@@ -255,27 +271,24 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     // depend on how rayon splits the batch (runs with the same seed stay bit-identical).
     let partials: Vec<Vec<f32>> = (0..g.batch)
         .into_par_iter()
-        .map_init(
-            || vec![0.0f32; k * p],
-            |cols, b| {
-                im2col(g, &x[b * x_len..(b + 1) * x_len], cols);
-                // dW_b[co, k] = dY_b[co, p] · cols_bᵀ[p, k]
-                let dy_b = &dy[b * dy_len..(b + 1) * dy_len];
-                let mut dw = vec![0.0f32; co * k];
-                matmul(
-                    co,
-                    k,
-                    p,
-                    &mut dw,
-                    false,
-                    dy_b,
-                    (p as isize, 1),
-                    cols,
-                    (1, p as isize),
-                );
-                dw
-            },
-        )
+        .map_init(Vec::new, |buf, b| {
+            let cols = cols_of(g, &x[b * x_len..(b + 1) * x_len], buf);
+            // dW_b[co, k] = dY_b[co, p] · cols_bᵀ[p, k]
+            let dy_b = &dy[b * dy_len..(b + 1) * dy_len];
+            let mut dw = vec![0.0f32; co * k];
+            matmul(
+                co,
+                k,
+                p,
+                &mut dw,
+                false,
+                dy_b,
+                (p as isize, 1),
+                cols,
+                (1, p as isize),
+            );
+            dw
+        })
         .collect();
     let mut partials = partials.into_iter();
     let mut dw = partials.next().unwrap_or_else(|| vec![0.0f32; co * k]);
@@ -298,11 +311,16 @@ pub fn input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
         "conv input grad: output-gradient size"
     );
     let mut dx = vec![0.0f32; g.batch * x_len];
-    dx.par_chunks_mut(x_len).enumerate().for_each_init(
-        || vec![0.0f32; k * p],
-        |cols, (b, dx_b)| {
-            // cols[k, p] = Wᵀ[k, co] · dY_b[co, p]
+    dx.par_chunks_mut(x_len)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (b, dx_b)| {
+            // cols[k, p] = Wᵀ[k, co] · dY_b[co, p]; for a pointwise convolution cols is dx_b.
             let dy_b = &dy[b * dy_len..(b + 1) * dy_len];
+            let pointwise = g.is_pointwise();
+            if !pointwise {
+                buf.resize(k * p, 0.0);
+            }
+            let cols: &mut [f32] = if pointwise { dx_b } else { buf };
             matmul(
                 k,
                 p,
@@ -314,9 +332,10 @@ pub fn input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
                 dy_b,
                 (p as isize, 1),
             );
-            col2im_add(g, cols, dx_b);
-        },
-    );
+            if !pointwise {
+                col2im_add(g, buf, dx_b);
+            }
+        });
     dx
 }
 
