@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod concat;
 pub mod conv;
 pub mod dense;
 pub mod import;

@@ -125,7 +125,7 @@ impl<B: Backend> DecoderBlock<B> {
     fn forward(&self, deep: Tensor<B, 4>, skip: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
         let up = self.up.forward(deep);
         let h = match skip {
-            Some(s) => Tensor::cat(vec![up, s], 1),
+            Some(s) => crate::concat::cat(vec![up, s], 1),
             None => up,
         };
         let h = relu(self.bn1.forward(conv::forward(&self.conv1, h)));

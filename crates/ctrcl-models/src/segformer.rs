@@ -431,7 +431,7 @@ impl<B: Backend> SegFormer<B> {
             .collect();
         let fused = relu(
             self.fuse_norm
-                .forward(conv::forward(&self.fuse, Tensor::cat(up, 1))),
+                .forward(conv::forward(&self.fuse, crate::concat::cat(up, 1))),
         );
         let logits = resize_bilinear(conv::forward(&self.head, fused), [h, w]);
         SegOutput { logits, features }

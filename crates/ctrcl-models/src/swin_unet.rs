@@ -344,7 +344,7 @@ impl<B: Backend> SwinUnet<B> {
         let mut features = Vec::with_capacity(3);
         for (j, stage) in self.decoder.iter().enumerate() {
             let skip = skips[2 - j].clone();
-            t = linear_forward(&stage.fuse, Tensor::cat(vec![t, skip], 2));
+            t = linear_forward(&stage.fuse, crate::concat::cat(vec![t, skip], 2));
             for block in &stage.blocks {
                 t = block.forward(t);
             }

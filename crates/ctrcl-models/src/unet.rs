@@ -92,7 +92,7 @@ impl<B: Backend> UpBlock<B> {
     /// `deep`: `[B, C_deep, H, W]`, `skip`: `[B, C_skip, 2H, 2W]` → `[B, C_out, 2H, 2W]`.
     fn forward(&self, deep: Tensor<B, 4>, skip: Tensor<B, 4>) -> Tensor<B, 4> {
         let up = conv::up::forward(&self.up, deep);
-        self.conv.forward(Tensor::cat(vec![skip, up], 1))
+        self.conv.forward(crate::concat::cat(vec![skip, up], 1))
     }
 }
 
