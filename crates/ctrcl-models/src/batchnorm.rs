@@ -7,8 +7,13 @@
 //! uses the biased one). Train mode when the backend tracks gradients, eval mode otherwise
 //! (`model.valid()`), as in Burn.
 
+use std::any::TypeId;
+
 use burn::module::{Param, RunningState};
 use burn::prelude::*;
+use burn::tensor::{DType, TensorPrimitive};
+
+use crate::conv::{cast, CpuTrain, CpuTrainTensor};
 
 /// Configuration of [`BatchNorm2d`].
 #[derive(Config, Debug)]
@@ -70,6 +75,22 @@ impl<B: Backend> BatchNorm2d<B> {
     /// `x`: `[B, C, H, W]` → `[B, C, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let device = x.device();
+        let fused = TypeId::of::<B>() == TypeId::of::<CpuTrain>()
+            && x.dtype() == DType::F32
+            && self.gamma.val().dtype() == DType::F32
+            && self.beta.val().dtype() == DType::F32
+            && crate::batchnorm_cpu::enabled();
+        if fused && B::ad_enabled(&device) {
+            self.forward_fused(x)
+        } else {
+            self.forward_composed(x)
+        }
+    }
+
+    /// Burn's element-wise ops and reductions on a `[B·C, H·W]` view (every backend; eval mode
+    /// everywhere). Shapes as `forward`.
+    fn forward_composed(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = x.device();
         let [b, c, h, w] = x.dims();
         // A free 2D view; every statistic is a reduction over its contiguous last axis.
         let x2 = x.reshape([b * c, h * w]);
@@ -77,15 +98,7 @@ impl<B: Backend> BatchNorm2d<B> {
             let mean = batch_mean(x2.clone().mean_dim(1), b); // [C]
             let centered = x2 - per_row(mean.clone(), b);
             let var = batch_mean(centered.clone().square().mean_dim(1), b); // [C], biased
-            let n = (b * h * w) as f64;
-            let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
-            let m = self.momentum;
-            let rm = self.running_mean.value_sync().to_device(&device);
-            let rv = self.running_var.value_sync().to_device(&device);
-            self.running_mean
-                .update((rm * (1.0 - m) + mean.detach() * m).detach());
-            self.running_var
-                .update((rv * (1.0 - m) + var.clone().detach() * (m * unbiased)).detach());
+            self.update_running(mean, var.clone(), b * h * w);
             (centered, var)
         } else {
             let mean = self.running_mean.value_sync().to_device(&device);
@@ -95,6 +108,37 @@ impl<B: Backend> BatchNorm2d<B> {
         let scale = self.gamma.val() / (var + self.epsilon).sqrt(); // [C]
         let y = centered * per_row(scale, b) + per_row(self.beta.val(), b);
         y.reshape([b, c, h, w])
+    }
+
+    /// Train mode through the fused CPU op ([`crate::batchnorm_cpu`]). Shapes as `forward`.
+    fn forward_fused(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = x.device();
+        let [b, c, h, w] = x.dims();
+        let prim = |t: TensorPrimitive<B>| -> CpuTrainTensor { cast(t.tensor()) };
+        let (y, stats) = crate::batchnorm_cpu::train_forward(
+            prim(x.into_primitive()),
+            prim(self.gamma.val().into_primitive()),
+            prim(self.beta.val().into_primitive()),
+            self.epsilon,
+        );
+        let stat = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &device);
+        self.update_running(stat(stats.mean), stat(stats.var), b * h * w);
+        Tensor::from_primitive(TensorPrimitive::Float(cast(y)))
+    }
+
+    /// PyTorch's running averages from a batch's mean and biased variance `[C]` over `n`
+    /// values per channel (the variance made unbiased).
+    fn update_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>, n: usize) {
+        let device = mean.device();
+        let n = n as f64;
+        let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        let m = self.momentum;
+        let rm = self.running_mean.value_sync().to_device(&device);
+        let rv = self.running_var.value_sync().to_device(&device);
+        self.running_mean
+            .update((rm * (1.0 - m) + mean.detach() * m).detach());
+        self.running_var
+            .update((rv * (1.0 - m) + var.detach() * (m * unbiased)).detach());
     }
 }
 
@@ -145,6 +189,54 @@ mod tests {
             &burn_batch_term.to_data(),
             burn::tensor::Tolerance::absolute(1e-5),
         );
+    }
+
+    /// The fused CPU op against the composed ops (whose values and input gradient match
+    /// Burn's `BatchNorm` above): output, the gradients of x, γ and β, and the running
+    /// statistics, with non-trivial γ and β.
+    #[test]
+    fn fused_train_mode_matches_the_composed_ops() {
+        let device = Default::default();
+        let x0 = Tensor::<TestAutodiff, 4>::random(
+            [3, 5, 7, 6],
+            Distribution::Normal(-0.5, 1.5),
+            &device,
+        );
+        let wgt = Tensor::<TestAutodiff, 4>::random([3, 5, 7, 6], Distribution::Default, &device);
+        let run = |fused: bool| {
+            let bn = BatchNorm2dConfig::new(5).init::<TestAutodiff>(&device);
+            let bn = BatchNorm2d {
+                gamma: Param::from_tensor(Tensor::from_floats([0.5, 1.5, -1.0, 2.0, 0.1], &device)),
+                beta: Param::from_tensor(Tensor::from_floats([0.3, -0.2, 0.0, 1.0, -2.0], &device)),
+                ..bn
+            };
+            let x = x0.clone().require_grad();
+            let y = if fused {
+                bn.forward_fused(x.clone())
+            } else {
+                bn.forward_composed(x.clone())
+            };
+            let grads = (y.clone() * wgt.clone()).sum().backward();
+            let data = |t: Tensor<TestBackend, 1>| t.into_data();
+            (
+                y.inner().into_data(),
+                x.grad(&grads).unwrap().into_data(),
+                data(bn.gamma.val().grad(&grads).unwrap()),
+                data(bn.beta.val().grad(&grads).unwrap()),
+                bn.running_mean.value_sync().into_data(),
+                bn.running_var.value_sync().into_data(),
+            )
+        };
+        let (fused, composed) = (run(true), run(false));
+        // f64 statistics against f32 reductions: 1e-4 relative covers the rounding; a wrong
+        // term (the x̂·Σdy·x̂ correction, the unbiased factor) is off by O(1/n) ≥ 4e-3 here.
+        let tol = burn::tensor::Tolerance::<f32>::rel_abs(1e-4, 1e-5);
+        fused.0.assert_approx_eq::<f32>(&composed.0, tol);
+        fused.1.assert_approx_eq::<f32>(&composed.1, tol);
+        fused.2.assert_approx_eq::<f32>(&composed.2, tol);
+        fused.3.assert_approx_eq::<f32>(&composed.3, tol);
+        fused.4.assert_approx_eq::<f32>(&composed.4, tol);
+        fused.5.assert_approx_eq::<f32>(&composed.5, tol);
     }
 
     #[test]

@@ -14,9 +14,8 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::prelude::*;
@@ -24,7 +23,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
 use rayon::prelude::*;
 
-use crate::conv::{cast, flex_tensor, CpuTrain, CpuTrainTensor};
+use crate::conv::{cast, flex_tensor, record, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -157,19 +156,12 @@ impl<const N: usize> Backward<Flex, N> for CatBackward {
 }
 
 fn cat_autodiff<const N: usize>(inputs: Vec<CpuTrainTensor>, dim: usize) -> CpuTrainTensor {
-    let nodes: [_; N] = std::array::from_fn(|i| inputs[i].node.clone());
+    let parents: [&CpuTrainTensor; N] = std::array::from_fn(|i| &inputs[i]);
     let flex: Vec<FlexTensor> = inputs.iter().map(|t| t.primitive.clone()).collect();
-    match CatBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let g = Geometry::new(flex.iter().map(shape_of).collect(), dim);
-            prep.finish(g, cat_flex(&flex, dim))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(cat_flex(&flex, dim)),
-    }
+    record(CatBackward, parents, || {
+        let g = Geometry::new(flex.iter().map(shape_of).collect(), dim);
+        (cat_flex(&flex, dim), g)
+    })
 }
 
 #[cfg(test)]

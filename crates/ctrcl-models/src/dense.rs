@@ -18,9 +18,8 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::nn::Linear;
@@ -30,7 +29,7 @@ use burn_std::Shape as StdShape;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::conv::{cast, flex_tensor, CpuTrain, CpuTrainTensor};
+use crate::conv::{cast, flex_tensor, record, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -307,21 +306,13 @@ impl Backward<Flex, 2> for MatmulBackward {
 }
 
 fn matmul_autodiff(a: CpuTrainTensor, b: CpuTrainTensor) -> CpuTrainTensor {
-    match MatmulBackward
-        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let out = matmul_flex(&a.primitive, &b.primitive);
-            let saved = MatmulSaved {
-                a: a.primitive,
-                b: b.primitive,
-            };
-            prep.finish(saved, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(matmul_flex(&a.primitive, &b.primitive)),
-    }
+    record(MatmulBackward, [&a, &b], || {
+        let saved = MatmulSaved {
+            a: a.primitive.clone(),
+            b: b.primitive.clone(),
+        };
+        (matmul_flex(&a.primitive, &b.primitive), saved)
+    })
 }
 
 /// `x` as `[M, d_in]` rows (contiguous) and the output shape `[…, d_out]`.
@@ -477,36 +468,21 @@ fn linear_autodiff(
     weight: CpuTrainTensor,
     bias: Option<CpuTrainTensor>,
 ) -> CpuTrainTensor {
-    let run = || {
-        linear_flex(
+    let forward = || {
+        let out = linear_flex(
             &x.primitive,
             &weight.primitive,
             bias.as_ref().map(|b| &b.primitive),
-        )
-    };
-    let saved = || LinearSaved {
-        x: x.primitive.clone(),
-        weight: weight.primitive.clone(),
-    };
-    // The two arms differ in the op type (2 or 3 parents), so a macro rather than a function.
-    macro_rules! record {
-        ($op:expr, $nodes:expr) => {
-            match $op
-                .prepare::<NoCheckpointing>($nodes)
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(saved(), run()),
-                OpsKind::UnTracked(prep) => prep.finish(run()),
-            }
+        );
+        let saved = LinearSaved {
+            x: x.primitive.clone(),
+            weight: weight.primitive.clone(),
         };
-    }
+        (out, saved)
+    };
     match &bias {
-        Some(b) => record!(
-            LinearBiasBackward,
-            [x.node.clone(), weight.node.clone(), b.node.clone()]
-        ),
-        None => record!(LinearBackward, [x.node.clone(), weight.node.clone()]),
+        Some(b) => record(LinearBiasBackward, [&x, &weight, b], forward),
+        None => record(LinearBackward, [&x, &weight], forward),
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod batchnorm_cpu;
 pub mod concat;
 pub mod conv;
 pub mod dense;

@@ -14,9 +14,8 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::nn::LayerNorm;
 use burn::prelude::*;
@@ -177,30 +176,18 @@ impl Backward<burn::backend::Flex, 3> for LayerNormBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [x, gamma, beta] = ops.parents;
-        let dy = grads.consume::<burn::backend::Flex>(&ops.node);
-        let (dx, dgamma, dbeta) = backward(&dy, &ops.state);
-        for (parent, grad) in [(x, dx), (gamma, dgamma), (beta, dbeta)] {
-            if let Some(parent) = parent {
-                grads.register::<burn::backend::Flex>(parent.id, grad);
-            }
-        }
+        crate::conv::backprop_all(ops, grads, |dy, saved| {
+            let (dx, dgamma, dbeta) = backward(dy, saved);
+            [dx, dgamma, dbeta]
+        });
     }
 }
 
 fn norm_autodiff(x: CpuTrainTensor, gamma: CpuTrainTensor, beta: CpuTrainTensor) -> CpuTrainTensor {
     let (g, b) = (values(&gamma.primitive), values(&beta.primitive));
-    match LayerNormBackward
-        .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (out, saved) = forward(&x.primitive, &g, &b);
-            prep.finish(saved, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward(&x.primitive, &g, &b).0),
-    }
+    crate::conv::record(LayerNormBackward, [&x, &gamma, &beta], || {
+        forward(&x.primitive, &g, &b)
+    })
 }
 
 #[cfg(test)]

@@ -247,8 +247,17 @@ pub fn record_unary<Op: Backward<Flex, 1>>(
     parent: &CpuTrainTensor,
     forward: impl FnOnce() -> (FlexTensor, Op::State),
 ) -> CpuTrainTensor {
+    record(op, [parent], forward)
+}
+
+/// [`record_unary`] for an op with `N` inputs (`parents`, in the order its backward expects).
+pub fn record<Op: Backward<Flex, N>, const N: usize>(
+    op: Op,
+    parents: [&CpuTrainTensor; N],
+    forward: impl FnOnce() -> (FlexTensor, Op::State),
+) -> CpuTrainTensor {
     match op
-        .prepare::<NoCheckpointing>([parent.node.clone()])
+        .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
         .compute_bound()
         .stateful()
     {
@@ -271,6 +280,23 @@ pub fn backprop_unary<S>(
     let upstream = grads.consume::<Flex>(&ops.node);
     if let Some(parent) = parent {
         grads.register::<Flex>(parent.id, input_grad(&upstream, ops.state));
+    }
+}
+
+/// The body of a fused op's `Backward::backward` whose gradients all come from one computation
+/// (LayerNorm, BatchNorm: `[x, γ, β]`): takes the upstream gradient, computes
+/// `grads_of(upstream, state)` and registers each for the parents that want one.
+pub fn backprop_all<S, const N: usize>(
+    ops: Ops<S, N>,
+    grads: &mut Gradients,
+    grads_of: impl FnOnce(&FlexTensor, &S) -> [FlexTensor; N],
+) {
+    let upstream = grads.consume::<Flex>(&ops.node);
+    let computed = grads_of(&upstream, &ops.state);
+    for (parent, grad) in ops.parents.into_iter().zip(computed) {
+        if let Some(parent) = parent {
+            grads.register::<Flex>(parent.id, grad);
+        }
     }
 }
 
