@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Issue #6's GPU measurements as one prepared run, sized for a 15-minute device lease: ctrcl
+# (built with --features cuda) beside PyTorch + cuDNN on the same card, f32 and bf16, the CTRCL
+# pair's step, and a short real training run with its test score. Stages run in order of
+# priority, each under its own time limit, and write as they go, so a cut-off run still
+# returns what finished.
+#
+#   bench/gpu/check.sh CTRCL_BINARY OUT_DIR [DEVICE] [DATASET_DIR]
+#
+# DEVICE: cuda (default) or cpu — cpu is a dry run of the plumbing on any machine (use it with a
+# default-build binary and small SIZE/BATCH). DATASET_DIR: a prepared ICBM152 dataset
+# (`ctrcl data prepare --source icbm152 --out DIR`, ~5 MB) for the training stage; skipped if
+# absent. Environment: PYTHON (default python3, needs torch), SIZE (224), BATCH (8), STEPS (5),
+# ITERATIONS (200), STAGE_TIMEOUT (seconds per stage, 150).
+# On the lent machine, with the binary and dataset carried in an ignored folder (see docs/gpu.md):
+#   bash bench/gpu/check.sh gpu_carry/ctrcl "$OUT" cuda gpu_carry/icbm
+set -uo pipefail
+ctrcl=$1
+out=$2
+device=${3:-cuda}
+dataset=${4:-}
+python=${PYTHON:-python3}
+size=${SIZE:-224}
+batch=${BATCH:-8}
+steps=${STEPS:-5}
+iterations=${ITERATIONS:-200}
+limit=${STAGE_TIMEOUT:-150}
+here=$(cd "$(dirname "$0")/../.." && pwd)
+mkdir -p "$out"
+summary="$out/summary.txt"
+# cudarc opens libnvrtc/libcuda by name (libnvrtc.so.13 for a CUDARC_CUDA_VERSION=13000 build):
+# add the toolkit's and PyTorch's wheel copies to the search path.
+nvrtc_wheel=$("$python" -c 'import nvidia.cuda_nvrtc, os; print(os.path.join(list(nvidia.cuda_nvrtc.__path__)[0], "lib"))' 2>/dev/null || true)
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64:/usr/local/nvidia/lib64:${nvrtc_wheel}"
+note() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$summary"; }
+
+note "ctrcl $("$ctrcl" --version 2>&1 | head -1), device $device, size $size, batch $batch"
+if [ "$device" = cuda ]; then
+    nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || note "nvidia-smi failed"
+fi
+"$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' \
+    >>"$summary" 2>&1 || note "no usable torch in $python"
+
+# 1–2. Every student, ctrcl vs PyTorch alternately, f32 then bf16 (torch.autocast beside it).
+# Swin-UNet at its default (paper) size: embed 96, heads 3-6-12-24, window 7.
+for precision in f32 bf16; do
+    note "compare $precision"
+    timeout "$limit" "$python" "$here/bench/pytorch/compare.py" \
+        --models unet swin-unet resunet segformer --size "$size" --batch "$batch" --classes 9 \
+        --steps "$steps" --warmup 2 --rounds 1 --device "$device" --precision "$precision" \
+        --swin-embed 96 --swin-heads 3 6 12 24 --swin-window 7 --ctrcl "$ctrcl" \
+        >"$out/compare_$precision.txt" 2>&1
+    note "compare $precision: exit $? ($(grep -cE '^(unet|swin-unet|resunet|segformer) ' "$out/compare_$precision.txt") models)"
+done
+
+# 3. The CTRCL pair's training step (both students, RLCL + CFCL), f32 and bf16.
+note "pair"
+for precision in f32 bf16; do
+    timeout "$limit" "$ctrcl" bench --model pair --size "$size" --batch "$batch" --classes 9 \
+        --steps "$steps" --warmup 2 --precision "$precision" --json >>"$out/pair.jsonl" 2>>"$summary"
+    note "pair $precision: exit $?"
+done
+
+# 4. A short real training run on the card, and its test-slab Dice.
+if [ -n "$dataset" ] && [ -d "$dataset" ]; then
+    note "train $iterations iterations on $dataset"
+    timeout "$limit" "$ctrcl" train --config "$here/configs/icbm152_ctrcl.toml" \
+        --set "data.dataset=$dataset" --set "schedule.iterations=$iterations" \
+        --out "$out/run" >"$out/train.log" 2>&1
+    note "train: exit $?"
+    timeout 60 "$ctrcl" test --run "$out/run" >"$out/test.txt" 2>&1
+    note "test: exit $?"
+    cp "$out/run/log.jsonl" "$out/train_log.jsonl" 2>/dev/null
+    rm -rf "$out/run" # checkpoints are large and would not come back; the log and scores do
+else
+    note "no dataset given: training stage skipped"
+fi
+note "done"
