@@ -14,7 +14,17 @@ use super::gemm_kernels::ConvGeometry;
 /// Whether a convolution with this geometry and group count is depthwise with stride 1 (the
 /// case these kernels cover; the weight is `[C, 1, kh, kw]`).
 pub fn applies(g: &ConvGeometry, groups: usize) -> bool {
-    groups > 1 && groups == g.channels_in && groups == g.channels_out && g.stride == [1, 1]
+    is_depthwise(groups, g.channels_in, g.channels_out, g.stride)
+}
+
+/// [`applies`] from the convolution's options and channel counts.
+pub fn is_depthwise(
+    groups: usize,
+    channels_in: usize,
+    channels_out: usize,
+    stride: [usize; 2],
+) -> bool {
+    groups > 1 && groups == channels_in && groups == channels_out && stride == [1, 1]
 }
 
 /// One kernel tap `(p, q)`: its weight's index in a channel's `kh·kw` taps, the valid output

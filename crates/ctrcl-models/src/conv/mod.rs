@@ -86,10 +86,8 @@ pub fn conv2d_fast<B: Backend>(
     }
     let [_, channels_in, _, _] = x.dims();
     let [channels_out, _, _, _] = weight.dims();
-    let depthwise = options.groups > 1
-        && options.groups == channels_in
-        && options.groups == channels_out
-        && options.stride == [1, 1];
+    let depthwise =
+        depthwise::is_depthwise(options.groups, channels_in, channels_out, options.stride);
     let supported = (options.groups == 1 || depthwise)
         && x.dtype() == DType::F32
         && weight.dtype() == DType::F32
