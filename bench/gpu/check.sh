@@ -12,8 +12,10 @@
 # (`ctrcl data prepare --source icbm152 --out DIR`, ~5 MB) for the training stage; skipped if
 # absent. Environment: PYTHON (default python3, needs torch), SIZE (224), BATCH (8), STEPS (5),
 # ITERATIONS (200), STAGE_TIMEOUT (seconds per stage, 150).
-# On the lent machine, with the binary and dataset carried in an ignored folder (see docs/gpu.md):
-#   bash bench/gpu/check.sh gpu_carry/ctrcl "$OUT" cuda gpu_carry/icbm
+# On the lent machine, with the binary (gzipped: the carry limit is 64 MiB) and the dataset
+# carried in an ignored folder (see docs/gpu.md):
+#   gunzip -c gpu_carry/ctrcl.gz > /tmp/ctrcl && chmod +x /tmp/ctrcl &&
+#     bash bench/gpu/check.sh /tmp/ctrcl "$OUT" cuda gpu_carry/icbm
 set -uo pipefail
 ctrcl=$1
 out=$2
