@@ -18,7 +18,7 @@ use burn::backend::Flex;
 use burn_std::Shape as StdShape;
 use rayon::prelude::*;
 
-use crate::conv::{backprop_all, flex_tensor, record, CpuTrainTensor};
+use crate::conv::{backprop_all, dims4, flex_tensor, record, values, CpuTrainTensor};
 
 pub fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -38,15 +38,6 @@ struct Saved {
     mean: Vec<f32>,
     rstd: Vec<f32>,
     gamma: Vec<f32>,
-}
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.layout().shape();
-    [s[0], s[1], s[2], s[3]]
-}
-
-fn values(t: &FlexTensor) -> Vec<f32> {
-    t.to_contiguous().storage::<f32>().to_vec()
 }
 
 /// Per channel `c`: `f(plane)` summed in f64 over the `B` planes `b·C + c` of `data`.

@@ -23,7 +23,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::{Bytes, Shape as StdShape};
 use rayon::prelude::*;
 
-use crate::conv::{cast, CpuTrain, CpuTrainTensor};
+use crate::conv::{cast, values, CpuTrain, CpuTrainTensor};
 
 /// The epsilon of every LayerNorm the students build: `LayerNormConfig`'s default (and
 /// PyTorch's). Burn keeps a built norm's epsilon private, so the fast path assumes this one.
@@ -60,10 +60,6 @@ struct Saved {
     normalized: Vec<f32>,
     rstd: Vec<f32>,
     gamma: Vec<f32>,
-}
-
-fn values(t: &FlexTensor) -> Vec<f32> {
-    t.to_contiguous().storage::<f32>().to_vec()
 }
 
 fn flex(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {

@@ -22,7 +22,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::{Bytes, Shape as StdShape};
 use rayon::prelude::*;
 
-use crate::conv::{backprop_unary, cast, record_unary, CpuTrain, CpuTrainTensor};
+use crate::conv::{backprop_unary, cast, dims4, record_unary, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -51,11 +51,6 @@ pub fn max_pool_2x2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 struct Winners {
     shape: [usize; 4],
     index: Vec<u8>,
-}
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.layout().shape();
-    [s[0], s[1], s[2], s[3]]
 }
 
 /// Forward: the pooled tensor and the winners.

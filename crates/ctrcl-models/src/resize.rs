@@ -25,7 +25,9 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
 use rayon::prelude::*;
 
-use crate::conv::{backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
+use crate::conv::{
+    backprop_unary, cast, dims4, flex_tensor, record_unary, CpuTrain, CpuTrainTensor,
+};
 
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -80,11 +82,6 @@ impl AxisMap {
 
 /// The input's shape `[N, C, H, W]` and the output size: what the backward needs.
 type ResizeState = ([usize; 4], [usize; 2]);
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.layout().shape();
-    [s[0], s[1], s[2], s[3]]
-}
 
 /// Forward on flex tensors: per plane, each output row blends its two input rows into a row of
 /// the input's width, then each output column blends two entries of that row.

@@ -237,6 +237,17 @@ pub fn flex_tensor(values: Vec<f32>, shape: StdShape) -> FlexTensor {
     )
 }
 
+/// The four axes of a rank-4 flex tensor (shared by the fused CPU ops).
+pub fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// A flex tensor's f32 values in row-major order (small parameters such as γ and β).
+pub fn values(t: &FlexTensor) -> Vec<f32> {
+    t.to_contiguous().storage::<f32>().to_vec()
+}
+
 /// Records a one-input fused CPU op as one autodiff node: `forward` gives the output and what
 /// `op`'s backward needs (dropped when nothing asks for gradients). Shared by the fused ops
 /// here and in ctrcl-train's losses.
