@@ -59,6 +59,7 @@ pub fn predict(
 ) -> Result<usize> {
     let device = Default::default();
     let files = ctrcl_train::predictor::inputs(input)?;
+    ctrcl_train::predictor::check_outputs(&files, input, output, options.probabilities)?;
     let predictor = ctrcl_train::predictor::Predictor::<Inner>::load(run, role, options, &device)?;
     let bar = indicatif::ProgressBar::new(files.len() as u64);
     bar.set_style(

@@ -4,10 +4,10 @@
 //! schema of ARCHITECTURE.md (null for non-finite values) and a per-case × per-class CSV beside it.
 
 use anyhow::{bail, Context, Result};
-use ctrcl_data::labels::{label_case_id, read_label_file, LabelFile};
+use ctrcl_data::labels::{geometry_mismatch, label_case_id, read_label_file, ClassSet, LabelFile};
 use ctrcl_metrics::distance::Hd95Mode;
 use ctrcl_metrics::modes::{class_mean, evaluate_case, per_class_mean, Mode};
-use ctrcl_train::tester::{class_metrics_json, per_class_json};
+use ctrcl_train::tester::class_metrics_json;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -41,9 +41,19 @@ pub struct Args {
     /// pooled: medpy's 95th percentile of both directions pooled; max: MONAI's larger directed one.
     #[arg(long, value_enum, default_value_t = Hd95Arg::Pooled)]
     hd95: Hd95Arg,
-    /// Voxel spacing x,y,z in mm, overriding the mode's default (2D images use x,y).
-    #[arg(long, value_delimiter = ',', num_args = 3)]
+    /// Voxel spacing x,y,z in mm (`--spacing 0.8,0.8,2.5` or `--spacing 0.8 0.8 2.5`),
+    /// overriding the mode's default (2D images use x,y).
+    #[arg(long, value_delimiter = ',', num_args = 1..=3, value_name = "X,Y,Z")]
     spacing: Option<Vec<f64>>,
+    /// The foreground label values to score, e.g. --labels 1,2,3 (default: the `labels` of a
+    /// dataset.json in the reference folder or its parent, else every value present in the
+    /// references). Other values count as background, with a warning.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "L1,L2,...")]
+    labels: Option<Vec<u8>>,
+    /// Score a prediction whose voxel size, origin or orientation differs from its reference's
+    /// (by default an error: the two are not on one grid).
+    #[arg(long)]
+    ignore_geometry: bool,
     /// Skip (with a warning) cases present on one side only, instead of failing.
     #[arg(long)]
     allow_missing: bool,
@@ -78,6 +88,24 @@ fn cases_in(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
+/// `--spacing`: three finite voxel sizes above 0 (a zero or NaN spacing would make every
+/// distance 0 or NaN).
+fn check_spacing(spacing: Option<&[f64]>) -> Result<()> {
+    let Some(s) = spacing else {
+        return Ok(());
+    };
+    if s.len() != 3 {
+        bail!(
+            "--spacing takes three voxel sizes x,y,z (e.g. --spacing 1,1,2.5), got {}",
+            s.len()
+        );
+    }
+    if let Some(v) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+        bail!("--spacing {v}: voxel sizes must be finite numbers above 0 (mm)");
+    }
+    Ok(())
+}
+
 /// Class names from a `dataset.json` in the truth folder or its parent, if any.
 fn class_names(truth: &Path) -> Option<BTreeMap<usize, String>> {
     let candidates = [
@@ -92,6 +120,16 @@ fn class_names(truth: &Path) -> Option<BTreeMap<usize, String>> {
             .iter()
             .filter_map(|(name, v)| Some((v.as_u64()? as usize, name.clone())))
             .collect(),
+    )
+}
+
+/// A `[Z, Y, X]` (or `[Y, X]`) array shape written as `data inspect` writes shapes: `X×Y×Z`.
+fn shape_xyz(shape: &[usize]) -> String {
+    let xyz: Vec<String> = shape.iter().rev().map(|d| d.to_string()).collect();
+    format!(
+        "{} (x×y{})",
+        xyz.join("×"),
+        if shape.len() == 3 { "×z" } else { "" }
     )
 }
 
@@ -115,6 +153,7 @@ pub fn run(args: Args) -> Result<()> {
         Hd95Arg::Pooled => Hd95Mode::Pooled,
         Hd95Arg::Max => Hd95Mode::Max,
     };
+    check_spacing(args.spacing.as_deref())?;
     let preds = cases_in(&args.pred)?;
     let truths = cases_in(&args.truth)?;
     let mut ids = Vec::new();
@@ -153,33 +192,35 @@ pub fn run(args: Args) -> Result<()> {
     }
     let names = class_names(&args.truth);
     let mut loaded = Vec::with_capacity(ids.len());
-    let mut max_label = 0u8;
     let mut binary_255 = Vec::new();
     for id in &ids {
         let pred = read_label_file(&preds[id])?;
         let truth = read_label_file(&truths[id])?;
         if pred.shape != truth.shape {
             bail!(
-                "case {id}: {} has shape {:?} but {} has {:?}",
+                "case {id}: {} has shape {} but {} has {}",
                 preds[id].display(),
-                pred.shape,
+                shape_xyz(&pred.shape),
                 truths[id].display(),
-                truth.shape
+                shape_xyz(&truth.shape)
             );
+        }
+        if let Some(why) = geometry_mismatch(&pred, &truth) {
+            let what = format!(
+                "case {id}: the prediction {} is not on the reference's grid: {why} ({})",
+                preds[id].display(),
+                truths[id].display()
+            );
+            if !args.ignore_geometry {
+                bail!("{what}; resample it onto the reference, or give --ignore-geometry to score it voxel by voxel anyway");
+            }
+            eprintln!("warning: {what}; scored voxel by voxel (--ignore-geometry)");
         }
         for (file, path) in [(&pred, &preds[id]), (&truth, &truths[id])] {
             if file.binary_255 {
                 binary_255.push(path.display().to_string());
             }
         }
-        max_label = max_label.max(
-            pred.labels
-                .iter()
-                .chain(&truth.labels)
-                .copied()
-                .max()
-                .unwrap_or(0),
-        );
         loaded.push((pred, truth));
     }
     if !binary_255.is_empty() {
@@ -189,15 +230,32 @@ pub fn run(args: Args) -> Result<()> {
             binary_255[0]
         );
     }
-    let k = match &names {
-        Some(n) => n
-            .keys()
-            .max()
-            .map_or(2, |m| m + 1)
-            .max(max_label as usize + 1),
-        None => max_label as usize + 1,
+    // The classes: as given, else the dataset's, else the values the references hold — never
+    // 1..=(largest value), which invented classes present in neither file.
+    let classes = match (&args.labels, &names) {
+        (Some(given), _) => ClassSet::new(given.clone()),
+        (None, Some(n)) if n.keys().any(|&l| (1..=255).contains(&l)) => {
+            ClassSet::new(n.keys().filter_map(|&l| u8::try_from(l).ok()).collect())
+        }
+        (None, _) => ClassSet::present(loaded.iter().map(|(_, t)| t.labels.as_slice())),
+    };
+    for (id, (pred, truth)) in ids.iter().zip(&loaded) {
+        for (side, file, path) in [
+            ("prediction", pred, &preds[id]),
+            ("reference", truth, &truths[id]),
+        ] {
+            for (value, voxels) in classes.outside(&file.labels) {
+                eprintln!(
+                    "warning: {} ({side}) holds label {value} in {voxels} voxel(s), not one of the classes scored {:?}; counted as background (give --labels to choose the classes)",
+                    path.display(),
+                    classes.labels
+                );
+            }
+        }
     }
-    .max(2);
+    let k = classes.num_classes();
+    let lut = classes.lut();
+    let compact = |labels: &[u8]| -> Vec<u8> { labels.iter().map(|&v| lut[v as usize]).collect() };
     // Cases in parallel (and, inside each, classes and directions): rayon's pool, all cores
     // unless RAYON_NUM_THREADS says otherwise.
     let per_case: Vec<_> = loaded
@@ -205,8 +263,8 @@ pub fn run(args: Args) -> Result<()> {
         .map(|(pred, truth)| {
             let spacing = case_spacing(truth, args.spacing.as_deref(), mode);
             evaluate_case(
-                &pred.labels,
-                &truth.labels,
+                &compact(&pred.labels),
+                &compact(&truth.labels),
                 &truth.shape,
                 &spacing,
                 k,
@@ -217,21 +275,32 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     let means = per_class_mean(&per_case, mode);
     let overall = class_mean(&means, mode);
+    // Class `c` (1..k) is label value `classes.labels[c - 1]`; outputs are keyed by the value.
+    let value = |c: usize| classes.labels.get(c - 1).map_or(c, |&v| usize::from(v));
     let class_name = |c: usize| {
         names
             .as_ref()
-            .and_then(|n| n.get(&c).cloned())
-            .unwrap_or_else(|| format!("class {c}"))
+            .and_then(|n| n.get(&value(c)).cloned())
+            .unwrap_or_else(|| format!("class {}", value(c)))
     };
-    let classes: serde_json::Map<String, Value> = (1..k)
-        .map(|c| (c.to_string(), json!(class_name(c))))
+    let keyed = |per_class: &[ctrcl_metrics::modes::ClassMetrics]| -> Value {
+        Value::Object(
+            per_class
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (value(i + 1).to_string(), class_metrics_json(m)))
+                .collect(),
+        )
+    };
+    let class_map: serde_json::Map<String, Value> = (1..k)
+        .map(|c| (value(c).to_string(), json!(class_name(c))))
         .collect();
     let doc = json!({
         "mode": match mode { Mode::TransUnet => "transunet", Mode::Strict => "strict" },
         "hd95": match hd95 { Hd95Mode::Pooled => "pooled", Hd95Mode::Max => "max" },
-        "classes": classes,
-        "cases": ids.iter().zip(&per_case).map(|(id, m)| json!({"case": id, "per_class": per_class_json(m)})).collect::<Vec<_>>(),
-        "per_class_mean": per_class_json(&means),
+        "classes": class_map,
+        "cases": ids.iter().zip(&per_case).map(|(id, m)| json!({"case": id, "per_class": keyed(m)})).collect::<Vec<_>>(),
+        "per_class_mean": keyed(&means),
         "mean": class_metrics_json(&overall),
     });
     ctrcl_data::error::write_atomic(&args.out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
@@ -248,7 +317,7 @@ pub fn run(args: Args) -> Result<()> {
             let _ = writeln!(
                 csv,
                 "{id},{},{},{},{},{}",
-                i + 1,
+                value(i + 1),
                 cell(x.dice),
                 cell(x.jaccard),
                 cell(x.hd95),

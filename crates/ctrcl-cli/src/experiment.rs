@@ -158,6 +158,13 @@ fn set_aside_unresumable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a cell's training ran to its end (`log.jsonl` holds the end event).
+fn finished(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .map(|l| l.contains("\"event\":\"end\""))
+        .unwrap_or(false)
+}
+
 /// Runs (or continues) one cell; returns its test metrics.
 fn run_cell(
     cell: &Cell,
@@ -171,16 +178,17 @@ fn run_cell(
             .with_context(|| format!("{} is not valid JSON", metrics_path.display()))
     };
     if let Ok(v) = read() {
-        if Role::BOTH.iter().all(|r| !v[r.name()].is_null()) {
+        // Metrics of checkpoints that training has since replaced are not this cell's result.
+        if Role::BOTH.iter().all(|r| !v[r.name()].is_null())
+            && ctrcl_train::tester::metrics_are_current(&cell.dir, &v)
+            && finished(&cell.dir)
+        {
             eprintln!("done already: {}", cell.dir.display());
             return Ok(v);
         }
     }
     if cell.dir.join("last").join("state.json").exists() {
-        let finished = std::fs::read_to_string(cell.dir.join("log.jsonl"))
-            .map(|l| l.contains("\"event\":\"end\""))
-            .unwrap_or(false);
-        if !finished {
+        if !finished(&cell.dir) {
             eprintln!("resuming {}", cell.dir.display());
             backend::resume(&cell.dir, true)?;
         }

@@ -398,6 +398,13 @@ fn inspect_text(name: &str, v: &serde_json::Value) -> String {
                 out.push_str(&inspect_text(&label, series));
             }
         }
+        Some("error") => {
+            let _ = writeln!(
+                out,
+                "{name}: error: {}",
+                v["error"].as_str().unwrap_or("unreadable")
+            );
+        }
         Some(container) if v.get("arrays").is_some() => {
             let _ = writeln!(out, "{name}: {container}");
             for (array, av) in v["arrays"].as_object().into_iter().flatten() {
@@ -419,6 +426,15 @@ fn inspect_text(name: &str, v: &serde_json::Value) -> String {
             }
             if let Some(o) = v["orientation"].as_str() {
                 let _ = write!(out, ", {o}");
+            }
+            if let (Some(nan), Some(inf)) = (v["nan"].as_u64(), v["inf"].as_u64()) {
+                let _ = write!(
+                    out,
+                    ", {nan} NaN and {inf} infinite values (not in min/max)"
+                );
+            }
+            if let Some(note) = v["note"].as_str() {
+                let _ = write!(out, " — {note}");
             }
             match v["unique"].as_array() {
                 Some(u) if u.len() > 24 => {

@@ -452,32 +452,12 @@ impl Dataset {
             let mut image = read_volume(&image_path)?;
             let mut label_vol = read_volume(&label_path)?;
             remap_labels(&mut label_vol.data, label_map, &label_path)?;
-            for (what, vol, path) in [("label", &label_vol, &label_path)] {
-                if vol.dims != image.dims {
-                    return Err(DataError::invalid(
-                        path,
-                        format!(
-                            "{what} grid {:?} differs from image grid {:?} of {}",
-                            vol.dims,
-                            image.dims,
-                            image_path.display()
-                        ),
-                    ));
-                }
-            }
+            check_same_grid("label", &label_vol, &label_path, &image, &image_path)?;
             // Further channels: CASE_0001, CASE_0002, … on the same grid, appended channel-major.
             for c in 1..channel_names.len() {
                 let file = image_path.with_file_name(format!("{id}_{c:04}{ending}"));
                 let extra = read_volume(&file)?;
-                if extra.dims != image.dims {
-                    return Err(DataError::invalid(
-                        &file,
-                        format!(
-                            "channel grid {:?} differs from {:?} of channel 0",
-                            extra.dims, image.dims
-                        ),
-                    ));
-                }
+                check_same_grid("channel", &extra, &file, &image, &image_path)?;
                 image.data.extend(extra.data);
             }
             let label = labels_as_classes(&label_vol.data, class_names.len(), &label_path)?;
@@ -595,6 +575,35 @@ fn nnunet_case_paths(root: &Path, id: &str, ending: &str) -> (PathBuf, PathBuf) 
     } else {
         train
     }
+}
+
+/// A label or further channel (`vol`, read from `path`) must lie on its image's grid: the same
+/// dims and, within float noise, the same voxel → world affine (nnU-Net checks the same). A label
+/// shifted 10 mm off its image would otherwise train on misaligned anatomy without a word.
+fn check_same_grid(
+    what: &str,
+    vol: &NiftiVolume,
+    path: &Path,
+    image: &NiftiVolume,
+    image_path: &Path,
+) -> Result<()> {
+    let why = if vol.dims != image.dims {
+        format!(
+            "{what} grid {:?} differs from image grid {:?} of {}",
+            vol.dims,
+            image.dims,
+            image_path.display()
+        )
+    } else {
+        match crate::nifti::affine_mismatch(&vol.affine, &image.affine, "the image's") {
+            Some(why) => format!(
+                "{what} {why} ({}): not on the image's grid",
+                image_path.display()
+            ),
+            None => return Ok(()),
+        }
+    };
+    Err(DataError::invalid(path, why))
 }
 
 /// Reads a NIfTI volume, or a 2D PNG/JPEG image as a one-slice volume (`[W, H, 1]`, intensities

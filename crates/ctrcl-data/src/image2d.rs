@@ -88,6 +88,21 @@ pub fn is_png(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
+/// Whether the file starts with `magic`.
+fn file_starts_with(path: &Path, magic: &[u8]) -> bool {
+    use std::io::Read;
+    let mut head = vec![0u8; magic.len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && head == magic
+}
+
+/// Whether the file's content is PNG (its 8-byte signature), whatever its name.
+pub fn has_png_signature(path: &Path) -> bool {
+    file_starts_with(path, b"\x89PNG\r\n\x1a\n")
+}
+
 /// Reads a PNG/JPEG image as intensities.
 pub fn read_image_2d(path: &Path) -> Result<Image2d> {
     let img = decode_image(path)?;
@@ -166,6 +181,19 @@ pub struct PngSamples {
 
 /// Reads a PNG without any colour transformation.
 pub fn read_png_samples(path: &Path) -> Result<PngSamples> {
+    if !has_png_signature(path) && path.is_file() {
+        // A JPEG saved under a .png name is decoded by `predict` (by content) but cannot be a
+        // label map: JPEG's compression changes values.
+        let what = if file_starts_with(path, &[0xFF, 0xD8, 0xFF]) {
+            "a JPEG file"
+        } else {
+            "not a PNG file"
+        };
+        return Err(DataError::invalid(
+            path,
+            format!("is {what} despite its .png name; label maps must be real (lossless) PNG files: convert it, or rename it to its real extension"),
+        ));
+    }
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let bad = |e: png::DecodingError| DataError::invalid(path, format!("not a valid PNG: {e}"));
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));

@@ -7,7 +7,7 @@ use crate::error::{DataError, Result};
 use crate::hdf5::{is_hdf5, H5File};
 use crate::image2d::{image_stem, is_png, read_png_samples};
 use crate::mrc::{is_mrc, read_mrc};
-use crate::nifti::{nifti_stem, read_nifti, NiftiType, NiftiVolume};
+use crate::nifti::{nifti_stem, visit_nifti, NiftiType, NiftiVolume};
 use crate::npy::parse_npy;
 use crate::nrrd::{is_nrrd, read_nrrd};
 use serde_json::{json, Map, Value};
@@ -17,36 +17,86 @@ use std::path::Path;
 /// Most unique values listed; integer arrays with more report `unique: null`.
 pub const MAX_UNIQUE: usize = 1000;
 
-/// `{"format", "shape", "dtype", "min", "max", "spacing", "unique", ...}` of one array.
-fn array_json(format: &str, shape: &[usize], dtype: &str, values: &[f64]) -> Value {
-    let (min, max) = values
-        .iter()
-        .filter(|v| !v.is_nan())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-    let integer = dtype.starts_with("int") || dtype.starts_with("uint") || dtype == "bool";
-    let unique = integer.then(|| {
-        let mut u: Vec<i64> = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for &v in values {
-            if seen.insert(v as i64) && seen.len() > MAX_UNIQUE {
-                return None;
+/// Running statistics of an array's values: min/max of the finite ones, NaN and infinity
+/// counts, the unique values of integer data (up to [`MAX_UNIQUE`]), whether any is fractional.
+/// Fed one value at a time, so no copy of the array is needed.
+struct Stats {
+    min: f64,
+    max: f64,
+    nan: usize,
+    inf: usize,
+    fractional: bool,
+    unique: Option<std::collections::BTreeSet<i64>>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            nan: 0,
+            inf: 0,
+            fractional: false,
+            unique: Some(Default::default()),
+        }
+    }
+
+    fn push(&mut self, v: f64) {
+        if v.is_nan() {
+            self.nan += 1;
+            return;
+        }
+        if v.is_infinite() {
+            self.inf += 1;
+            return;
+        }
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.fractional |= v.fract() != 0.0;
+        if let Some(set) = &mut self.unique {
+            if set.insert(v as i64) && set.len() > MAX_UNIQUE {
+                self.unique = None;
             }
         }
-        u.extend(seen);
-        Some(u)
-    });
-    let finite = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
-    json!({
-        "format": format,
-        "shape": shape,
-        "dtype": dtype,
-        "min": finite(min),
-        "max": finite(max),
-        "spacing": Value::Null,
-        "unique": unique.flatten(),
-    })
+    }
+
+    /// `{"format", "shape", "dtype", "min", "max", "spacing", "unique"[, "nan", "inf"]}`.
+    /// Only integer data list unique values, and not when made fractional (a slope, a
+    /// rescale).
+    fn json(self, format: &str, shape: &[usize], dtype: &str) -> Value {
+        let finite = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+        let integer = dtype.starts_with("int") || dtype.starts_with("uint") || dtype == "bool";
+        let unique = self
+            .unique
+            .filter(|_| integer && !self.fractional)
+            .map(|s| s.into_iter().collect::<Vec<i64>>());
+        let mut j = json!({
+            "format": format,
+            "shape": shape,
+            "dtype": dtype,
+            "min": finite(self.min),
+            "max": finite(self.max),
+            "spacing": Value::Null,
+            "unique": unique,
+        });
+        if self.nan + self.inf > 0 {
+            j["nan"] = json!(self.nan);
+            j["inf"] = json!(self.inf);
+        }
+        j
+    }
+}
+
+/// [`Stats`] of one array's values.
+fn array_json<I: IntoIterator<Item = f64>>(
+    format: &str,
+    shape: &[usize],
+    dtype: &str,
+    values: I,
+) -> Value {
+    let mut stats = Stats::new();
+    values.into_iter().for_each(|v| stats.push(v));
+    stats.json(format, shape, dtype)
 }
 
 fn nifti_dtype(t: NiftiType) -> &'static str {
@@ -87,12 +137,12 @@ pub fn axis_codes(affine: &[[f64; 4]; 3]) -> String {
 
 /// A 3D volume (X, Y, Z order) with its spacing and orientation.
 fn volume_json(format: &str, v: &NiftiVolume, dtype: &str) -> Value {
-    let values: Vec<f64> = v.data.iter().map(|&x| f64::from(x)).collect();
-    let mut j = array_json(format, &v.dims, dtype, &values);
-    // Integer storage scaled by a slope is not integer data any more.
-    if v.data.iter().any(|x| x.fract() != 0.0) {
-        j["unique"] = Value::Null;
-    }
+    let j = array_json(format, &v.dims, dtype, v.data.iter().map(|&x| f64::from(x)));
+    with_geometry(j, v)
+}
+
+/// Spacing and orientation of a volume added to its statistics.
+fn with_geometry(mut j: Value, v: &NiftiVolume) -> Value {
     j["spacing"] = json!(v.spacing);
     j["orientation"] = json!(axis_codes(&v.affine));
     j
@@ -109,12 +159,13 @@ fn dicom_json(img: &DicomImage) -> Value {
     if h.samples_per_pixel > 1 {
         shape.push(h.samples_per_pixel);
     }
-    let values: Vec<f64> = img.data.iter().map(|&v| f64::from(v)).collect();
-    let mut j = array_json("dicom", &shape, h.dtype, &values);
-    if values.iter().any(|v| v.fract() != 0.0) {
-        // The rescale made the values fractional: unique stored integers would mislead.
-        j["unique"] = Value::Null;
-    }
+    let mut j = array_json(
+        "dicom",
+        &shape,
+        h.dtype,
+        img.data.iter().map(|&v| f64::from(v)),
+    );
+    // (A rescale that made the values fractional lists no unique values: see `Stats::json`.)
     j["spacing"] = json!(h.pixel_spacing);
     j["transfer_syntax"] = json!(h.transfer_syntax);
     j["modality"] = json!(h.modality);
@@ -142,8 +193,12 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
         return Ok(Some(dicom_json(&read_dicom(path)?)));
     }
     if nifti_stem(path).is_some() {
-        let v = read_nifti(path)?;
-        return Ok(Some(volume_json("nifti", &v, nifti_dtype(v.dtype))));
+        // Statistics stream from the file's bytes (no decoded copy: a 300-million-voxel uint8
+        // volume costs its 300 MB); NaN and infinite intensities are counted, not refused.
+        let mut stats = Stats::new();
+        let v = visit_nifti(path, &mut |x| stats.push(f64::from(x)))?;
+        let dtype = nifti_dtype(v.dtype);
+        return Ok(Some(with_geometry(stats.json("nifti", &v.dims, dtype), &v)));
     }
     if is_nrrd(path) {
         let v = read_nrrd(path)?;
@@ -166,7 +221,12 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
         Some("npy") => {
             let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
             let a = parse_npy(path, &bytes)?;
-            Ok(Some(array_json("npy", &a.shape, &a.dtype, &a.data)))
+            Ok(Some(array_json(
+                "npy",
+                &a.shape,
+                &a.dtype,
+                a.data.iter().copied(),
+            )))
         }
         Some("npz") => inspect_npz(path).map(Some),
         _ if is_hdf5(path) => {
@@ -174,12 +234,12 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
             let mut arrays = Map::new();
             for name in f.datasets()? {
                 let a = f.read(&name)?;
-                let values: Vec<f64> = a.data.iter().map(|&v| f64::from(v)).collect();
-                arrays.insert(name, array_json("hdf5", &a.shape, a.dtype, &values));
+                let values = a.data.iter().map(|&v| f64::from(v));
+                arrays.insert(name, array_json("hdf5", &a.shape, a.dtype, values));
             }
             Ok(Some(json!({"format": "hdf5", "arrays": arrays})))
         }
-        _ if is_png(path) => {
+        _ if is_png(path) && crate::image2d::has_png_signature(path) => {
             let p = read_png_samples(path)?;
             let shape = if p.channels == 1 {
                 vec![p.h, p.w]
@@ -187,8 +247,8 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
                 vec![p.h, p.w, p.channels]
             };
             let dtype = if p.bit_depth == 16 { "uint16" } else { "uint8" };
-            let values: Vec<f64> = p.values.iter().map(|&v| f64::from(v)).collect();
-            let mut j = array_json("png", &shape, dtype, &values);
+            let values = p.values.iter().map(|&v| f64::from(v));
+            let mut j = array_json("png", &shape, dtype, values);
             j["palette"] = json!(p.indexed);
             Ok(Some(j))
         }
@@ -199,10 +259,17 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
             } else {
                 vec![t.h, t.w, t.channels]
             };
-            Ok(Some(array_json("tiff", &shape, t.dtype, &t.values)))
+            Ok(Some(array_json(
+                "tiff",
+                &shape,
+                t.dtype,
+                t.values.iter().copied(),
+            )))
         }
+        // JPEG (or another image named .png: decoded by its content, and said so).
         _ if image_stem(path).is_some() => {
             let img = crate::image2d::decode_image(path)?;
+            let misnamed = is_png(path);
             let c = img.color().channel_count() as usize;
             let (h, w) = (img.height() as usize, img.width() as usize);
             let rgb = img.to_rgb8();
@@ -212,7 +279,11 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
                 rgb.as_raw().iter().map(|&v| f64::from(v)).collect()
             };
             let shape = if c == 1 { vec![h, w] } else { vec![h, w, 3] };
-            Ok(Some(array_json("jpeg", &shape, "uint8", &values)))
+            let mut j = array_json("jpeg", &shape, "uint8", values);
+            if misnamed {
+                j["note"] = json!("not a PNG file despite its name (read by its content)");
+            }
+            Ok(Some(j))
         }
         _ => Ok(None),
     }
@@ -236,7 +307,10 @@ fn inspect_npz(path: &Path) -> Result<Value> {
         let inner = path.join(&name);
         let a = parse_npy(&inner, &bytes)?;
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
-        arrays.insert(key, array_json("npy", &a.shape, &a.dtype, &a.data));
+        arrays.insert(
+            key,
+            array_json("npy", &a.shape, &a.dtype, a.data.iter().copied()),
+        );
     }
     Ok(json!({"format": "npz", "arrays": arrays}))
 }
@@ -251,11 +325,16 @@ pub fn inspect(path: &Path) -> Result<Value> {
             .collect();
         entries.sort();
         let mut files = Map::new();
+        // A bad file is described as such ({"format": "error", "error": why}) and the others
+        // still are: one corrupt file must not hide the folder.
         for entry in entries.iter().filter(|p| p.is_file()) {
-            if let Some(v) = inspect_file(entry)? {
-                let name = entry.file_name().map(|n| n.to_string_lossy().into_owned());
-                files.insert(name.unwrap_or_default(), v);
-            }
+            let v = match inspect_file(entry) {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
+                Err(e) => json!({"format": "error", "error": e.to_string()}),
+            };
+            let name = entry.file_name().map(|n| n.to_string_lossy().into_owned());
+            files.insert(name.unwrap_or_default(), v);
         }
         let dataset = std::fs::read_to_string(path.join("dataset.json"))
             .ok()

@@ -6,7 +6,7 @@
 //! is kept so that predictions can be written with the input's exact geometry.
 
 use crate::error::{DataError, Result};
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use std::io::Read;
 use std::path::Path;
 
@@ -134,19 +134,180 @@ pub fn nifti_stem(path: &Path) -> Option<String> {
     Some(stem.to_string())
 }
 
-/// Reads a `.nii` or `.nii.gz` file (gzip detected from the content, not the name).
+/// Two lengths in mm that a header round trip keeps apart by float noise only (1e-3 mm, or 1e-4
+/// relative for large values).
+pub fn close_mm(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-3f64.max(1e-4 * a.abs().max(b.abs()))
+}
+
+/// How voxel → world affine `a` differs from `b` (origin, or axes: voxel size and orientation),
+/// in words naming `b` as `other`; `None` when they agree within [`close_mm`].
+pub fn affine_mismatch(a: &[[f64; 4]; 3], b: &[[f64; 4]; 3], other: &str) -> Option<String> {
+    let origin = |m: &[[f64; 4]; 3]| [m[0][3], m[1][3], m[2][3]];
+    if !origin(a)
+        .iter()
+        .zip(origin(b))
+        .all(|(&x, y)| close_mm(x, y))
+    {
+        return Some(format!(
+            "origin {:?} mm differs from {other} {:?} mm",
+            origin(a),
+            origin(b)
+        ));
+    }
+    if !(0..3).all(|r| (0..3).all(|c| close_mm(a[r][c], b[r][c]))) {
+        return Some(format!(
+            "voxel axes (size and orientation) {:?} differ from {other} {:?}",
+            a.map(|row| [row[0], row[1], row[2]]),
+            b.map(|row| [row[0], row[1], row[2]])
+        ));
+    }
+    None
+}
+
+/// Reads a `.nii` or `.nii.gz` file (gzip detected from the content, not the name). A NaN or
+/// infinite intensity is an error (it would poison training and metrics).
 pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
+    let v = read_nifti_any(path)?;
+    if let Some(i) = v.data.iter().position(|v| !v.is_finite()) {
+        return Err(DataError::invalid(
+            path,
+            format!("voxel {i} is not finite (NaN or infinite intensity)"),
+        ));
+    }
+    Ok(v)
+}
+
+/// The header of a NIfTI file (its volume with `data` empty), each voxel value passed to
+/// `visit` in file order: `data inspect`'s statistics without a decoded copy of the volume.
+/// NaN and infinite values are passed on, not refused.
+pub fn visit_nifti(path: &Path, visit: &mut dyn FnMut(f32)) -> Result<NiftiVolume> {
+    let bytes = read_nifti_bytes(path)?;
+    parse_nifti_with(path, &bytes, Some(visit))
+}
+
+/// The (inflated) bytes of a `.nii` or `.nii.gz`; the compressed ones are freed before return.
+fn read_nifti_bytes(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::invalid(path, format!("corrupt gzip stream: {e}")))?;
-        out
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        gunzip_nifti(path, &raw)
     } else {
-        raw
-    };
+        Ok(raw)
+    }
+}
+
+/// [`read_nifti`] keeping NaN and infinite intensities.
+pub fn read_nifti_any(path: &Path) -> Result<NiftiVolume> {
+    let bytes = read_nifti_bytes(path)?;
     parse_nifti(path, &bytes)
+}
+
+/// Bytes a data-at-the-end file (`vox_offset` 0, see `parse_nifti`) may hold between its header
+/// and its voxels (extensions), beyond what the header declares.
+const EXTENSION_ALLOWANCE: usize = 1 << 20;
+
+/// Inflates a `.nii.gz`: every gzip member (bgzip and `cat a.gz b.gz` write several), and no
+/// more than the header declares — a small file that inflates to gigabytes of padding costs
+/// the declared size, not the padding (trailing bytes are ignored, as nibabel does).
+fn gunzip_nifti(path: &Path, raw: &[u8]) -> Result<Vec<u8>> {
+    let corrupt = |e: std::io::Error| DataError::invalid(path, format!("corrupt gzip stream: {e}"));
+    let mut decoder = MultiGzDecoder::new(raw);
+    let mut out = Vec::new();
+    (&mut decoder)
+        .take(NIFTI2_HEADER_SIZE as u64)
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    // An unreadable header is left to the parser, which names what is wrong with it.
+    let Some((declared_end, data_at_end)) = declared_size(&out) else {
+        return Ok(out);
+    };
+    let limit = if data_at_end {
+        declared_end.saturating_add(EXTENSION_ALLOWANCE)
+    } else {
+        declared_end
+    };
+    let more = (limit.saturating_sub(out.len()) as u64).saturating_add(1);
+    (&mut decoder)
+        .take(more)
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    if out.len() > limit {
+        if data_at_end {
+            return Err(DataError::invalid(
+                path,
+                format!("inflates to more than the {limit} bytes its header declares (vox_offset 0 with data at the end)"),
+            ));
+        }
+        out.truncate(limit);
+    }
+    Ok(out)
+}
+
+/// Size of a NIfTI-2 header.
+const NIFTI2_HEADER_SIZE: usize = 540;
+
+/// The file size a NIfTI-1/2 header declares (`vox_offset` + voxel bytes over all dims), and
+/// whether its data sit at the end instead (`vox_offset` 0); `None` when the header is not
+/// readable (too short, a bad `sizeof_hdr`, negative sizes).
+fn declared_size(head: &[u8]) -> Option<(usize, bool)> {
+    let le4 = i32::from_le_bytes(head.get(0..4)?.try_into().ok()?);
+    let be4 = i32::from_be_bytes(head.get(0..4)?.try_into().ok()?);
+    let (two, big) = match (le4, be4) {
+        (348, _) => (false, false),
+        (_, 348) => (false, true),
+        (540, _) => (true, false),
+        (_, 540) => (true, true),
+        _ => return None,
+    };
+    let int = |at: usize, n: usize| -> Option<i64> {
+        let mut b = head.get(at..at + n)?.to_vec();
+        if big {
+            b.reverse();
+        }
+        Some(match n {
+            2 => i64::from(i16::from_le_bytes(b.try_into().ok()?)),
+            _ => i64::from_le_bytes(b.try_into().ok()?),
+        })
+    };
+    let (ndim, dim, bitpix, offset, header) = if two {
+        let dim = |i: usize| int(16 + 8 * i, 8);
+        (
+            dim(0)?,
+            (1..8).map(dim).collect::<Option<Vec<_>>>()?,
+            int(14, 2)?,
+            int(168, 8)? as f64,
+            NIFTI2_HEADER_SIZE,
+        )
+    } else {
+        let dim = |i: usize| int(40 + 2 * i, 2);
+        let mut f = head.get(108..112)?.to_vec();
+        if big {
+            f.reverse();
+        }
+        let offset = f64::from(f32::from_le_bytes(f.try_into().ok()?));
+        (
+            dim(0)?,
+            (1..8).map(dim).collect::<Option<Vec<_>>>()?,
+            int(72, 2)?,
+            offset,
+            HEADER_SIZE,
+        )
+    };
+    if !(1..=7).contains(&ndim) || bitpix <= 0 || !offset.is_finite() || offset < 0.0 {
+        return None;
+    }
+    let mut bits = bitpix as u128;
+    for &d in &dim[..ndim as usize] {
+        bits = bits.checked_mul(u128::try_from(d).ok()?)?;
+    }
+    let voxels = usize::try_from(bits.div_ceil(8)).ok()?;
+    let data_at_end = (offset as usize) < header;
+    let start = if data_at_end {
+        header + 4
+    } else {
+        offset as usize
+    };
+    Some((start.checked_add(voxels)?, data_at_end))
 }
 
 /// Parses the bytes of an uncompressed `.nii` (`path` only names the file in errors).
@@ -180,6 +341,16 @@ impl Fields<'_> {
 }
 
 fn parse_nifti(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
+    parse_nifti_with(path, bytes, None)
+}
+
+/// Parses a NIfTI file; with `visit`, each voxel value goes to it in file order instead of into
+/// the returned volume's `data` (left empty), so statistics need no decoded copy of the volume.
+fn parse_nifti_with(
+    path: &Path,
+    bytes: &[u8],
+    visit: Option<&mut dyn FnMut(f32)>,
+) -> Result<NiftiVolume> {
     if bytes.len() < HEADER_SIZE {
         return Err(DataError::invalid(
             path,
@@ -196,7 +367,7 @@ fn parse_nifti(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
         (_, 348) => true,
         (540, _) | (_, 540) => {
             let as_one = nifti2_as_nifti1(path, bytes, size_be == 540)?;
-            return parse_nifti(path, &as_one);
+            return parse_nifti_with(path, &as_one, visit);
         }
         _ => {
             return Err(DataError::invalid(
@@ -293,14 +464,23 @@ fn parse_nifti(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
         slope = 1.0;
     }
     let inter = if inter.is_finite() { inter } else { 0.0 };
-    let data = decode_voxels(&bytes[offset..offset + nbytes], dtype, swap, slope, inter);
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+    let raw = &bytes[offset..offset + nbytes];
+    let data = match visit {
+        Some(visit) => {
+            voxel_values(raw, dtype, swap, slope, inter).for_each(visit);
+            Vec::new()
+        }
+        None => voxel_values(raw, dtype, swap, slope, inter).collect(),
+    };
+    let pixdim = |i: usize| f.f32(76 + 4 * i).abs();
+    // A NaN or infinite voxel size is an error: read as 1 mm it would score distances silently
+    // wrong. Zero stays the common "unused axis" convention and reads as 1.
+    if let Some(i) = (1..=3).find(|&i| !pixdim(i).is_finite()) {
         return Err(DataError::invalid(
             path,
-            format!("voxel {i} is not finite (NaN or infinite intensity)"),
+            format!("pixdim[{i}] = {} is not a voxel size", pixdim(i)),
         ));
     }
-    let pixdim = |i: usize| f.f32(76 + 4 * i).abs();
     let spacing = [pixdim(1), pixdim(2), pixdim(3)].map(|s| if s > 0.0 { s } else { 1.0 });
     let affine = header_affine(&f, spacing);
     Ok(NiftiVolume {
@@ -403,29 +583,38 @@ pub(crate) fn decode_voxels(
     slope: f32,
     inter: f32,
 ) -> Vec<f32> {
+    voxel_values(raw, dtype, swap, slope, inter).collect()
+}
+
+/// The scaled values of stored voxels, one at a time.
+fn voxel_values(
+    raw: &[u8],
+    dtype: NiftiType,
+    swap: bool,
+    slope: f32,
+    inter: f32,
+) -> impl Iterator<Item = f32> + '_ {
     let size = dtype.size();
-    let mut buf = [0u8; 8];
-    raw.chunks_exact(size)
-        .map(|chunk| {
-            buf[..size].copy_from_slice(chunk);
-            if swap {
-                buf[..size].reverse();
-            }
-            let v = match dtype {
-                NiftiType::U8 => buf[0] as f64,
-                NiftiType::I8 => buf[0] as i8 as f64,
-                NiftiType::I16 => i16::from_le_bytes([buf[0], buf[1]]) as f64,
-                NiftiType::U16 => u16::from_le_bytes([buf[0], buf[1]]) as f64,
-                NiftiType::I32 => i32::from_le_bytes(buf[..4].try_into().unwrap()) as f64,
-                NiftiType::U32 => u32::from_le_bytes(buf[..4].try_into().unwrap()) as f64,
-                NiftiType::F32 => f32::from_le_bytes(buf[..4].try_into().unwrap()) as f64,
-                NiftiType::F64 => f64::from_le_bytes(buf),
-                NiftiType::I64 => i64::from_le_bytes(buf) as f64,
-                NiftiType::U64 => u64::from_le_bytes(buf) as f64,
-            };
-            (v * slope as f64 + inter as f64) as f32
-        })
-        .collect()
+    raw.chunks_exact(size).map(move |chunk| {
+        let mut buf = [0u8; 8];
+        buf[..size].copy_from_slice(chunk);
+        if swap {
+            buf[..size].reverse();
+        }
+        let v = match dtype {
+            NiftiType::U8 => buf[0] as f64,
+            NiftiType::I8 => buf[0] as i8 as f64,
+            NiftiType::I16 => i16::from_le_bytes([buf[0], buf[1]]) as f64,
+            NiftiType::U16 => u16::from_le_bytes([buf[0], buf[1]]) as f64,
+            NiftiType::I32 => i32::from_le_bytes(buf[..4].try_into().unwrap()) as f64,
+            NiftiType::U32 => u32::from_le_bytes(buf[..4].try_into().unwrap()) as f64,
+            NiftiType::F32 => f32::from_le_bytes(buf[..4].try_into().unwrap()) as f64,
+            NiftiType::F64 => f64::from_le_bytes(buf),
+            NiftiType::I64 => i64::from_le_bytes(buf) as f64,
+            NiftiType::U64 => u64::from_le_bytes(buf) as f64,
+        };
+        (v * slope as f64 + inter as f64) as f32
+    })
 }
 
 fn header_affine(f: &Fields, spacing: [f32; 3]) -> [[f64; 4]; 3] {
@@ -640,6 +829,63 @@ mod tests {
         bytes[108..112].copy_from_slice(&1.0e30f32.to_le_bytes());
         let msg = parse_nifti_bytes(&path, &bytes).unwrap_err().to_string();
         assert!(msg.contains("truncated"), "{msg}");
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// Found by the hostile-input probe (issue #21): a multi-member gzip (bgzip, `cat a.gz b.gz`)
+    /// was refused as truncated.
+    #[test]
+    fn a_multi_member_gzip_reads_as_one_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("v.nii");
+        let dims = [4, 3, 2];
+        write_nifti(&plain, dims, &sample(dims), false, None, [1.0; 3], IDENTITY).unwrap();
+        let bytes = std::fs::read(&plain).unwrap();
+        let (a, b) = bytes.split_at(200);
+        let mut members = gzip(a);
+        members.extend(gzip(b));
+        let path = dir.path().join("members.nii.gz");
+        std::fs::write(&path, members).unwrap();
+        let v = read_nifti(&path).unwrap();
+        assert_eq!(v.data, sample(dims));
+    }
+
+    /// Found by the probe: a 2 MB file inflating 2 GB of padding took 2.18 GB of memory. Only
+    /// what the header declares is inflated; the padding is ignored (as nibabel does).
+    #[test]
+    fn inflation_stops_at_the_size_the_header_declares() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("v.nii");
+        let dims = [4, 3, 2];
+        write_nifti(&plain, dims, &sample(dims), false, None, [1.0; 3], IDENTITY).unwrap();
+        let mut bytes = std::fs::read(&plain).unwrap();
+        let declared = bytes.len();
+        bytes.resize(declared + (64 << 20), 0); // 64 MiB of padding
+        let packed = gzip(&bytes);
+        assert!(packed.len() < 1 << 20);
+        let path = dir.path().join("padded.nii.gz");
+        std::fs::write(&path, &packed).unwrap();
+        let inflated = gunzip_nifti(&path, &packed).unwrap();
+        assert_eq!(inflated.len(), declared, "the padding is not inflated");
+        assert_eq!(read_nifti(&path).unwrap().data, sample(dims));
+    }
+
+    /// Found by the probe: a NaN pixdim read as 1 mm.
+    #[test]
+    fn a_non_finite_voxel_size_is_an_error_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.nii");
+        write_nifti(&path, [2, 2, 2], &[1.0; 8], false, None, [1.0; 3], IDENTITY).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[80..84].copy_from_slice(&f32::NAN.to_le_bytes()); // pixdim[1]
+        let msg = parse_nifti_bytes(&path, &bytes).unwrap_err().to_string();
+        assert!(msg.contains("pixdim[1] = NaN"), "{msg}");
     }
 
     #[test]

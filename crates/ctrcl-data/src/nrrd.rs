@@ -5,7 +5,7 @@
 
 use crate::error::{DataError, Result};
 use crate::nifti::{decode_voxels, NiftiType, NiftiVolume};
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
@@ -239,7 +239,7 @@ pub fn parse_nrrd(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
         "gzip" | "gz" => {
             // No allocation from the header's claim: a corrupt size must not abort the process.
             let mut out = Vec::new();
-            GzDecoder::new(&payload[start..])
+            MultiGzDecoder::new(&payload[start..])
                 .take(nbytes as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| bad(format!("corrupt gzip data: {e}")))?;

@@ -305,7 +305,21 @@ fn write_case(out: &Path, case: &str, image: &NiftiVolume, labels: &[f32]) -> Re
     )
 }
 
+/// Writes a metadata file (`dataset.json`, `ctrcl_split.json`). One that exists with other
+/// content — a split or label names the user edited — is kept and the preparation stops with an
+/// error naming it: preparing again into the same folder must not undo someone's edit. (The
+/// images and labels it rewrote are regenerated from the fetched source, byte for byte.)
 pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let same = serde_json::from_str::<serde_json::Value>(&existing).is_ok_and(|v| &v == value);
+        if same {
+            return Ok(());
+        }
+        return Err(DataError::invalid(
+            path,
+            "exists with other content (edited?) and was kept; prepare into a new --out folder, or move this file away to have it written anew",
+        ));
+    }
     let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
     write_atomic(path, text.as_bytes())
 }
@@ -313,6 +327,26 @@ pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the hostile-input probe (issue #21): preparing again into a folder replaced the
+    /// user's edited `ctrcl_split.json`.
+    #[test]
+    fn an_edited_metadata_file_is_kept_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SPLIT_FILE);
+        let split = serde_json::to_value(SlabSplit::icbm152_default()).unwrap();
+        write_json(&path, &split).unwrap();
+        // Preparing again with the same content is allowed.
+        write_json(&path, &split).unwrap();
+        let edited = "{\"case\": \"icbm152\", \"axis\": \"z\", \"train\": [[0, 80]], \"val\": [], \"test\": [[90, 105]]}";
+        std::fs::write(&path, edited).unwrap();
+        let err = write_json(&path, &split).unwrap_err().to_string();
+        assert!(
+            err.contains(SPLIT_FILE) && err.contains("was kept"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
+    }
 
     #[test]
     fn labels_follow_the_argmax_rule() {

@@ -107,8 +107,24 @@ impl SlabSplit {
             .collect()
     }
 
-    /// Checks ranges are ordered, inside `0..depth`, and that no slice is in two splits.
+    /// Checks the axis, that training slices exist, that ranges are ordered and inside
+    /// `0..depth`, and that no slice is in two splits.
     pub fn validate(&self, depth: usize, path: &Path) -> Result<()> {
+        if self.axis != "z" {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "\"axis\": \"{}\" is not supported: slabs are ranges of axial slices, \"axis\": \"z\" (the volume's third axis)",
+                    self.axis
+                ),
+            ));
+        }
+        if self.train.is_empty() {
+            return Err(DataError::invalid(
+                path,
+                "the split has no training slices (\"train\": [])",
+            ));
+        }
         let mut owner = vec![None; depth];
         for split in [Split::Train, Split::Val, Split::Test] {
             for &[a, b] in self.ranges(split) {
@@ -160,5 +176,19 @@ mod tests {
             .contains("both"));
         let s = SlabSplit::icbm152_default();
         assert!(s.validate(100, Path::new("x")).is_err());
+    }
+
+    /// Found by the hostile-input probe (issue #21): `"train": []` panicked in training and any
+    /// `"axis"` was accepted and sliced along z.
+    #[test]
+    fn an_empty_training_split_and_another_axis_are_rejected() {
+        let mut s = SlabSplit::icbm152_default();
+        s.train.clear();
+        let e = s.validate(189, Path::new("x")).unwrap_err().to_string();
+        assert!(e.contains("no training slices"), "{e}");
+        let mut s = SlabSplit::icbm152_default();
+        s.axis = "x".into();
+        let e = s.validate(189, Path::new("x")).unwrap_err().to_string();
+        assert!(e.contains("\"axis\": \"x\" is not supported"), "{e}");
     }
 }

@@ -24,8 +24,12 @@ fn every_malformed_input_is_a_clear_error_or_the_standard_reading() {
             continue;
         }
         // DICOM series folders are read by assembling their series, as `data inspect` does.
+        // NIfTI files through the reader training uses: `data inspect` describes a NaN
+        // intensity (counted) where training refuses it.
         let result = if path.is_dir() && !name.starts_with("dicom") {
             Dataset::open(&path, Normalize::None).map(|_| ())
+        } else if ctrcl_data::nifti::nifti_stem(&path).is_some() {
+            ctrcl_data::nifti::read_nifti(&path).map(|_| ())
         } else {
             ctrcl_data::inspect::inspect(&path).map(|_| ())
         };
@@ -44,4 +48,34 @@ fn every_malformed_input_is_a_clear_error_or_the_standard_reading() {
             assert!(msg.contains(needle), "{name}: {msg:?} lacks {needle:?}");
         }
     }
+}
+
+/// Found by the hostile-input probe (issue #21): `data inspect` refused to describe an image that
+/// holds NaN. It describes it, counting the non-finite values and leaving them out of min/max.
+#[test]
+fn inspect_describes_an_image_holding_nan() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/malformed/nan_intensity.nii");
+    let v = ctrcl_data::inspect::inspect(&path).unwrap();
+    assert!(v["nan"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["min"].as_f64().unwrap().is_finite(), "{v}");
+}
+
+/// Found by the probe: `data inspect` of a folder stopped at its first bad file. The bad file is
+/// described as an error naming what is wrong; the good files are still described.
+#[test]
+fn inspect_of_a_folder_describes_every_file_and_names_the_bad_ones() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/malformed");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["nan_slope.nii", "too_short.nii", "zero_slope.nii"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let v = ctrcl_data::inspect::inspect(dir.path()).unwrap();
+    let files = v["files"].as_object().unwrap();
+    assert_eq!(files.len(), 3, "{v}");
+    assert_eq!(files["too_short.nii"]["format"], "error");
+    assert!(files["too_short.nii"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("shorter"));
+    assert_eq!(files["zero_slope.nii"]["format"], "nifti");
 }

@@ -180,6 +180,27 @@ impl ModelSizes {
 }
 
 impl<B: Backend> Student<B> {
+    /// The architecture of this network.
+    pub fn architecture(&self) -> Architecture {
+        match self {
+            Student::Unet(_) => Architecture::Unet,
+            Student::Resunet(_) => Architecture::Resunet,
+            Student::SwinUnet(_) => Architecture::SwinUnet,
+            Student::Segformer(_) => Architecture::Segformer,
+        }
+    }
+
+    /// The architecture a saved record holds (loading it into another one would panic in Burn's
+    /// derived `load_record`).
+    pub fn record_architecture(record: &StudentRecord<B>) -> Architecture {
+        match record {
+            StudentRecord::Unet(_) => Architecture::Unet,
+            StudentRecord::Resunet(_) => Architecture::Resunet,
+            StudentRecord::SwinUnet(_) => Architecture::SwinUnet,
+            StudentRecord::Segformer(_) => Architecture::Segformer,
+        }
+    }
+
     /// # Shapes
     /// `x`: `[B, Cin, H, W]` → logits `[B, K, H, W]` and the feature taps.
     pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {

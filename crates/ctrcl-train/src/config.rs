@@ -529,34 +529,117 @@ fn key_holding(value: &toml::Value, needle: &str, prefix: &str) -> Option<String
     }
 }
 
+/// Where a config error comes from: the file, or a `--set` override (then the file is not
+/// blamed).
+enum ConfigError {
+    File(anyhow::Error),
+    /// The `--set` item that set the bad value, and the error.
+    Override(String, anyhow::Error),
+}
+
+impl ConfigError {
+    fn into_inner(self) -> anyhow::Error {
+        match self {
+            ConfigError::File(e) | ConfigError::Override(_, e) => e,
+        }
+    }
+}
+
+/// `key = v` must be finite and above 0.
+fn positive(key: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{key} = {v}: must be a finite number above 0");
+    }
+    Ok(())
+}
+
+/// `key = v` must be finite and at least 0.
+fn non_negative(key: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v >= 0.0) {
+        bail!("{key} = {v}: must be a finite number, 0 or more");
+    }
+    Ok(())
+}
+
+/// `key: message`, or the message alone when the key is unknown.
+fn keyed(key: &str, message: &str) -> String {
+    if key.is_empty() || key == "." {
+        message.to_string()
+    } else {
+        format!("{key}: {message}")
+    }
+}
+
+/// An error about `key`: blamed on the last `--set` item that set it (or a table above it), else
+/// on the file.
+fn blame(key: &str, overrides: &[String], error: anyhow::Error) -> ConfigError {
+    let set_by = overrides.iter().rev().find(|item| {
+        let k = item
+            .split_once('=')
+            .map_or(item.as_str(), |(k, _)| k)
+            .trim();
+        !key.is_empty() && (key == k || key.starts_with(&format!("{k}.")))
+    });
+    match set_by {
+        Some(item) => ConfigError::Override(item.clone(), error),
+        None => ConfigError::File(error),
+    }
+}
+
 impl TrainConfig {
-    /// Reads a TOML file, applies `key=value` overrides, and validates.
+    /// Reads a TOML file, applies `key=value` overrides, and validates. An error in a value that
+    /// an override set names the `--set` item, not the file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::from_toml(&text, overrides).with_context(|| format!("in config {}", path.display()))
+        Self::parse(&text, overrides).map_err(|e| match e {
+            ConfigError::Override(item, e) => e.context(format!("--set {item}")),
+            ConfigError::File(e) => e.context(format!("in config {}", path.display())),
+        })
     }
 
     /// Parses TOML text plus overrides; unknown keys are errors naming the key.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Value = toml::from_str(text).context("not valid TOML")?;
+        Self::parse(text, overrides).map_err(ConfigError::into_inner)
+    }
+
+    fn parse(text: &str, overrides: &[String]) -> std::result::Result<Self, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text)
+            .context("not valid TOML")
+            .map_err(ConfigError::File)?;
         for item in overrides {
-            apply_override(&mut value, item)?;
+            apply_override(&mut value, item).map_err(|e| ConfigError::Override(item.clone(), e))?;
         }
         // Keys left out take their defaults, also inside a partly given table
         // (`--set augmentation.gamma.p=0.3` keeps gamma's default range).
         let mut merged = toml::Value::try_from(TrainConfig::default()).expect("defaults serialise");
         merge_toml(&mut merged, value);
         let value = merged;
-        let config: TrainConfig = value.clone().try_into().map_err(|e: toml::de::Error| {
-            let message = e.message().trim();
-            // serde names the bad value, not its key: find the key holding it.
-            match bad_variant(message).and_then(|v| key_holding(&value, v, "")) {
-                Some(key) => anyhow::anyhow!("{key}: {message}"),
-                None => anyhow::anyhow!("{message}"),
-            }
+        let config: TrainConfig = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().message().trim().to_string();
+            // serde names the bad value, not its key: the path tracker names the key; for an
+            // unknown variant of an enum the key holding the value is looked up as before.
+            let key = match (key.as_str(), bad_variant(&message)) {
+                ("." | "", Some(v)) => key_holding(&value, v, "").unwrap_or_default(),
+                _ => key,
+            };
+            blame(
+                &key,
+                overrides,
+                anyhow::anyhow!("{}", keyed(&key, &message)),
+            )
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| {
+            // A range check names its key first ("optim.cnn.lr = -0.1: ...").
+            let text = format!("{e:#}");
+            let key = text
+                .split([' ', ':'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            blame(&key, overrides, e)
+        })?;
         Ok(config)
     }
 
@@ -599,6 +682,34 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.schedule.rampup_fraction) {
             bail!("schedule.rampup_fraction must be in [0, 1]");
+        }
+        // Numbers that would train without a word but wrongly: a negative or non-finite learning
+        // rate ascends the loss, a negative weight turns a loss term into a reward.
+        for (role, o) in [
+            ("cnn", &self.optim.cnn),
+            ("transformer", &self.optim.transformer),
+        ] {
+            positive(&format!("optim.{role}.lr"), o.lr)?;
+            non_negative(&format!("optim.{role}.weight_decay"), o.weight_decay)?;
+            positive(&format!("optim.{role}.adam_epsilon"), o.adam_epsilon)?;
+            if !(0.0..1.0).contains(&o.momentum) {
+                bail!("optim.{role}.momentum = {}: must be in [0, 1)", o.momentum);
+            }
+        }
+        non_negative("optim.poly_power", self.optim.poly_power)?;
+        for (key, v) in [
+            ("seg.ce_weight", self.seg.ce_weight),
+            ("seg.dice_weight", self.seg.dice_weight),
+            ("rlcl.weight", self.rlcl.weight),
+            ("rlcl.alignment_weight", self.rlcl.alignment_weight),
+            ("rlcl.similarity_weight", self.rlcl.similarity_weight),
+            ("rlcl.certainty_weight", self.rlcl.certainty_weight),
+            ("cfcl.weight", self.cfcl.weight),
+        ] {
+            non_negative(key, v)?;
+        }
+        if self.seg.ce_weight + self.seg.dice_weight == 0.0 {
+            bail!("seg.ce_weight and seg.dice_weight are both 0: the students would learn nothing from the labels");
         }
         if self.rlcl.temperature <= 0.0 || self.cfcl.temperature <= 0.0 {
             bail!("rlcl.temperature and cfcl.temperature must be positive");
@@ -715,6 +826,79 @@ mod tests {
             format!("{err:#}").starts_with("optim.transformer.optimizer: "),
             "{err:#}"
         );
+    }
+
+    /// Found by the hostile-input probe (issue #21): a type error named neither its key nor its
+    /// source, and blamed the config file for a `--set` value.
+    #[test]
+    fn type_errors_name_the_key_and_blame_the_override_that_set_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[schedule]\niterations = 10\n").unwrap();
+        let err = TrainConfig::load(&file, &["schedule.iterations=abc".into()]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.starts_with("--set schedule.iterations=abc: schedule.iterations: invalid type"),
+            "{msg}"
+        );
+        assert!(!msg.contains("c.toml"), "the file is not to blame: {msg}");
+        // The same mistake in the file names the file and the key.
+        std::fs::write(&file, "[schedule]\niterations = \"abc\"\n").unwrap();
+        let msg = format!("{:#}", TrainConfig::load(&file, &[]).unwrap_err());
+        assert!(
+            msg.contains("c.toml") && msg.contains("schedule.iterations: invalid type"),
+            "{msg}"
+        );
+        // A nested key inside an array-of-numbers key.
+        let msg = format!(
+            "{:#}",
+            TrainConfig::from_toml("", &["models.unet.channels=[4,\"x\"]".into()]).unwrap_err()
+        );
+        assert!(msg.starts_with("models.unet.channels"), "{msg}");
+        // A range error from a --set value blames the --set too (it replaced the file's value).
+        let msg = format!(
+            "{:#}",
+            TrainConfig::load(&file, &["schedule.iterations=0".into()]).unwrap_err()
+        );
+        assert!(
+            msg.starts_with("--set schedule.iterations=0: schedule.iterations must be at least 1"),
+            "{msg}"
+        );
+    }
+
+    /// Found by the probe: a negative learning rate trained (gradient ascent) without a word.
+    #[test]
+    fn learning_rates_and_loss_weights_must_be_sensible_numbers() {
+        for (set, key) in [
+            ("optim.cnn.lr=-0.01", "optim.cnn.lr = -0.01"),
+            ("optim.transformer.lr=0.0", "optim.transformer.lr = 0"),
+            ("optim.cnn.lr=nan", "optim.cnn.lr = NaN"),
+            ("optim.cnn.weight_decay=-1e-4", "optim.cnn.weight_decay"),
+            ("optim.cnn.momentum=1.5", "optim.cnn.momentum = 1.5"),
+            ("rlcl.weight=-1.0", "rlcl.weight = -1"),
+            ("cfcl.weight=inf", "cfcl.weight = inf"),
+            (
+                "optim.transformer.adam_epsilon=0.0",
+                "optim.transformer.adam_epsilon",
+            ),
+        ] {
+            let msg = format!(
+                "{:#}",
+                TrainConfig::from_toml("", &[set.into()]).unwrap_err()
+            );
+            assert!(msg.starts_with(key), "{set}: {msg}");
+        }
+        let msg = format!(
+            "{:#}",
+            TrainConfig::from_toml(
+                "",
+                &["seg.ce_weight=0.0".into(), "seg.dice_weight=0.0".into()]
+            )
+            .unwrap_err()
+        );
+        assert!(msg.contains("learn nothing"), "{msg}");
+        // Zero weights of the transfer terms stay allowed (ablations).
+        TrainConfig::from_toml("", &["rlcl.weight=0.0".into(), "cfcl.weight=0.0".into()]).unwrap();
     }
 
     #[test]

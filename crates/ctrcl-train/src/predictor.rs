@@ -56,6 +56,74 @@ pub fn inputs(input: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The label-map file `predict` writes for `input` in `output` (and the probabilities file when
+/// asked for); a DICOM folder's name stands for its series.
+fn outputs_of(input: &Path, output: &Path, probabilities: bool) -> Vec<PathBuf> {
+    let id = if input.is_dir() {
+        input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "series".to_string())
+    } else {
+        case_id(input)
+    };
+    let (labels, probs) = if input.is_dir() || nifti_stem(input).is_some() {
+        (".nii.gz", "_probabilities.nii.gz")
+    } else {
+        (".png", "_probabilities.npy")
+    };
+    let mut out = vec![output.join(format!("{id}{labels}"))];
+    if probabilities {
+        out.push(output.join(format!("{id}{probs}")));
+    }
+    out
+}
+
+/// Checks, before anything is written, that no two inputs would be written to one output file
+/// (`a.nii` and `a.nii.gz`, `b_0000.nii.gz` and `b.nii.gz`, `c.png` and `c.jpg`, two non-UTF-8
+/// names that read alike) and that no output would replace an input (`--output` equal to
+/// `--input`).
+pub fn check_outputs(
+    files: &[PathBuf],
+    input: &Path,
+    output: &Path,
+    probabilities: bool,
+) -> Result<()> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    if input.is_dir() && canonical(input).is_some() && canonical(input) == canonical(output) {
+        bail!(
+            "--output {} is the input folder: the label maps would be written among (and over) the images; choose another folder",
+            output.display()
+        );
+    }
+    let inputs: std::collections::HashSet<PathBuf> =
+        files.iter().filter_map(|f| canonical(f)).collect();
+    let out_dir = canonical(output);
+    let mut owner: std::collections::HashMap<PathBuf, &Path> = Default::default();
+    for file in files {
+        for out in outputs_of(file, output, probabilities) {
+            if let (Some(dir), Some(name)) = (&out_dir, out.file_name()) {
+                if inputs.contains(&dir.join(name)) {
+                    bail!(
+                        "{} would overwrite the input {} with a label map; choose another --output folder",
+                        out.display(),
+                        dir.join(name).display()
+                    );
+                }
+            }
+            if let Some(other) = owner.insert(out.clone(), file) {
+                bail!(
+                    "{} and {} would both be written to {}; rename one of them or predict them into separate folders (nothing was written)",
+                    other.display(),
+                    file.display(),
+                    out.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Output name: the input's case id, with nnU-Net's `_0000` channel suffix removed.
 pub fn case_id(path: &Path) -> String {
     let stem = input_stem(path).unwrap_or_default();
@@ -265,5 +333,85 @@ impl<B: Backend> Predictor<B> {
             written.push(path);
         }
         Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+        names
+            .iter()
+            .map(|n| {
+                let p = dir.join(n);
+                std::fs::write(&p, b"x").unwrap();
+                p
+            })
+            .collect()
+    }
+
+    /// Found by the hostile-input probe (issue #21): `predict` wrote two inputs to one output name
+    /// and reported both as segmented.
+    #[test]
+    fn two_inputs_with_one_output_name_are_refused_before_anything_is_written() {
+        for pair in [
+            ["a.nii", "a.nii.gz"],
+            ["b_0000.nii.gz", "b.nii.gz"],
+            ["c.png", "c.jpg"],
+        ] {
+            let input = tempfile::tempdir().unwrap();
+            let output = tempfile::tempdir().unwrap();
+            touch(input.path(), &pair);
+            let files = inputs(input.path()).unwrap();
+            let err = check_outputs(&files, input.path(), output.path(), false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(pair[0]) && err.contains(pair[1]) && err.contains("both be written"),
+                "{pair:?}: {err}"
+            );
+        }
+        // Distinct cases pass, with or without probabilities.
+        let input = tempfile::tempdir().unwrap();
+        let output = tempfile::tempdir().unwrap();
+        touch(input.path(), &["a.nii.gz", "b_0000.nii.gz", "c.png"]);
+        let files = inputs(input.path()).unwrap();
+        check_outputs(&files, input.path(), output.path(), true).unwrap();
+    }
+
+    /// Two non-UTF-8 names that read alike (each invalid byte becomes U+FFFD) are one output.
+    #[test]
+    fn non_utf8_names_that_map_to_one_output_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let input = tempfile::tempdir().unwrap();
+        let output = tempfile::tempdir().unwrap();
+        for name in [&b"x\xff.nii.gz"[..], &b"x\xfe.nii.gz"[..]] {
+            std::fs::write(input.path().join(std::ffi::OsStr::from_bytes(name)), b"x").unwrap();
+        }
+        let files = inputs(input.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        let err = check_outputs(&files, input.path(), output.path(), false).unwrap_err();
+        assert!(err.to_string().contains("both be written"), "{err}");
+    }
+
+    /// Found by the probe: `--output` equal to `--input` overwrote the images with label maps.
+    #[test]
+    fn an_output_that_would_replace_an_input_is_refused() {
+        let input = tempfile::tempdir().unwrap();
+        touch(input.path(), &["a.nii.gz"]);
+        let files = inputs(input.path()).unwrap();
+        let err = check_outputs(&files, input.path(), input.path(), false).unwrap_err();
+        assert!(err.to_string().contains("is the input folder"), "{err}");
+        // The same folder named another way, and a single input file whose folder is the output.
+        let other_name = input.path().join(".");
+        assert!(check_outputs(&files, input.path(), &other_name, false).is_err());
+        let file = input.path().join("a.nii.gz");
+        let err =
+            check_outputs(std::slice::from_ref(&file), &file, input.path(), false).unwrap_err();
+        assert!(
+            err.to_string().contains("would overwrite the input"),
+            "{err}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
 use ctrcl_models::Student;
 use std::path::Path;
@@ -117,13 +117,10 @@ impl<B: AutodiffBackend> StudentOptimizer<B> {
 
     /// Saves the optimizer state (momentum buffers or Adam moments) to `path` (+ `.mpk`).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        use burn::record::Recorder;
-        let rec = recorder();
         match self {
-            StudentOptimizer::Sgd(o) => rec.record(o.to_record(), path.to_path_buf())?,
-            StudentOptimizer::AdamW(o) => rec.record(o.to_record(), path.to_path_buf())?,
+            StudentOptimizer::Sgd(o) => save_record::<B, _>(o.to_record(), path),
+            StudentOptimizer::AdamW(o) => save_record::<B, _>(o.to_record(), path),
         }
-        Ok(())
     }
 }
 
@@ -144,17 +141,120 @@ impl<B: AutodiffBackend> StudentOptimizer<B> {
     }
 }
 
-/// Loads a deployable network saved as `dir/ROLE.mpk` into `template` (built with the run's sizes).
+/// Saves `record` as `path` + `.mpk` in the format of [`recorder`] (named MessagePack, full
+/// precision), encoded in memory and written and synced by us, so that a full disk is reported
+/// as the operating system's error naming the file rather than as an encoder error.
+pub fn save_record<B: Backend, R: burn::record::Record<B>>(
+    record: R,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use burn::record::Recorder;
+    let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .record(record, ())
+        .map_err(|e| anyhow::anyhow!("cannot encode {}.mpk: {e}", path.display()))?;
+    crate::checkpoint::write_synced(&path.with_extension("mpk"), &bytes)
+}
+
+/// Saves a module as `path` + `.mpk` (see [`save_record`]).
+pub fn save_module<B: Backend, M: Module<B>>(module: M, path: &Path) -> anyhow::Result<()> {
+    save_record::<B, _>(module.into_record(), path)
+}
+
+/// `f()`, or `None` if it panicked; the panic message is not printed.
+fn quiet_catch<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    std::panic::set_hook(previous);
+    result
+}
+
+/// Every float parameter's dotted path and shape, in module order.
+pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    #[derive(Default)]
+    struct Shapes {
+        path: Vec<String>,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.out
+                .push((self.path.join("."), param.lazy_shape().dims::<D>().to_vec()));
+        }
+    }
+    let mut shapes = Shapes::default();
+    module.visit(&mut shapes);
+    shapes.out
+}
+
+/// Loads a deployable network saved as `dir/ROLE.mpk` into `template` (built with the run's
+/// sizes). A checkpoint of another architecture, or of the same one with other layer sizes, is
+/// an error naming the file and the difference, never a panic or a silently wrong network.
 pub fn load_net<B: Backend>(
     template: Student<B>,
     dir: &Path,
     role: Role,
     device: &B::Device,
 ) -> anyhow::Result<Student<B>> {
+    use burn::record::Recorder;
     let path = dir.join(role.name());
-    template
-        .load_file(path.clone(), &recorder(), device)
-        .map_err(|e| anyhow::anyhow!("cannot load {}.mpk: {e}", path.display()))
+    let file = path.with_extension("mpk");
+    let record: <Student<B> as Module<B>>::Record = recorder()
+        .load(path.clone(), device)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", file.display()))?;
+    let (want, found) = (
+        template.architecture(),
+        Student::<B>::record_architecture(&record),
+    );
+    if want != found {
+        anyhow::bail!(
+            "{} holds a {} network, but this run's {} student is a {} (config.toml): the checkpoint belongs to another run",
+            file.display(),
+            found.name(),
+            role.name(),
+            want.name()
+        );
+    }
+    let expected = param_shapes(&template);
+    // Burn asserts (panics) when a list of layers has another length (other depths); that is a
+    // checkpoint of other sizes too. The panic is caught, without its message, and named.
+    let net = quiet_catch(|| template.load_record(record)).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: its layer lists differ from this run's {} student ({}): the checkpoint was trained with other layer sizes (models.* in config.toml)",
+            file.display(),
+            role.name(),
+            want.name()
+        )
+    })?;
+    let loaded = param_shapes(&net);
+    if let Some(((name, want), (_, got))) = expected
+        .iter()
+        .zip(&loaded)
+        .find(|((_, want), (_, got))| want != got)
+    {
+        anyhow::bail!(
+            "{}: parameter {name} has shape {got:?}, but this run's {} ({}) needs {want:?}: the checkpoint was trained with other layer sizes (models.* in config.toml)",
+            file.display(),
+            role.name(),
+            net.architecture().name()
+        );
+    }
+    if expected.len() != loaded.len() {
+        anyhow::bail!(
+            "{}: {} parameters, but this run's {} student has {}: the checkpoint was trained with other layer sizes",
+            file.display(),
+            loaded.len(),
+            role.name(),
+            expected.len()
+        );
+    }
+    Ok(net)
 }
 
 /// The network in eval mode on the inner (non-autodiff) backend.

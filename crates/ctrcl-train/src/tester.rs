@@ -22,6 +22,8 @@ pub struct StudentResult {
     pub role: Role,
     pub architecture: String,
     pub checkpoint: PathBuf,
+    /// The training step the checkpoint was written at (its `state.json`).
+    pub checkpoint_step: Option<u64>,
     /// Dice per foreground class, TransUNet convention (the headline numbers).
     pub scores: DiceScores,
     /// Dice, Jaccard, HD95 (pooled, medpy) and ASD per foreground class, TransUNet convention.
@@ -65,11 +67,29 @@ pub fn checkpoint_dir(run: &Path, role: Role) -> Result<PathBuf> {
         .find(|d| d.join(format!("{}.mpk", role.name())).exists())
         .with_context(|| {
             format!(
-                "{} has no checkpoint of the {} student (best-{0}/ or last/)",
+                "{} has no checkpoint of the {} student (best-{1}/ or last/)",
                 run.display(),
                 role.name()
             )
         })
+}
+
+/// The training step a checkpoint directory was written at (`state.json`'s `step`).
+pub fn checkpoint_step(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+}
+
+/// Whether test metrics written by [`test_run`] (its JSON) still describe the run's current
+/// checkpoints: a run tested part-way and then resumed has newer ones.
+pub fn metrics_are_current(run: &Path, metrics: &serde_json::Value) -> bool {
+    Role::BOTH.iter().all(|&role| {
+        let recorded = metrics[role.name()]["checkpoint_step"].as_u64();
+        let current = checkpoint_dir(run, role)
+            .ok()
+            .and_then(|d| checkpoint_step(&d));
+        recorded.is_some() && recorded == current
+    })
 }
 
 /// The deployable student of `role` in run directory `run` (configured by `cfg`, `k` classes),
@@ -150,6 +170,7 @@ pub fn test_run<B: Backend>(
         students.push(StudentResult {
             role,
             architecture: arch.name().to_string(),
+            checkpoint_step: checkpoint_step(&dir),
             checkpoint: dir,
             scores: DiceScores::from_per_class(transunet.iter().map(|m| m.dice).collect()),
             transunet,
@@ -245,6 +266,7 @@ pub fn student_json(s: &StudentResult) -> serde_json::Value {
         "per_class_dice": per_class,
         "architecture": s.architecture,
         "checkpoint": s.checkpoint,
+        "checkpoint_step": s.checkpoint_step,
         "transunet": metrics_json(&s.transunet, Mode::TransUnet),
         "strict": metrics_json(&s.strict, Mode::Strict),
         "mae": s.mae,

@@ -1,7 +1,7 @@
 //! The collaborative training loop (METHOD.md §6): one forward of both students per batch, one
 //! backward of L_C + L_T, one optimizer step per student with its own gradients.
 
-use crate::checkpoint::{write_checkpoint, write_text_atomic};
+use crate::checkpoint::{lock_run, recover_checkpoint, write_checkpoint, write_text_atomic};
 use crate::config::{Method, TeacherRole, TrainConfig};
 use crate::distributed::DataParallel;
 use crate::evaluate::{dice_on_samples, DiceScores};
@@ -11,7 +11,9 @@ use crate::losses::cfcl::{
 };
 use crate::losses::rlcl::{dml_loss, rlcl_loss};
 use crate::losses::seg::seg_loss;
-use crate::student::{materialize_params, recorder, Role, StudentOptimizer, TrainStudent};
+use crate::student::{
+    materialize_params, recorder, save_module, Role, StudentOptimizer, TrainStudent,
+};
 use anyhow::{bail, Context, Result};
 use burn::collective::PeerId;
 use burn::module::AutodiffModule;
@@ -610,9 +612,13 @@ pub(crate) fn build_student<B: AutodiffBackend>(
     TrainStudent { net, cpm }
 }
 
-/// A run directory must be new or empty, so that an earlier run is never overwritten.
-pub fn prepare_run_dir(out: &Path) -> Result<()> {
-    if out.exists() {
+/// A run directory must be new or empty, so that an earlier run is never overwritten. Returns
+/// a guard that empties it again (removing it if it was created here) unless
+/// [`NewRunDir::keep`] is called: a run that fails while setting up leaves no half-created
+/// directory to block the next `--out`.
+pub fn prepare_run_dir(out: &Path) -> Result<NewRunDir> {
+    let existed = out.exists();
+    if existed {
         let non_empty = std::fs::read_dir(out)
             .with_context(|| format!("cannot read {}", out.display()))?
             .next()
@@ -624,7 +630,46 @@ pub fn prepare_run_dir(out: &Path) -> Result<()> {
             );
         }
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    Ok(NewRunDir {
+        dir: Some((out.to_path_buf(), existed)),
+    })
+}
+
+/// A run directory being set up; see [`prepare_run_dir`].
+pub struct NewRunDir {
+    /// The directory and whether it existed (empty) before; `None` once kept.
+    dir: Option<(PathBuf, bool)>,
+}
+
+impl NewRunDir {
+    /// The run has started: its directory stays, whatever happens next.
+    pub fn keep(mut self) {
+        self.dir = None;
+    }
+}
+
+impl Drop for NewRunDir {
+    fn drop(&mut self) {
+        let Some((dir, existed)) = self.dir.take() else {
+            return;
+        };
+        // Everything in it was written by this setup (it was empty or absent before).
+        if existed {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let _ = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 /// A clear error when the backend cannot compute in `cfg.precision` on `device`.
@@ -670,7 +715,8 @@ pub fn train<B: AutodiffBackend>(
         cfg
     };
     check_precision::<B>(cfg, device, backend)?;
-    prepare_run_dir(out)?;
+    let run_dir = prepare_run_dir(out)?;
+    let _lock = lock_run(out)?;
     let k = dataset.num_classes();
     let size = cfg.data.image_size;
     let info = RunInfo {
@@ -749,6 +795,7 @@ pub fn train<B: AutodiffBackend>(
         StudentOptimizer::<B>::new(&cfg.optim.cnn),
         StudentOptimizer::<B>::new(&cfg.optim.transformer),
     ];
+    run_dir.keep();
     run_loop(
         cfg,
         out,
@@ -796,6 +843,12 @@ pub fn resume<B: AutodiffBackend>(
 ) -> Result<TrainSummary> {
     let (cfg, info) = crate::tester::open_run(run)?;
     check_precision::<B>(&cfg, device, backend)?;
+    let _lock = lock_run(run)?;
+    for name in ["last", "best-cnn", "best-transformer"] {
+        if let Some(note) = recover_checkpoint(run, name)? {
+            eprintln!("{note}");
+        }
+    }
     let last = run.join("last");
     let state_path = last.join("state.json");
     let state: serde_json::Value =
@@ -982,15 +1035,21 @@ fn run_loop<B: AutodiffBackend>(
         let [terms_c, terms_t] = parallel.step(cfg, &mut students, &mut optims, batches, rates)?;
         for (role, t) in Role::BOTH.iter().zip([&terms_c, &terms_t]) {
             if !t.total.is_finite() {
+                // Recorded in the log too, so the run directory says why it stopped.
+                log.line(
+                    json!({"event": "stop", "reason": "diverged", "step": step + 1,
+                    "role": role.name(), "terms": t.json(cfg.method)}),
+                )?;
                 bail!(
-                    "step {step}: the {} student's loss is not finite (ce {}, dice {}, logit transfer {}, feature transfer {}); \
-                     training stopped, the last checkpoint in {} is intact",
+                    "step {}: the {} student's loss is not finite (ce {}, dice {}, logit transfer {}, feature transfer {}); \
+                     training stopped; {}",
+                    step + 1,
                     role.name(),
                     t.ce,
                     t.dice,
                     t.transfer_logit,
                     t.transfer_feature,
-                    out.join("last").display()
+                    last_checkpoint_note(out)
                 );
             }
         }
@@ -1030,10 +1089,7 @@ fn run_loop<B: AutodiffBackend>(
                 // the last one.
                 if val_samples.is_empty() || best[i].as_ref().is_none_or(|b| scores.mean > b.mean) {
                     write_checkpoint(out, &format!("best-{}", role.name()), |dir| {
-                        students[i]
-                            .net
-                            .clone()
-                            .save_file(dir.join(role.name()), &recorder())?;
+                        save_module(students[i].net.clone(), &dir.join(role.name()))?;
                         write_text_atomic(
                             &dir.join("state.json"),
                             &json!({"step": done, "val_mean_dice": scores.mean, "val_per_class_dice": scores.per_class}).to_string(),
@@ -1071,6 +1127,25 @@ fn run_loop<B: AutodiffBackend>(
     })
 }
 
+/// What a stopped run leaves to resume from: the step of its intact `last/` checkpoint, or that
+/// there is none yet.
+fn last_checkpoint_note(out: &Path) -> String {
+    let state = std::fs::read_to_string(out.join("last").join("state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["step"].as_u64());
+    match state {
+        Some(step) => format!(
+            "the last checkpoint, {} (step {step}), is intact",
+            out.join("last").display()
+        ),
+        None => format!(
+            "no checkpoint was written yet (one is written every schedule.validate_every steps), so {} cannot be resumed",
+            out.display()
+        ),
+    }
+}
+
 fn save_last<B: AutodiffBackend>(
     out: &Path,
     students: &[TrainStudent<B>; 2],
@@ -1079,14 +1154,11 @@ fn save_last<B: AutodiffBackend>(
 ) -> Result<()> {
     write_checkpoint(out, "last", |dir| {
         for (i, role) in Role::BOTH.iter().enumerate() {
-            students[i]
-                .net
-                .clone()
-                .save_file(dir.join(role.name()), &recorder())?;
-            students[i]
-                .cpm
-                .clone()
-                .save_file(dir.join(format!("{}-cpm", role.name())), &recorder())?;
+            save_module(students[i].net.clone(), &dir.join(role.name()))?;
+            save_module(
+                students[i].cpm.clone(),
+                &dir.join(format!("{}-cpm", role.name())),
+            )?;
             optims[i].save(&dir.join(format!("{}-optim", role.name())))?;
         }
         write_text_atomic(&dir.join("state.json"), &json!({"step": step}).to_string())

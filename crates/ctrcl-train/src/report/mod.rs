@@ -7,7 +7,7 @@ pub mod plot;
 
 use crate::evaluate::predict_native;
 use crate::student::Role;
-use crate::tester::{load_student, open_run, test_run};
+use crate::tester::{load_student, metrics_are_current, open_run, test_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::Dataset;
@@ -190,8 +190,10 @@ fn load_view<B: Backend>(
         .with_context(|| format!("{} is not valid JSON", metrics_path.display()))
     };
     let mut metrics = read_metrics().unwrap_or(Value::Null);
-    // Test both students when an earlier `ctrcl test` did not (keeping its upsampling choice).
-    if Role::BOTH.iter().any(|r| metrics[r.name()].is_null()) {
+    // Test both students when an earlier `ctrcl test` did not, or tested checkpoints that
+    // training has since replaced (tested part-way, then resumed), keeping its upsampling choice.
+    if Role::BOTH.iter().any(|r| metrics[r.name()].is_null()) || !metrics_are_current(run, &metrics)
+    {
         let upsample = serde_json::from_value(metrics["upsample"].clone()).ok();
         test_run::<B>(run, &Role::BOTH, Split::Test, upsample, device)
             .with_context(|| format!("testing {}", run.display()))?;
