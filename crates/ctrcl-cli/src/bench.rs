@@ -94,8 +94,25 @@ pub fn machine_peak_gflops() -> Option<(f64, String)> {
     ))
 }
 
+/// The one architecture a benchmark builds, if it builds one: the config is then validated for
+/// that model only (the other slot takes it too), so `--model unet --size 128` is not refused
+/// for a Swin-UNet it never builds. The loader benchmark builds none.
+fn only_model(model: ModelArg) -> Option<Architecture> {
+    match model {
+        ModelArg::Unet | ModelArg::Data => Some(Architecture::Unet),
+        ModelArg::Resunet => Some(Architecture::Resunet),
+        ModelArg::SwinUnet => Some(Architecture::SwinUnet),
+        ModelArg::Segformer => Some(Architecture::Segformer),
+        ModelArg::Pair | ModelArg::All => None,
+    }
+}
+
 fn config(args: &Args) -> Result<TrainConfig> {
     let mut sets = args.set.clone();
+    if let Some(arch) = only_model(args.model) {
+        sets.push(format!("students.cnn={}", arch.name()));
+        sets.push(format!("students.transformer={}", arch.name()));
+    }
     sets.push(format!("data.image_size={}", args.size));
     sets.push(format!("data.batch_size={}", args.batch));
     if let Some(o) = args.optimizer {
@@ -119,13 +136,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let cfg = config(&args)?;
     let peak = machine_peak_gflops();
+    if args.model == ModelArg::All {
+        // Each model's process validates the config for itself.
+        return run_each(&args, peak);
+    }
+    let cfg = config(&args)?;
     if args.model == ModelArg::Data {
         return bench_loader(&cfg, &args);
-    }
-    if args.model == ModelArg::All {
-        return run_each(&args, peak);
     }
     let target = match args.model {
         ModelArg::Unet => BenchTarget::Student(Architecture::Unet),

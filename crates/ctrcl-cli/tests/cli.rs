@@ -1010,6 +1010,46 @@ fn predict_writes_probabilities_and_segments_png_like_nifti() {
     assert!(err.contains("notes.txt"), "{err}");
 }
 
+/// Issue #17, item 6: a benchmark of one model validated the other slot's Swin-UNet too and
+/// refused a size only the Swin-UNet cannot tile.
+#[test]
+fn a_one_model_benchmark_validates_only_that_model() {
+    let out = ok(&[
+        "bench",
+        "--model",
+        "unet",
+        "--size",
+        "128",
+        "--batch",
+        "1",
+        "--classes",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["size"], 128, "{v}");
+    assert_eq!(v["model"], "unet", "{v}");
+    let err = fails(&[
+        "bench",
+        "--model",
+        "swin-unet",
+        "--size",
+        "128",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(
+        err.contains("swin-unet cannot tile image size 128"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bench_reports_every_model_with_the_documented_keys() {
     // Tiny sizes: the numbers are not checked (timings are never asserted), the report is.
