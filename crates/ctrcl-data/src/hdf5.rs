@@ -887,10 +887,15 @@ impl H5File {
                     size
                 };
                 let bytes = self.cursor(address)?.bytes(stored as usize)?;
-                let chunk_bytes = chunk.iter().product::<usize>() * element.size;
+                let chunk_bytes = chunk
+                    .iter()
+                    .try_fold(element.size, |a, &c| a.checked_mul(c))
+                    .ok_or_else(|| what("its chunk shape overflows"))?;
                 let data =
                     self.unfilter(bytes, &info.filters, filter_mask, element.size, chunk_bytes)?;
-                if chunk.len() != shape.len() || data.len() < chunk_bytes {
+                // A zero chunk dimension made `chunk_bytes` 0 and the copy run past the data
+                // (found by tests/fuzz.rs).
+                if chunk.len() != shape.len() || chunk.contains(&0) || data.len() < chunk_bytes {
                     return Err(what("its single chunk does not match its shape"));
                 }
                 let mut out = vec![0u8; nbytes];
@@ -942,7 +947,14 @@ impl H5File {
         if self.undefined(btree) {
             return Ok(out);
         }
-        let chunk_bytes = chunk.iter().product::<usize>() * element;
+        let chunk_bytes = chunk
+            .iter()
+            .try_fold(element, |a, &c| a.checked_mul(c))
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "dataset \"{name}\": chunk shape {chunk:?} overflows"
+                ))
+            })?;
         let mut chunks = Vec::new();
         self.chunk_btree(btree, shape.len(), &mut chunks, 0)?;
         for (offsets, size, mask, address) in chunks {

@@ -8,6 +8,8 @@ pub mod error;
 pub mod fetch;
 #[cfg(test)]
 mod fixtures;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hdf5;
 pub mod image2d;
 pub mod inspect;

@@ -243,6 +243,12 @@ fn gunzip_nifti(path: &Path, raw: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// [`gunzip_nifti`] for the fuzzers (`crate::fuzzing`).
+#[doc(hidden)]
+pub fn gunzip_for_fuzzing(path: &Path, raw: &[u8]) -> Result<Vec<u8>> {
+    gunzip_nifti(path, raw)
+}
+
 /// Size of a NIfTI-2 header.
 const NIFTI2_HEADER_SIZE: usize = 540;
 

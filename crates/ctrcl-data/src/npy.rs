@@ -62,9 +62,12 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
         if b.len() < 3 {
             return Err(bad(format!("unsupported dtype '{descr}'")));
         }
-        let size: usize = descr[2..]
-            .parse()
-            .map_err(|_| bad(format!("unsupported dtype '{descr}'")))?;
+        // By bytes: a multi-byte character at index 1 must be an error, not a panic (found by
+        // tests/fuzz.rs).
+        let size: usize = std::str::from_utf8(&b[2..])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| bad(format!("unsupported dtype '{descr}'")))?;
         (b[0] == b'>', b[1], size)
     };
     let dtype = match (kind, size) {
@@ -193,6 +196,22 @@ pub fn npy_f32_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the parser fuzzer (tests/fuzz.rs): a dtype whose second character is multi-byte
+    /// sliced inside it and panicked.
+    #[test]
+    fn a_dtype_with_a_multibyte_character_is_an_error() {
+        let header = "{'descr': '|\u{ca50};z9', 'fortran_order': False, 'shape': (2,), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        let padded = format!("{header:<117}\n");
+        bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(padded.as_bytes());
+        bytes.extend_from_slice(&[0; 2]);
+        let msg = parse_npy(Path::new("x.npy"), &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unsupported dtype"), "{msg}");
+    }
 
     #[test]
     fn reads_what_numpy_writes() {

@@ -176,3 +176,28 @@ fn several_series_and_duplicate_slices_are_clear() {
         "{msg}"
     );
 }
+
+/// A damaged header that claims 65535 × 65535 pixels of a 39 KB file is refused before the
+/// decoder allocates what it claims (issue #21; the fuzzer's DICOM target feeds such headers).
+#[test]
+fn a_header_claiming_more_pixels_than_the_file_holds_is_refused() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/dicom/files/CT_small.dcm");
+    let mut bytes = std::fs::read(&src).unwrap();
+    // Rows (0028,0010) and Columns (0028,0011), explicit VR little endian: tag, "US", length 2.
+    for tag in [[0x28u8, 0x00, 0x10, 0x00], [0x28, 0x00, 0x11, 0x00]] {
+        let at = bytes.windows(4).position(|w| w == tag).unwrap();
+        assert_eq!(&bytes[at + 4..at + 8], b"US\x02\x00");
+        bytes[at + 8..at + 10].copy_from_slice(&[0xFF, 0xFF]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.dcm");
+    std::fs::write(&path, bytes).unwrap();
+    let msg = ctrcl_data::dicom::read_dicom(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("65535×65535") && msg.contains("can hold"),
+        "{msg}"
+    );
+}

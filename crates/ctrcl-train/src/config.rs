@@ -758,6 +758,20 @@ impl TrainConfig {
     }
 }
 
+/// The fuzzers' entry point (`fuzz/fuzz_targets/config.rs`, `tests/config_fuzz.rs`): the text
+/// up to the first NUL is a config file, each line after it a `--set` item. Whatever the bytes,
+/// a configuration or an error — never a panic.
+#[doc(hidden)]
+pub fn fuzz_config(bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let (file, sets) = text.split_once('\0').unwrap_or((&text, ""));
+    let sets: Vec<String> = sets.lines().map(str::to_string).collect();
+    if let Ok(cfg) = TrainConfig::from_toml(file, &sets) {
+        // A configuration that validates also writes and reads back.
+        let _ = TrainConfig::from_toml(&cfg.to_toml(), &[]);
+    }
+}
+
 /// Sets a dotted `key=value` in a TOML tree. The value is parsed as TOML (numbers, booleans,
 /// arrays), falling back to a string. Creating a new key is allowed here; deserialisation then
 /// rejects it by name if it is unknown.
