@@ -51,8 +51,7 @@ fn an_empty_training_split_is_an_error_and_leaves_no_run_directory() {
         r#"{"case": "icbm152", "axis": "z", "train": [], "val": [[75, 84]], "test": [[90, 105]]}"#,
     );
     let out = tmp.path().join("run");
-    let mut sets = tiny_settings(&data);
-    sets.push(format!("data.dataset={}", data.display()));
+    let sets = tiny_settings(&data);
     let config = config_path();
     let err = fails(&train_args(&config, s(&out), &sets));
     assert!(err.contains("no training slices"), "{err}");
@@ -89,8 +88,7 @@ fn a_label_off_its_image_is_an_error_naming_the_offset() {
         label.affine,
     )
     .unwrap();
-    let mut sets = tiny_settings(&data);
-    sets.push(format!("data.dataset={}", data.display()));
+    let sets = tiny_settings(&data);
     let config = config_path();
     let err = fails(&train_args(&config, s(&tmp.path().join("r")), &sets));
     assert!(
@@ -337,8 +335,7 @@ fn report_retests_a_run_resumed_after_it_was_tested() {
         r#"{"case": "icbm152", "axis": "z", "train": [[0, 69], [111, 154]], "val": [], "test": [[90, 105]]}"#,
     );
     let run = tmp.path().join("r");
-    let mut sets = tiny_settings(&data);
-    sets.push(format!("data.dataset={}", data.display()));
+    let sets = tiny_settings(&data);
     let config = config_path();
     ok(&train_args(&config, s(&run), &sets));
     ok(&["test", "--run", s(&run)]);
