@@ -65,3 +65,15 @@ pub fn open_lock_file(path: &Path) -> Result<std::fs::File> {
         .open(path)
         .map_err(|e| DataError::io(path, e))
 }
+
+/// An error naming the first NaN or infinite value of `values` (intensities that would poison
+/// training and metrics); `data inspect` reads with the `*_any` readers instead and counts them.
+pub fn check_finite(path: &Path, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(DataError::invalid(
+            path,
+            format!("voxel {i} is not finite (NaN or infinite intensity)"),
+        )),
+        None => Ok(()),
+    }
+}

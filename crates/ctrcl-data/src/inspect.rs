@@ -6,10 +6,10 @@ use crate::dicom::{is_dicom, read_all_series, read_dicom, DicomImage, DicomSerie
 use crate::error::{DataError, Result};
 use crate::hdf5::{is_hdf5, H5File};
 use crate::image2d::{image_stem, is_png, read_png_samples};
-use crate::mrc::{is_mrc, read_mrc};
+use crate::mrc::{is_mrc, read_mrc_any};
 use crate::nifti::{nifti_stem, visit_nifti, NiftiType, NiftiVolume};
 use crate::npy::parse_npy;
-use crate::nrrd::{is_nrrd, read_nrrd};
+use crate::nrrd::{is_nrrd, read_nrrd_any};
 use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::path::Path;
@@ -201,11 +201,11 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
         return Ok(Some(with_geometry(stats.json("nifti", &v.dims, dtype), &v)));
     }
     if is_nrrd(path) {
-        let v = read_nrrd(path)?;
+        let v = read_nrrd_any(path)?;
         return Ok(Some(volume_json("nrrd", &v, nifti_dtype(v.dtype))));
     }
     if is_mrc(path) {
-        let m = read_mrc(path)?;
+        let m = read_mrc_any(path)?;
         let mut j = volume_json("mrc", &m.volume, m.dtype);
         if !m.spacing_known {
             // The header gives no voxel size (cella = 0): say so rather than print 1 mm.

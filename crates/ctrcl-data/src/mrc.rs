@@ -38,7 +38,20 @@ pub fn read_mrc(path: &Path) -> Result<MrcVolume> {
     parse_mrc(path, &bytes)
 }
 
+/// [`read_mrc`] keeping NaN and infinite values (for `data inspect`, which counts them).
+pub fn read_mrc_any(path: &Path) -> Result<MrcVolume> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    parse_mrc_any(path, &bytes)
+}
+
+/// Parses an MRC map; a NaN or infinite value is an error naming it.
 pub fn parse_mrc(path: &Path, bytes: &[u8]) -> Result<MrcVolume> {
+    let m = parse_mrc_any(path, bytes)?;
+    crate::error::check_finite(path, &m.volume.data)?;
+    Ok(m)
+}
+
+fn parse_mrc_any(path: &Path, bytes: &[u8]) -> Result<MrcVolume> {
     let bad = |m: String| DataError::invalid(path, m);
     if bytes.len() < HEADER {
         return Err(bad(format!(
@@ -124,11 +137,6 @@ pub fn parse_mrc(path: &Path, bytes: &[u8]) -> Result<MrcVolume> {
             })
             .collect(),
     };
-    if let Some(i) = stored.iter().position(|v| !v.is_finite()) {
-        return Err(bad(format!(
-            "voxel {i} is not finite (NaN or infinite intensity)"
-        )));
-    }
     // mapc/mapr/maps: which world axis (1 = X, 2 = Y, 3 = Z) columns, rows and sections run along.
     let map = [int(16), int(17), int(18)];
     let map = if map == [0, 0, 0] { [1, 2, 3] } else { map };

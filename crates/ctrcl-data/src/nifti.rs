@@ -169,12 +169,7 @@ pub fn affine_mismatch(a: &[[f64; 4]; 3], b: &[[f64; 4]; 3], other: &str) -> Opt
 /// infinite intensity is an error (it would poison training and metrics).
 pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
     let v = read_nifti_any(path)?;
-    if let Some(i) = v.data.iter().position(|v| !v.is_finite()) {
-        return Err(DataError::invalid(
-            path,
-            format!("voxel {i} is not finite (NaN or infinite intensity)"),
-        ));
-    }
+    crate::error::check_finite(path, &v.data)?;
     Ok(v)
 }
 

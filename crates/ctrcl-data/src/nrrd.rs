@@ -136,8 +136,21 @@ pub fn read_nrrd(path: &Path) -> Result<NiftiVolume> {
     parse_nrrd(path, &bytes)
 }
 
-/// Parses NRRD bytes (`path` names the file in errors and locates a detached data file).
+/// [`read_nrrd`] keeping NaN and infinite values (for `data inspect`, which counts them).
+pub fn read_nrrd_any(path: &Path) -> Result<NiftiVolume> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    parse_nrrd_any(path, &bytes)
+}
+
+/// Parses NRRD bytes (`path` names the file in errors and locates a detached data file); a NaN
+/// or infinite value is an error naming it.
 pub fn parse_nrrd(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
+    let v = parse_nrrd_any(path, bytes)?;
+    crate::error::check_finite(path, &v.data)?;
+    Ok(v)
+}
+
+fn parse_nrrd_any(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
     let header = parse_header(path, bytes)?;
     let bad = |m: String| DataError::invalid(path, m);
     let need = |name: &str| {
@@ -270,11 +283,6 @@ pub fn parse_nrrd(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
             )))
         }
     };
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        return Err(bad(format!(
-            "voxel {i} is not finite (NaN or infinite intensity)"
-        )));
-    }
     let (spacing, affine) = geometry(&header, dims, path)?;
     Ok(NiftiVolume::from_parts(dims, spacing, affine, data, dtype))
 }

@@ -79,3 +79,38 @@ fn inspect_of_a_folder_describes_every_file_and_names_the_bad_ones() {
         .contains("shorter"));
     assert_eq!(files["zero_slope.nii"]["format"], "nifti");
 }
+
+/// The same for NRRD and MRC: training's readers refuse a NaN, `data inspect` counts it.
+#[test]
+fn inspect_describes_nrrd_and_mrc_volumes_holding_nan() {
+    let dir = tempfile::tempdir().unwrap();
+    let nrrd = dir.path().join("nan.nrrd");
+    let mut bytes =
+        b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2 1 1\nendian: little\nencoding: raw\n\n"
+            .to_vec();
+    bytes.extend_from_slice(&f32::NAN.to_le_bytes());
+    bytes.extend_from_slice(&2.5f32.to_le_bytes());
+    std::fs::write(&nrrd, bytes).unwrap();
+    assert!(ctrcl_data::nrrd::read_nrrd(&nrrd)
+        .unwrap_err()
+        .to_string()
+        .contains("not finite"));
+    let v = ctrcl_data::inspect::inspect(&nrrd).unwrap();
+    assert_eq!(
+        (v["nan"].as_u64(), v["max"].as_f64()),
+        (Some(1), Some(2.5)),
+        "{v}"
+    );
+    // A float32 map whose first voxel (right after the 1024-byte header) becomes NaN.
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mrc/float32.mrc");
+    let mut bytes = std::fs::read(seed).unwrap();
+    bytes[1024..1028].copy_from_slice(&f32::NAN.to_le_bytes());
+    let mrc = dir.path().join("nan.mrc");
+    std::fs::write(&mrc, bytes).unwrap();
+    assert!(ctrcl_data::mrc::read_mrc(&mrc)
+        .unwrap_err()
+        .to_string()
+        .contains("not finite"));
+    let v = ctrcl_data::inspect::inspect(&mrc).unwrap();
+    assert_eq!(v["nan"].as_u64(), Some(1), "{v}");
+}
