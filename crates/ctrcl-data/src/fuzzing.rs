@@ -30,7 +30,7 @@ pub const TARGETS: &[Target] = &[
 pub fn nifti(bytes: &[u8]) {
     let path = Path::new("fuzz.nii.gz");
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        if let Ok(inflated) = crate::nifti::gunzip_for_fuzzing(path, bytes) {
+        if let Ok(inflated) = crate::nifti_gz::gunzip_for_fuzzing(path, bytes) {
             let _ = crate::nifti::parse_nifti_bytes(path, &inflated);
         }
     } else {

@@ -18,6 +18,7 @@ pub mod layouts;
 pub mod loader;
 pub mod mrc;
 pub mod nifti;
+mod nifti_gz;
 pub mod npy;
 pub mod nrrd;
 pub mod prepare;
