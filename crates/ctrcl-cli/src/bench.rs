@@ -128,7 +128,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
     }
     match &args.config {
         Some(path) => TrainConfig::load(path, &sets),
-        None => TrainConfig::from_toml("", &sets).context("in the built-in bench defaults"),
+        None => TrainConfig::from_toml_in("", "the built-in bench defaults", &sets),
     }
 }
 

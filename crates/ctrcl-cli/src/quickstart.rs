@@ -74,8 +74,7 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .map(|m| parse_method(m))
         .collect::<Result<_>>()?;
-    let base = TrainConfig::from_toml(QUICKSTART_CONFIG, &args.set)
-        .context("in configs/quickstart.toml")?;
+    let base = TrainConfig::from_toml_in(QUICKSTART_CONFIG, "configs/quickstart.toml", &args.set)?;
     for m in &methods {
         ctrcl_train::trainer::prepare_run_dir(&out.join(m.name()))?;
     }

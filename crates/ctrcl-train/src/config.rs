@@ -592,9 +592,14 @@ impl TrainConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::parse(&text, overrides).map_err(|e| match e {
+        Self::from_toml_in(&text, &path.display().to_string(), overrides)
+    }
+
+    /// [`TrainConfig::load`] for config text named `source` in errors (a built-in config).
+    pub fn from_toml_in(text: &str, source: &str, overrides: &[String]) -> Result<Self> {
+        Self::parse(text, overrides).map_err(|e| match e {
             ConfigError::Override(item, e) => e.context(format!("--set {item}")),
-            ConfigError::File(e) => e.context(format!("in config {}", path.display())),
+            ConfigError::File(e) => e.context(format!("in config {source}")),
         })
     }
 
