@@ -373,3 +373,42 @@ fn report_retests_a_run_resumed_after_it_was_tested() {
         );
     }
 }
+
+/// README's determinism promise, as far as it goes: on one thread, two `ctrcl` runs with one
+/// seed log bit-identical losses (both transfer terms included).
+#[test]
+fn one_thread_ctrcl_runs_with_one_seed_log_identical_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sets = tiny_settings(prepared());
+    sets.push("schedule.iterations=6".into());
+    let config = config_path();
+    let logs: Vec<Vec<Value>> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let out = tmp.path().join(name);
+            let status = std::process::Command::new(env!("CARGO_BIN_EXE_ctrcl"))
+                .args(train_args(&config, s(&out), &sets))
+                .env("RAYON_NUM_THREADS", "1")
+                .output()
+                .unwrap();
+            assert!(
+                status.status.success(),
+                "{}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+            std::fs::read_to_string(out.join("log.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|v| v.get("lr").is_some())
+                .map(|mut v| {
+                    v.as_object_mut().unwrap().remove("elapsed_s");
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(logs[0].len(), 6);
+    assert!(logs[0][5]["cnn"]["rlcl"].as_f64().is_some_and(|v| v > 0.0));
+    assert_eq!(logs[0], logs[1]);
+}
