@@ -533,19 +533,6 @@ fn evaluate_matches_medpy_in_both_modes() {
 }
 
 /// The loss and validation lines of a log, without wall-clock fields and events.
-fn step_lines(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("log.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("step").is_some())
-        .map(|mut v| {
-            v.as_object_mut().unwrap().remove("elapsed_s");
-            v
-        })
-        .collect()
-}
-
 #[test]
 fn a_killed_run_resumes_to_exactly_the_uninterrupted_result() {
     let dir = tempfile::tempdir().unwrap();

@@ -1130,11 +1130,7 @@ fn run_loop<B: AutodiffBackend>(
 /// What a stopped run leaves to resume from: the step of its intact `last/` checkpoint, or that
 /// there is none yet.
 fn last_checkpoint_note(out: &Path) -> String {
-    let state = std::fs::read_to_string(out.join("last").join("state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["step"].as_u64());
-    match state {
+    match crate::tester::checkpoint_step(&out.join("last")) {
         Some(step) => format!(
             "the last checkpoint, {} (step {step}), is intact",
             out.join("last").display()

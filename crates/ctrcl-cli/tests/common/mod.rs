@@ -3,6 +3,7 @@
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -92,4 +93,19 @@ pub fn config_file(name: &str) -> String {
 
 pub fn config_path() -> String {
     config_file("icbm152_ctrcl")
+}
+
+/// The lines of a run's `log.jsonl` that carry a step (losses and validations), without the
+/// wall-clock field: what must match exactly between runs that promise the same result.
+pub fn step_lines(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("step").is_some())
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("elapsed_s");
+            v
+        })
+        .collect()
 }
