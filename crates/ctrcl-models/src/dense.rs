@@ -603,11 +603,7 @@ mod tests {
         let layer = LinearConfig::new(5, 3).init::<B>(&device);
         let x0 = Tensor::<B, 3>::random([2, 1500, 5], Distribution::Default, &device);
         let grad_on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::on_threads(threads, || {
                 let x = x0.clone().detach().require_grad();
                 let y = linear(&layer, x);
                 let grads = (y.clone() * y.clone().detach().cos()).sum().backward();

@@ -30,6 +30,16 @@ pub use segformer::{SegFormer, SegFormerConfig};
 pub use swin_unet::{SwinUnet, SwinUnetConfig};
 pub use unet::{UNet, UNetConfig};
 
+/// Runs `f` on a rayon pool of exactly `threads` threads (its parallel ops split across them):
+/// how the tests check that a kernel gives the same bits on any thread count.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon thread pool")
+        .install(f)
+}
+
 /// A model configuration problem, with the offending key in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

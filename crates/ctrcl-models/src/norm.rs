@@ -122,7 +122,10 @@ fn backward(dy: &FlexTensor, s: &Saved) -> (FlexTensor, FlexTensor, FlexTensor) 
     let dy = values(dy);
     let mut dx = vec![0.0f32; dy.len()];
     let chunk = rows_per_task(dim);
-    let (dgamma, dbeta) = dx
+    // One (dγ, dβ) partial per chunk of rows, summed in chunk order afterwards: chunks depend
+    // on the row width only, so the sum does not depend on the thread count or on how rayon
+    // scheduled the chunks (a rayon `reduce` adds partials in a split-dependent tree order).
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(chunk * dim)
         .zip(dy.par_chunks(chunk * dim))
         .zip(s.normalized.par_chunks(chunk * dim))
@@ -150,14 +153,12 @@ fn backward(dy: &FlexTensor, s: &Saved) -> (FlexTensor, FlexTensor, FlexTensor) 
             }
             (dg, db)
         })
-        .reduce(
-            || (vec![0.0f32; dim], vec![0.0f32; dim]),
-            |(mut g1, mut b1), (g2, b2)| {
-                g1.iter_mut().zip(&g2).for_each(|(p, q)| *p += q);
-                b1.iter_mut().zip(&b2).for_each(|(p, q)| *p += q);
-                (g1, b1)
-            },
-        );
+        .collect();
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; dim], vec![0.0f32; dim]);
+    for (g, b) in &partials {
+        dgamma.iter_mut().zip(g).for_each(|(p, q)| *p += q);
+        dbeta.iter_mut().zip(b).for_each(|(p, q)| *p += q);
+    }
     (
         flex(dx, s.shape.clone()),
         flex(dgamma, vec![dim]),
@@ -244,6 +245,43 @@ mod tests {
         // output, dx, dγ, dβ
         for (fast, reference) in run(true).into_iter().zip(run(false)) {
             fast.assert_approx_eq::<f32>(&reference, tol);
+        }
+    }
+
+    /// dγ and dβ sum per-chunk partials: the sum must not depend on the thread count (a seed
+    /// gives one run on 1 or N threads). 32 768 rows of width 32 make 64 chunks; a rayon
+    /// `reduce` of those partials gave different bits on 1 and 4 threads.
+    #[test]
+    fn gradients_are_bit_identical_on_one_and_four_threads() {
+        type B = CpuTrain;
+        let device = Default::default();
+        let dim = 32;
+        let norm = burn::nn::LayerNormConfig::new(dim).init::<B>(&device);
+        let x0 = Tensor::<B, 3>::random([64, 512, dim], Distribution::Normal(0.3, 2.0), &device);
+        let w = Tensor::<B, 1, Int>::arange(0..x0.shape().num_elements() as i64, &device)
+            .float()
+            .reshape(x0.dims())
+            .sin();
+        let run = |threads: usize| {
+            crate::on_threads(threads, || {
+                let x = x0.clone().detach().require_grad();
+                let y = layer_norm(&norm, x.clone());
+                let grads = (y * w.clone()).sum().backward();
+                let beta = norm.beta.as_ref().unwrap();
+                [
+                    x.grad(&grads).unwrap().into_data(),
+                    norm.gamma.grad(&grads).unwrap().into_data(),
+                    beta.grad(&grads).unwrap().into_data(),
+                ]
+            })
+        };
+        let (one, four) = (run(1), run(4));
+        for (name, (a, b)) in ["dx", "dγ", "dβ"].iter().zip(one.iter().zip(&four)) {
+            assert_eq!(
+                a.as_slice::<f32>().unwrap(),
+                b.as_slice::<f32>().unwrap(),
+                "{name}"
+            );
         }
     }
 }

@@ -504,11 +504,9 @@ mod tests {
         let w = values(4 * 3 * 9, 5);
         let dy = values(g.batch * 4 * oh * ow, 6);
         let on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| (weight_grad(&g, &x, &dy), input_grad(&g, &w, &dy)))
+            crate::on_threads(threads, || {
+                (weight_grad(&g, &x, &dy), input_grad(&g, &w, &dy))
+            })
         };
         let one = on(1);
         for threads in [2, 3] {

@@ -1,6 +1,7 @@
 //! Transfer terms of the online baselines of METHOD.md §7 that share the pair loop with CTRCL
 //! (DML lives beside RLCL, whose KL it reuses).
 
+use crate::losses::average;
 use crate::losses::rlcl::kl_to_logits;
 use crate::losses::seg::dice_loss;
 use burn::prelude::*;
@@ -21,7 +22,7 @@ pub fn kdcl_loss<B: Backend>(
         return loss;
     }
     let target = softmax(ensemble / temperature, 1);
-    kl_to_logits(target, own_logits, temperature).mean() * (temperature * temperature)
+    average(kl_to_logits(target, own_logits, temperature)) * (temperature * temperature)
 }
 
 /// Offline KD (Hinton): τ²·mean over pixels of KL(softmax(sg[z_teacher]/τ) ‖ softmax(z_student/τ)).
@@ -38,7 +39,7 @@ pub fn kd_loss<B: Backend>(
         return loss;
     }
     let target = softmax(teacher_logits.detach() / temperature, 1);
-    kl_to_logits(target, student_logits, temperature).mean() * (temperature * temperature)
+    average(kl_to_logits(target, student_logits, temperature)) * (temperature * temperature)
 }
 
 /// Cross teaching (SSL4MIS CTCT form): the soft Dice loss of the student's softmax against the

@@ -7,6 +7,7 @@
 //! alignment term makes the two students' perception maps agree. The CPM is training-only: it is
 //! not part of a deployed student.
 
+use crate::losses::total;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, relu, softmax};
@@ -110,7 +111,7 @@ pub fn perception_loss<B: Backend>(
         .argmax(0)
         .reshape([n]);
     let onehot: Tensor<B, 2> = dominant.one_hot::<2>(k).float();
-    (perception.log_probs.clone() * onehot).sum().neg() / n as f64
+    total(perception.log_probs.clone() * onehot).neg() / n as f64
 }
 
 /// L_al^{A→B} = KL(sg[P_A] ‖ P_B), mean over pixels.
@@ -124,7 +125,7 @@ pub fn alignment_loss<B: Backend>(
     let n = teacher.log_probs.dims()[0];
     let log_p = teacher.log_probs.clone().detach();
     let p = log_p.clone().exp();
-    (p * (log_p - student.log_probs.clone())).sum() / n as f64
+    total(p * (log_p - student.log_probs.clone())) / n as f64
 }
 
 /// Softmax probabilities of a perception (for inspection and tests).

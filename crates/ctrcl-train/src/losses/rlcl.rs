@@ -6,6 +6,7 @@
 //! from the truth, agrees with B, or is confidently wrong; the result is distilled into B.
 
 use crate::config::{PixelWeight, Rectify, RlclConfig};
+use crate::losses::average;
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 
@@ -135,11 +136,11 @@ fn rlcl_loss_composed<B: Backend>(
         PixelWeight::Certainty => {
             let k = rectified.target.dims()[1] as f64;
             let w = neg_entropy(rectified.target) / k.ln() + 1.0;
-            let w = w.clone() / w.mean().clamp_min(LOG_EPS).unsqueeze::<4>();
+            let w = w.clone() / average(w).clamp_min(LOG_EPS).unsqueeze::<4>();
             kl * w
         }
     };
-    kl.mean() * (tau * tau)
+    average(kl) * (tau * tau)
 }
 
 /// DML's term KL(sg[softmax(z_peer)] ‖ softmax(z_self)) at τ = 1, mean over pixels.
@@ -151,7 +152,7 @@ pub fn dml_loss<B: Backend>(peer_logits: Tensor<B, 4>, own_logits: Tensor<B, 4>)
         return loss;
     }
     let target = softmax(peer_logits.detach(), 1);
-    kl_to_logits(target, own_logits, 1.0).mean()
+    average(kl_to_logits(target, own_logits, 1.0))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Supervised loss L_seg = w_ce·CE + w_dice·Dice (METHOD.md §3, SSL4MIS form).
 
+use crate::losses::{average, total};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 
@@ -13,7 +14,7 @@ pub const DICE_EPS: f64 = 1e-5;
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 4>, onehot: Tensor<B, 4>) -> Tensor<B, 1> {
     let [b, _, h, w] = logits.dims();
     let per_pixel = (log_softmax(logits, 1) * onehot).sum_dim(1);
-    per_pixel.sum().neg() / (b * h * w) as f64
+    total(per_pixel).neg() / (b * h * w) as f64
 }
 
 /// Soft Dice loss averaged over all K classes (background included), sums over the batch:
@@ -28,7 +29,7 @@ pub fn dice_loss<B: Backend>(probs: Tensor<B, 4>, onehot: Tensor<B, 4>) -> Tenso
     let p2 = per_class(probs.square());
     let t2 = per_class(onehot.square());
     let dice = (inter * 2.0 + DICE_EPS) / (p2 + t2 + DICE_EPS);
-    (dice.neg() + 1.0).mean()
+    average(dice.neg() + 1.0)
 }
 
 /// The terms of L_seg, kept apart for logging.
