@@ -218,6 +218,11 @@ impl SplitChoice {
     }
 }
 
+/// Counts live bytes so `train` can measure a step's memory before it starts
+/// (`ctrcl_train::memory`).
+#[global_allocator]
+static ALLOCATOR: ctrcl_train::memory::Counting = ctrcl_train::memory::Counting;
+
 fn main() {
     allocator::keep_freed_memory();
     let cli = Cli::parse();

@@ -414,3 +414,62 @@ fn a_seed_gives_identical_logs_on_one_two_and_three_threads() {
     assert_eq!(logs[0], logs[1], "1 vs 2 threads");
     assert_eq!(logs[0], logs[2], "1 vs 3 threads");
 }
+
+/// An image size whose step cannot fit is refused before training, with the estimate and the keys
+/// to change — not "memory allocation of … bytes failed" and an abort in the first step (what
+/// 1024² did under `ulimit -v 8000000` before). Nothing is left behind.
+#[test]
+fn an_image_size_too_large_for_memory_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let command = format!(
+        "ulimit -v 4000000 && exec '{}' train --config '{}' --set data.dataset='{}' \
+         --set data.image_size=1024 --set schedule.iterations=2 --out '{}'",
+        env!("CARGO_BIN_EXE_ctrcl"),
+        config_file("quickstart"),
+        prepared().display(),
+        out.display()
+    );
+    let run = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    for needle in [
+        "data.image_size = 1024",
+        "data.batch_size = 8",
+        "ulimit -v",
+        "skip_memory_check",
+    ] {
+        assert!(err.contains(needle), "{needle} not in: {err}");
+    }
+    assert!(!out.exists());
+}
+
+/// The calibration steps draw from the random streams before the run seeds its own: a checked run
+/// logs exactly what an unchecked one does, and records the estimate.
+#[test]
+fn the_memory_check_does_not_change_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sets = tiny_settings(prepared());
+    sets.push("data.image_size=128".into());
+    sets.push("schedule.iterations=3".into());
+    let config = config_path();
+    let mut logs = Vec::new();
+    for skip in ["false", "true"] {
+        let out = tmp.path().join(skip);
+        let mut sets = sets.clone();
+        sets.push(format!("skip_memory_check={skip}"));
+        ok(&train_args(&config, s(&out), &sets));
+        logs.push(step_lines(&out));
+        let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+        assert_eq!(
+            log.contains("\"event\":\"memory\""),
+            skip == "false",
+            "{log}"
+        );
+    }
+    assert!(!logs[0].is_empty());
+    assert_eq!(logs[0], logs[1]);
+}

@@ -492,6 +492,8 @@ pub struct TrainConfig {
     /// it would need loss scaling); parameters, normalisation, softmax and losses stay f32
     /// (`ctrcl_models::precision`).
     pub precision: ctrcl_models::precision::Precision,
+    /// Train without first estimating whether a step fits in memory (`crate::memory`).
+    pub skip_memory_check: bool,
     pub data: DataConfig,
     /// Extra augmentations after `data.augment` (all off by default).
     pub augmentation: ctrcl_data::augment::Augmentations,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod distributed;
 pub mod evaluate;
 pub mod losses;
+pub mod memory;
 pub mod predictor;
 pub mod report;
 pub mod student;

@@ -389,6 +389,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
         let (x, onehot) = batches.into_iter().next().expect("one batch");
         let loss = pair_loss(cfg, students, x, onehot, beta_r, beta_f);
         let mut grads = loss.total.backward();
+        crate::memory::optimizer_phase();
         for i in 0..2 {
             if loss.learns[i] {
                 let g = GradientsParams::from_module(&mut grads, &students[i]);
@@ -414,6 +415,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
         }
         learns = loss.learns;
     }
+    crate::memory::optimizer_phase();
     for i in 0..2 {
         if learns[i] {
             let g = synced(accumulators[i].grads(), &students[i])?;
@@ -715,9 +717,10 @@ pub fn train<B: AutodiffBackend>(
         cfg
     };
     check_precision::<B>(cfg, device, backend)?;
+    let k = dataset.num_classes();
+    let memory = crate::memory::gate::<B>(cfg, k, device, progress)?;
     let run_dir = prepare_run_dir(out)?;
     let _lock = lock_run(out)?;
-    let k = dataset.num_classes();
     let size = cfg.data.image_size;
     let info = RunInfo {
         ctrcl_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -736,6 +739,12 @@ pub fn train<B: AutodiffBackend>(
     let log = std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
     let mut log = RunLog { file: log };
     log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "precision": cfg.precision.name(), "devices": cfg.parallel.devices, "nodes": cfg.parallel.nodes, "node_rank": cfg.parallel.node_rank, "seed": cfg.seed}))?;
+    if let Some((estimate, available)) = memory {
+        log.line(json!({"event": "memory", "estimated_bytes": estimate.bytes, "available_bytes": available,
+            "calibration_batch": estimate.calibration_batch,
+            "calibration": estimate.measured.iter().map(|(size, peak)| json!({"image_size": size,
+                "forward_backward_bytes": peak.gradients, "optimizer_bytes": peak.optimizer})).collect::<Vec<_>>()}))?;
+    }
 
     B::seed(device, cfg.seed);
     let mut students = [
@@ -873,6 +882,7 @@ pub fn resume<B: AutodiffBackend>(
     let dataset = Dataset::open(&info.dataset, cfg.data.open_options())
         .with_context(|| format!("opening the run's dataset {}", info.dataset.display()))?;
     let k = dataset.num_classes();
+    crate::memory::gate::<B>(&cfg, k, device, progress)?;
     B::seed(device, cfg.seed);
     let mut students = Vec::with_capacity(2);
     let mut optims = Vec::with_capacity(2);
