@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use ctrcl_train::tensorboard::{read_events, Payload, EVENTS_FILE};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -594,6 +595,25 @@ fn a_killed_run_resumes_to_exactly_the_uninterrupted_result() {
         step_lines(&whole),
         "resumed log differs from the uninterrupted one"
     );
+    // TensorBoard mirrors the log: one event per step line, holding its numbers; the resumed
+    // run's events after the checkpoint were dropped and rewritten (no step appears twice).
+    let events = |run: &Path| -> Vec<(u64, Payload)> {
+        read_events(&run.join(EVENTS_FILE))
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.step, e.payload))
+            .collect()
+    };
+    let whole_events = events(&whole);
+    assert_eq!(events(&cut), whole_events);
+    assert_eq!(whole_events.len(), 1 + step_lines(&whole).len());
+    let first = &step_lines(&whole)[0];
+    let Payload::Scalars(values) = &whole_events[1].1 else {
+        panic!("{:?}", whole_events[1])
+    };
+    let ce = values.iter().find(|(t, _)| t == "cnn/ce").unwrap().1;
+    assert_eq!(ce, first["cnn"]["ce"].as_f64().unwrap() as f32);
+    assert!(values.iter().any(|(t, _)| t == "lr/transformer"));
     // The resumed students predict exactly what the uninterrupted ones do. (Checkpoint bytes
     // differ: Burn stores random parameter ids.)
     let scores = |run: &Path| -> Value {

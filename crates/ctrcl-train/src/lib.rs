@@ -11,6 +11,7 @@ pub mod memory;
 pub mod predictor;
 pub mod report;
 pub mod student;
+pub mod tensorboard;
 pub mod tester;
 pub mod trainer;
 

@@ -14,6 +14,7 @@ use crate::losses::seg::seg_loss;
 use crate::student::{
     materialize_params, recorder, save_module, Role, StudentOptimizer, TrainStudent,
 };
+use crate::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
 use burn::collective::PeerId;
 use burn::module::AutodiffModule;
@@ -737,7 +738,11 @@ pub fn train<B: AutodiffBackend>(
     write_text_atomic(&out.join("run.json"), &serde_json::to_string_pretty(&info)?)?;
     write_split_lists(&dataset, out)?;
     let log = std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
-    let mut log = RunLog { file: log };
+    let mut log = RunLog {
+        file: log,
+        events: EventWriter::create(out)?,
+        class_names: dataset.class_names.clone(),
+    };
     log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "precision": cfg.precision.name(), "devices": cfg.parallel.devices, "nodes": cfg.parallel.nodes, "node_rank": cfg.parallel.node_rank, "seed": cfg.seed}))?;
     if let Some((estimate, available)) = memory {
         log.line(json!({"event": "memory", "estimated_bytes": estimate.bytes, "available_bytes": available,
@@ -819,15 +824,19 @@ pub fn train<B: AutodiffBackend>(
     )
 }
 
-/// Appends JSON lines to `log.jsonl`, flushed at once so a crash loses nothing logged.
+/// Appends JSON lines to `log.jsonl`, flushed at once so a crash loses nothing logged, and
+/// mirrors their numbers into the run's TensorBoard event file (`crate::tensorboard`).
 struct RunLog {
     file: std::fs::File,
+    events: EventWriter,
+    class_names: Vec<String>,
 }
 
 impl RunLog {
     fn line(&mut self, v: serde_json::Value) -> Result<()> {
         writeln!(self.file, "{v}").context("cannot write log.jsonl")?;
-        self.file.flush().context("cannot write log.jsonl")
+        self.file.flush().context("cannot write log.jsonl")?;
+        self.events.log_line(&v, &self.class_names)
     }
 }
 
@@ -910,7 +919,11 @@ pub fn resume<B: AutodiffBackend>(
         .append(true)
         .open(run.join("log.jsonl"))
         .context("cannot open log.jsonl")?;
-    let mut log = RunLog { file };
+    let mut log = RunLog {
+        file,
+        events: EventWriter::resume(run, step as u64)?,
+        class_names: info.class_names.clone(),
+    };
     log.line(json!({"event": "resume", "from_step": step, "backend": backend}))?;
     let students: [TrainStudent<B>; 2] = students
         .try_into()
