@@ -17,7 +17,7 @@ fn events() -> Vec<Event> {
             wall_time: 1764900001.5,
             step: 1,
             payload: Payload::Scalars(vec![
-                ("cnn/ce".into(), 1.4678266048431396),
+                ("cnn/ce".into(), 1.467_826_6),
                 ("lr/transformer".into(), 0.001),
             ]),
         },
