@@ -152,8 +152,9 @@ enum DataCommand {
         /// A .nii/.nii.gz/.nrrd/.nhdr/.mrc/.h5/.npy/.npz/.png/.jpg/.tif/.dcm file, or a folder
         /// of them (a folder of DICOM files is also assembled into its series).
         path: PathBuf,
-        /// Print JSON (keys: format, shape, dtype, min, max, spacing, unique; arrays for npz/HDF5;
-        /// dicom_series for a folder of DICOM files).
+        /// Print JSON (keys: format, shape, dtype, min, max, mean, spacing, unique; volumes (each
+        /// 3D volume's min/max/mean) for 4D NIfTI; arrays for npz/HDF5; dicom_series for a
+        /// folder of DICOM files).
         #[arg(long)]
         json: bool,
     },
@@ -436,6 +437,13 @@ fn inspect_text(name: &str, v: &serde_json::Value) -> String {
                 let _ = write!(
                     out,
                     ", {nan} NaN and {inf} infinite values (not in min/max)"
+                );
+            }
+            if let Some(volumes) = v["volumes"].as_array() {
+                let _ = write!(
+                    out,
+                    ", {} volumes (--json gives each one's min/max/mean)",
+                    volumes.len()
                 );
             }
             if let Some(note) = v["note"].as_str() {

@@ -2096,3 +2096,58 @@ fn nuclei_tiff_source_prepares_into_tiles_and_trains() {
         "binary task reports MAE"
     );
 }
+
+/// A 4D NIfTI is a normal file to inspect (#19): ICBM152's grey- and white-matter probability
+/// maps stacked as one two-volume atlas read back with the 4D shape, each volume's min, max and
+/// mean equal to those of its own 3D file (mean checked against an f64 sum here too), and the
+/// overall range spanning both.
+#[test]
+fn data_inspect_reads_a_4d_probabilistic_atlas() {
+    let fetched = PathBuf::from(ok(&["data", "fetch", "--source", "icbm152"]).trim());
+    let maps: Vec<_> = ["gm.nii.gz", "wm.nii.gz"]
+        .iter()
+        .map(|f| ctrcl_data::nifti::read_nifti(&fetched.join(f)).unwrap())
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let atlas = tmp.path().join("atlas.nii.gz");
+    let stacked: Vec<f32> = maps.iter().flat_map(|m| m.data.iter().copied()).collect();
+    let m = &maps[0];
+    ctrcl_data::nifti::write_nifti_channels(
+        &atlas, m.dims, 2, &stacked, false, None, m.spacing, m.affine,
+    )
+    .unwrap();
+    let v = inspect_json(&atlas);
+    let [x, y, z] = m.dims;
+    assert_eq!(v["shape"], serde_json::json!([x, y, z, 2]));
+    assert_eq!(v["dtype"], "float32");
+    let volumes = v["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), 2);
+    for (i, (map, name)) in maps.iter().zip(["gm.nii.gz", "wm.nii.gz"]).enumerate() {
+        let alone = inspect_json(&fetched.join(name));
+        for key in ["min", "max", "mean"] {
+            assert_eq!(volumes[i][key], alone[key], "{name} {key}");
+        }
+        let mean = map.data.iter().map(|&v| f64::from(v)).sum::<f64>() / map.data.len() as f64;
+        let got = volumes[i]["mean"].as_f64().unwrap();
+        assert!(
+            (got - mean).abs() <= 1e-12 * mean.abs().max(1.0),
+            "{got} vs {mean}"
+        );
+    }
+    let lo = volumes
+        .iter()
+        .map(|v| v["min"].as_f64().unwrap())
+        .fold(f64::MAX, f64::min);
+    let hi = volumes
+        .iter()
+        .map(|v| v["max"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert_eq!((v["min"].as_f64(), v["max"].as_f64()), (Some(lo), Some(hi)));
+    let text = ok(&["data", "inspect", atlas.to_str().unwrap()]);
+    assert!(text.contains(&format!("[{x},{y},{z},2]")), "{text}");
+    // Training and prediction still read 3D volumes only: the refusal names the axis.
+    let err = ctrcl_data::nifti::read_nifti(&atlas)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dim[4] = 2"), "{err}");
+}

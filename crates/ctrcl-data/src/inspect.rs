@@ -17,12 +17,19 @@ use std::path::Path;
 /// Most unique values listed; integer arrays with more report `unique: null`.
 pub const MAX_UNIQUE: usize = 1000;
 
+/// Most 3D volumes of a 4D+ NIfTI given their own statistics (a hostile header could claim
+/// millions of one-voxel volumes).
+const MAX_VOLUMES: usize = 4096;
+
 /// Running statistics of an array's values: min/max of the finite ones, NaN and infinity
 /// counts, the unique values of integer data (up to [`MAX_UNIQUE`]), whether any is fractional.
 /// Fed one value at a time, so no copy of the array is needed.
 struct Stats {
     min: f64,
     max: f64,
+    /// Sum and count of the finite values, for the mean.
+    sum: f64,
+    finite: usize,
     nan: usize,
     inf: usize,
     fractional: bool,
@@ -34,6 +41,8 @@ impl Stats {
         Stats {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
+            sum: 0.0,
+            finite: 0,
             nan: 0,
             inf: 0,
             fractional: false,
@@ -52,6 +61,8 @@ impl Stats {
         }
         self.min = self.min.min(v);
         self.max = self.max.max(v);
+        self.sum += v;
+        self.finite += 1;
         self.fractional |= v.fract() != 0.0;
         if let Some(set) = &mut self.unique {
             if set.insert(v as i64) && set.len() > MAX_UNIQUE {
@@ -60,10 +71,22 @@ impl Stats {
         }
     }
 
-    /// `{"format", "shape", "dtype", "min", "max", "spacing", "unique"[, "nan", "inf"]}`.
+    /// Min, max and mean of the finite values (null when there are none).
+    fn range_json(&self) -> Value {
+        let finite = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+        let mean = if self.finite > 0 {
+            finite(self.sum / self.finite as f64)
+        } else {
+            Value::Null
+        };
+        json!({"min": finite(self.min), "max": finite(self.max), "mean": mean})
+    }
+
+    /// `{"format", "shape", "dtype", "min", "max", "mean", "spacing", "unique"[, "nan", "inf"]}`.
     /// Only integer data list unique values, and not when made fractional (a slope, a
     /// rescale).
     fn json(self, format: &str, shape: &[usize], dtype: &str) -> Value {
+        let range = self.range_json();
         let finite = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
         let integer = dtype.starts_with("int") || dtype.starts_with("uint") || dtype == "bool";
         let unique = self
@@ -76,6 +99,7 @@ impl Stats {
             "dtype": dtype,
             "min": finite(self.min),
             "max": finite(self.max),
+            "mean": range["mean"],
             "spacing": Value::Null,
             "unique": unique,
         });
@@ -195,10 +219,36 @@ pub fn inspect_file(path: &Path) -> Result<Option<Value>> {
     if nifti_stem(path).is_some() {
         // Statistics stream from the file's bytes (no decoded copy: a 300-million-voxel uint8
         // volume costs its 300 MB); NaN and infinite intensities are counted, not refused.
+        // A 4D (or larger) file also gets each 3D volume's min, max and mean, in file order.
         let mut stats = Stats::new();
-        let v = visit_nifti(path, &mut |x| stats.push(f64::from(x)))?;
+        let mut volumes: Vec<Stats> = Vec::new();
+        let (v, extra) = visit_nifti(path, &mut |volume, x| {
+            let x = f64::from(x);
+            stats.push(x);
+            if volume < MAX_VOLUMES {
+                if volumes.len() <= volume {
+                    // Range and mean only: no per-volume set of unique values.
+                    volumes.push(Stats {
+                        unique: None,
+                        ..Stats::new()
+                    });
+                }
+                volumes[volume].push(x);
+            }
+        })?;
         let dtype = nifti_dtype(v.dtype);
-        return Ok(Some(with_geometry(stats.json("nifti", &v.dims, dtype), &v)));
+        let shape: Vec<usize> = v.dims.iter().chain(&extra).copied().collect();
+        let mut j = with_geometry(stats.json("nifti", &shape, dtype), &v);
+        if !extra.is_empty() {
+            j["volumes"] = json!(volumes.iter().map(Stats::range_json).collect::<Vec<_>>());
+            let count: usize = extra.iter().product();
+            if count > MAX_VOLUMES {
+                j["note"] = json!(format!(
+                    "{count} volumes: statistics listed for the first {MAX_VOLUMES}"
+                ));
+            }
+        }
+        return Ok(Some(j));
     }
     if is_nrrd(path) {
         let v = read_nrrd_any(path)?;
@@ -461,6 +511,27 @@ mod tests {
             [0.0, 0.0, 2.5, 0.0],
         ];
         assert_eq!(axis_codes(&m), "PLS");
+    }
+
+    #[test]
+    fn per_volume_statistics_stop_at_max_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("series.nii");
+        let n = MAX_VOLUMES + 10;
+        let data: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+        let eye = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ];
+        crate::nifti::write_nifti_channels(&path, [1, 1, 1], n, &data, true, None, [1.0; 3], eye)
+            .unwrap();
+        let v = inspect(&path).unwrap();
+        assert_eq!(v["shape"], json!([1, 1, 1, n]));
+        assert_eq!(v["volumes"].as_array().unwrap().len(), MAX_VOLUMES);
+        assert_eq!(v["volumes"][9]["mean"], json!(2.0));
+        assert_eq!(v["max"], json!(6.0));
+        assert!(v["note"].as_str().unwrap().contains("first 4096"), "{v}");
     }
 
     #[test]

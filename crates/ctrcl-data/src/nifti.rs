@@ -175,7 +175,15 @@ pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
 /// The header of a NIfTI file (its volume with `data` empty), each voxel value passed to
 /// `visit` in file order: `data inspect`'s statistics without a decoded copy of the volume.
 /// NaN and infinite values are passed on, not refused.
-pub fn visit_nifti(path: &Path, visit: &mut dyn FnMut(f32)) -> Result<NiftiVolume> {
+///
+/// 4D and larger files are accepted here (a probabilistic atlas, an fMRI or diffusion series, a
+/// multi-channel volume): the values come volume after volume, and the sizes of the axes beyond
+/// the third (`dim[4..]`) are returned beside the first volume's geometry. `visit` gets each
+/// value with the index of the 3D volume it belongs to (0 for a 3D file).
+pub fn visit_nifti(
+    path: &Path,
+    visit: &mut dyn FnMut(usize, f32),
+) -> Result<(NiftiVolume, Vec<usize>)> {
     let bytes = read_nifti_bytes(path)?;
     parse_nifti_with(path, &bytes, Some(visit))
 }
@@ -227,16 +235,18 @@ impl Fields<'_> {
 }
 
 fn parse_nifti(path: &Path, bytes: &[u8]) -> Result<NiftiVolume> {
-    parse_nifti_with(path, bytes, None)
+    parse_nifti_with(path, bytes, None).map(|(v, _)| v)
 }
 
 /// Parses a NIfTI file; with `visit`, each voxel value goes to it in file order instead of into
-/// the returned volume's `data` (left empty), so statistics need no decoded copy of the volume.
+/// the returned volume's `data` (left empty), so statistics need no decoded copy of the volume,
+/// and axes beyond the third are allowed (their sizes are returned; without `visit` they are
+/// refused, as training and prediction read 3D volumes).
 fn parse_nifti_with(
     path: &Path,
     bytes: &[u8],
-    visit: Option<&mut dyn FnMut(f32)>,
-) -> Result<NiftiVolume> {
+    visit: Option<&mut dyn FnMut(usize, f32)>,
+) -> Result<(NiftiVolume, Vec<usize>)> {
     if bytes.len() < HEADER_SIZE {
         return Err(DataError::invalid(
             path,
@@ -294,9 +304,18 @@ fn parse_nifti_with(
         }
         *dim = d as usize;
     }
+    let mut extra = Vec::new();
     for axis in 3..ndim as usize {
         let d = f.i16(42 + 2 * axis);
-        if d > 1 {
+        if visit.is_some() {
+            if d < 1 {
+                return Err(DataError::invalid(
+                    path,
+                    format!("dim[{}] = {d} is not positive", axis + 1),
+                ));
+            }
+            extra.push(d as usize);
+        } else if d > 1 {
             return Err(DataError::invalid(
                 path,
                 format!(
@@ -317,8 +336,19 @@ fn parse_nifti_with(
             format!("bitpix {bitpix} disagrees with datatype {dtype:?}"),
         ));
     }
-    let count = dims.iter().product::<usize>();
-    let nbytes = count * dtype.size();
+    // At most 7 axes of at most 32767: the product fits in u128, and is checked against usize.
+    let count = dims
+        .iter()
+        .chain(&extra)
+        .map(|&d| d as u128)
+        .product::<u128>()
+        * dtype.size() as u128;
+    let Ok(nbytes) = usize::try_from(count) else {
+        return Err(DataError::invalid(
+            path,
+            format!("dims {dims:?} × {extra:?} are too large"),
+        ));
+    };
     let vox_offset = f.f32(108);
     let offset = if vox_offset.is_finite() && vox_offset >= DATA_OFFSET as f32 {
         vox_offset as usize
@@ -353,7 +383,10 @@ fn parse_nifti_with(
     let raw = &bytes[offset..offset + nbytes];
     let data = match visit {
         Some(visit) => {
-            voxel_values(raw, dtype, swap, slope, inter).for_each(visit);
+            let volume_len = dims.iter().product::<usize>().max(1);
+            voxel_values(raw, dtype, swap, slope, inter)
+                .enumerate()
+                .for_each(|(i, x)| visit(i / volume_len, x));
             Vec::new()
         }
         None => voxel_values(raw, dtype, swap, slope, inter).collect(),
@@ -369,14 +402,15 @@ fn parse_nifti_with(
     }
     let spacing = [pixdim(1), pixdim(2), pixdim(3)].map(|s| if s > 0.0 { s } else { 1.0 });
     let affine = header_affine(&f, spacing);
-    Ok(NiftiVolume {
+    let volume = NiftiVolume {
         dims,
         spacing,
         affine,
         data,
         dtype,
         header: bytes[..HEADER_SIZE].to_vec(),
-    })
+    };
+    Ok((volume, extra))
 }
 
 /// NIfTI-2 (540-byte header, 64-bit dims and offsets, f64 pixdim and affine) rewritten as the
