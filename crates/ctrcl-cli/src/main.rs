@@ -67,6 +67,10 @@ enum Command {
         /// this machine's address towards the coordinator, port = coordinator's + 1 + rank).
         #[arg(long, value_name = "HOST:PORT", conflicts_with = "resume")]
         node_address: Option<String>,
+        /// nnU-Net raw folders without ctrcl_split.json: train on nnU-Net's fold N (0-4; same as
+        /// --set data.fold=N): the folder's splits_final.json, else the folds nnU-Net generates.
+        #[arg(long, value_name = "N", conflicts_with = "resume")]
+        fold: Option<usize>,
     },
     /// Serve Burn's global collective orchestrator for a multi-node run (rank 0's `ctrcl train`
     /// starts one itself unless parallel.host_coordinator=false).
@@ -262,7 +266,11 @@ fn run(cli: Cli) -> Result<()> {
             node_rank,
             coordinator,
             node_address,
+            fold,
         } => {
+            if let Some(n) = fold {
+                set.push(format!("data.fold={n}"));
+            }
             let numbers = [
                 ("devices", devices),
                 ("nodes", nodes),

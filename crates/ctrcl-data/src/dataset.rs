@@ -64,6 +64,9 @@ pub struct OpenOptions {
     /// against dataset.json's classes; the key `"*"` maps every value not listed. Empty: labels
     /// are classes as stored.
     pub label_map: BTreeMap<String, u8>,
+    /// The nnU-Net fold to train on when an nnU-Net raw folder has no `ctrcl_split.json`
+    /// ([`crate::nnunet`]).
+    pub fold: usize,
 }
 
 /// Applies a label map (see [`OpenOptions::label_map`]) in place; a value without an entry (and
@@ -115,10 +118,13 @@ impl<T: Into<Intensity>> From<T> for OpenOptions {
             mask_threshold: 128,
             image_resize: ImageResize::Bilinear,
             label_map: BTreeMap::new(),
+            fold: 0,
         }
     }
 }
 
+/// nnU-Net's `dataset.json`, v2 (`labels`: name → value, `channel_names`) or v1 / Medical
+/// Segmentation Decathlon (`labels`: value → name, `modality`); see [`class_names`].
 #[derive(Deserialize)]
 struct DatasetJson {
     labels: BTreeMap<String, serde_json::Value>,
@@ -127,6 +133,9 @@ struct DatasetJson {
     /// Channel index ("0", "1", …) → modality name.
     #[serde(default)]
     channel_names: BTreeMap<String, String>,
+    /// v1/MSD's name for `channel_names`.
+    #[serde(default)]
+    modality: BTreeMap<String, String>,
 }
 
 /// One labelled case: image and label volumes on the same grid.
@@ -367,6 +376,9 @@ pub struct Dataset {
     pub notes: Vec<String>,
     /// How slices are resized to the network input.
     pub image_resize: ImageResize,
+    /// All folds of an nnU-Net raw folder split by fold (`splits_final.json` or nnU-Net's
+    /// generated ones), recorded beside a run; `None` for an explicit split.
+    pub folds: Option<Vec<crate::nnunet::Fold>>,
 }
 
 impl Dataset {
@@ -385,7 +397,7 @@ impl Dataset {
         } else if root.join("data").join("slices").is_dir() {
             crate::layouts::open_acdc(root, intensity)?
         } else {
-            Self::open_nnunet(root, intensity, &options.label_map)?
+            Self::open_nnunet(root, intensity, &options.label_map, options.fold)?
         };
         dataset.image_resize = image_resize;
         Ok(dataset)
@@ -404,18 +416,31 @@ impl Dataset {
         root: &Path,
         intensity: Intensity,
         label_map: &BTreeMap<String, u8>,
+        fold: usize,
     ) -> Result<Self> {
         let json_path = root.join("dataset.json");
         let text = std::fs::read_to_string(&json_path).map_err(|e| DataError::io(&json_path, e))?;
-        let meta: DatasetJson = serde_json::from_str(&text).map_err(|e| {
+        let mut meta: DatasetJson = serde_json::from_str(&text).map_err(|e| {
             DataError::invalid(&json_path, format!("not a valid dataset.json: {e}"))
         })?;
+        if meta.channel_names.is_empty() {
+            meta.channel_names = std::mem::take(&mut meta.modality);
+        }
         let class_names = class_names(&meta, &json_path)?;
-        let split_path = root.join(SPLIT_FILE);
-        let text =
-            std::fs::read_to_string(&split_path).map_err(|e| DataError::io(&split_path, e))?;
-        let split = parse_split(&text, &split_path)?;
         let ending = meta.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
+        let split_path = root.join(SPLIT_FILE);
+        let mut notes = Vec::new();
+        let mut folds = None;
+        let split = if split_path.exists() {
+            let text =
+                std::fs::read_to_string(&split_path).map_err(|e| DataError::io(&split_path, e))?;
+            parse_split(&text, &split_path)?
+        } else {
+            let (split, all, note) = crate::nnunet::fold_split(root, &ending, fold)?;
+            notes.push(note);
+            folds = Some(all);
+            DatasetSplit::Cases(split)
+        };
         let channel_names: Vec<String> = if meta.channel_names.is_empty() {
             vec![String::new()]
         } else {
@@ -486,8 +511,9 @@ impl Dataset {
             cases,
             intensity,
             layout: "nnunet",
-            notes: Vec::new(),
+            notes,
             image_resize: ImageResize::Bilinear,
+            folds,
         })
     }
 
@@ -571,10 +597,17 @@ fn nnunet_case_paths(root: &Path, id: &str, ending: &str) -> (PathBuf, PathBuf) 
     }
     let test = pair("imagesTs", "labelsTs");
     if test.0.exists() {
-        test
-    } else {
-        train
+        return test;
     }
+    // A Medical Segmentation Decathlon folder as downloaded: single-channel images without the
+    // `_0000` suffix.
+    for (images, labels) in [("imagesTr", "labelsTr"), ("imagesTs", "labelsTs")] {
+        let image = root.join(images).join(format!("{id}{ending}"));
+        if image.exists() {
+            return (image, root.join(labels).join(format!("{id}{ending}")));
+        }
+    }
+    train
 }
 
 /// A label or further channel (`vol`, read from `path`) must lie on its image's grid: the same
@@ -660,14 +693,38 @@ pub(crate) fn class_names_from(
             labels: labels.clone(),
             file_ending: None,
             channel_names: BTreeMap::new(),
+            modality: BTreeMap::new(),
         },
         path,
     )
 }
 
 fn class_names(meta: &DatasetJson, path: &Path) -> Result<Vec<String>> {
+    // v1 / MSD: {"0": "background", "1": "left atrium"}, value → name.
+    let v1 = !meta.labels.is_empty()
+        && meta
+            .labels
+            .iter()
+            .all(|(k, v)| k.parse::<u64>().is_ok() && v.is_string());
+    let labels: BTreeMap<String, serde_json::Value> = if v1 {
+        meta.labels
+            .iter()
+            .map(|(k, v)| {
+                let value: u64 = k.parse().expect("checked above");
+                (v.as_str().unwrap_or_default().to_string(), value.into())
+            })
+            .collect()
+    } else {
+        meta.labels.clone()
+    };
+    if v1 && labels.len() != meta.labels.len() {
+        return Err(DataError::invalid(
+            path,
+            "two label values share one name in \"labels\"",
+        ));
+    }
     let mut by_value = BTreeMap::new();
-    for (name, v) in &meta.labels {
+    for (name, v) in &labels {
         let value = v.as_u64().filter(|v| *v < 256).ok_or_else(|| {
             DataError::invalid(
                 path,

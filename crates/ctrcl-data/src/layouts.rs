@@ -258,6 +258,7 @@ pub fn open_synapse(root: &Path, intensity: Intensity) -> Result<Dataset> {
         layout: "synapse",
         notes,
         image_resize: Default::default(),
+        folds: None,
     })
 }
 
@@ -323,6 +324,7 @@ pub fn open_acdc(root: &Path, intensity: Intensity) -> Result<Dataset> {
         layout: "acdc",
         notes,
         image_resize: Default::default(),
+        folds: None,
     })
 }
 
@@ -444,6 +446,7 @@ pub fn open_kvasir(root: &Path, options: crate::dataset::OpenOptions) -> Result<
         layout: "kvasir",
         notes,
         image_resize: Default::default(),
+        folds: None,
     })
 }
 

@@ -19,6 +19,7 @@ pub mod loader;
 pub mod mrc;
 pub mod nifti;
 mod nifti_gz;
+pub mod nnunet;
 pub mod npy;
 pub mod nrrd;
 pub mod prepare;

@@ -124,6 +124,9 @@ pub struct DataConfig {
     /// nnU-Net raw datasets: stored label value → class (`"*"` = every other value), e.g. to
     /// group vertebra ids or drop structures; empty = labels are the classes as stored.
     pub label_map: std::collections::BTreeMap<String, u8>,
+    /// nnU-Net raw datasets without `ctrcl_split.json`: which of nnU-Net's folds to train on
+    /// (`splits_final.json`, else nnU-Net's generated five; `ctrcl_data::nnunet`).
+    pub fold: usize,
     pub augment: Augment,
     pub batch_size: usize,
     /// Threads preparing batches.
@@ -170,6 +173,7 @@ impl DataConfig {
             mask_threshold: self.mask_threshold,
             image_resize: self.image_resize,
             label_map: self.label_map.clone(),
+            fold: self.fold,
         }
     }
 
@@ -197,6 +201,7 @@ impl Default for DataConfig {
             mask_threshold: 128,
             image_resize: Default::default(),
             label_map: Default::default(),
+            fold: 0,
             augment: Augment::Rot90Flip,
             batch_size: 8,
             workers: 2,

@@ -39,6 +39,11 @@ fn write_split_lists(dataset: &Dataset, out: &Path) -> Result<()> {
     if !matches!(dataset.split, ctrcl_data::dataset::DatasetSplit::Cases(_)) {
         return Ok(());
     }
+    if let Some(folds) = &dataset.folds {
+        // nnU-Net's own file of all folds, so the run can be reproduced in nnU-Net.
+        let text = serde_json::to_string_pretty(folds)?;
+        write_text_atomic(&out.join(ctrcl_data::nnunet::SPLITS_FINAL), &text)?;
+    }
     for (split, name) in [
         (Split::Train, "train"),
         (Split::Val, "val"),
