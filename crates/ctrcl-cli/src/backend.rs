@@ -58,9 +58,13 @@ pub fn predict(
     options: PredictOptions,
 ) -> Result<usize> {
     let device = Default::default();
-    let files = ctrcl_train::predictor::inputs(input)?;
+    let (cfg, _) = ctrcl_train::tester::open_run(run)?;
+    let files = ctrcl_train::predictor::inputs(input, cfg.data.channels)?;
     ctrcl_train::predictor::check_outputs(&files, input, output, options.probabilities)?;
     let predictor = ctrcl_train::predictor::Predictor::<Inner>::load(run, role, options, &device)?;
+    for note in &predictor.notes {
+        eprintln!("predict: {note}");
+    }
     let bar = indicatif::ProgressBar::new(files.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

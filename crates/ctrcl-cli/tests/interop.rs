@@ -13,6 +13,21 @@ use std::path::{Path, PathBuf};
 /// folder instead: dataset.json with `labels` value → name and `modality`, images without the
 /// `_0000` suffix.
 fn nnunet_raw(root: &Path, msd: bool) -> PathBuf {
+    nnunet_raw_with(root, msd, Raw::default())
+}
+
+/// Variations of [`nnunet_raw`]'s folder.
+#[derive(Default)]
+struct Raw {
+    /// Stored label value of each class (default: the class numbers).
+    values: Option<[f32; 4]>,
+    /// A second channel (`_0001`: the T1 scaled by 0.5 and shifted by 100) named "T2".
+    two_channels: bool,
+    /// Channel 0's name (default "T1").
+    channel0: Option<&'static str>,
+}
+
+fn nnunet_raw_with(root: &Path, msd: bool, raw: Raw) -> PathBuf {
     let src = prepared();
     let image = read_nifti(&src.join("imagesTr/icbm152_0000.nii.gz")).unwrap();
     let label = read_nifti(&src.join("labelsTr/icbm152.nii.gz")).unwrap();
@@ -38,15 +53,24 @@ fn nnunet_raw(root: &Path, msd: bool) -> PathBuf {
             row[3] += row[2] * z0 as f64;
         }
         let dims = [x, y, depth];
-        for (folder, name, data, is_label) in [
+        let stored = |v: &[f32]| -> Vec<f32> {
+            let values = raw.values.unwrap_or([0.0, 1.0, 2.0, 3.0]);
+            cut(v).iter().map(|&l| values[l as usize]).collect()
+        };
+        let mut files = vec![
             (
                 images,
                 format!("{id}{suffix}.nii.gz"),
                 cut(&image.data),
                 false,
             ),
-            (labels, format!("{id}.nii.gz"), cut(&label.data), true),
-        ] {
+            (labels, format!("{id}.nii.gz"), stored(&label.data), true),
+        ];
+        if raw.two_channels {
+            let t2 = cut(&image.data).iter().map(|v| v * 0.5 + 100.0).collect();
+            files.push((images, format!("{id}_0001.nii.gz"), t2, false));
+        }
+        for (folder, name, data, is_label) in files {
             std::fs::create_dir_all(dir.join(folder)).unwrap();
             let path = dir.join(folder).join(name);
             write_nifti(&path, dims, &data, is_label, None, image.spacing, affine).unwrap();
@@ -56,9 +80,17 @@ fn nnunet_raw(root: &Path, msd: bool) -> PathBuf {
         r#"{"name": "Brain", "modality": {"0": "MRI"}, "numTraining": 6,
             "labels": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"},
             "training": [], "test": []}"#
+            .to_string()
     } else {
-        r#"{"channel_names": {"0": "T1"}, "file_ending": ".nii.gz", "numTraining": 6,
-            "labels": {"background": 0, "CSF": 1, "GM": 2, "WM": 3}}"#
+        let channels = match (raw.two_channels, raw.channel0.unwrap_or("T1")) {
+            (true, c0) => format!(r#"{{"0": "{c0}", "1": "T2"}}"#),
+            (false, c0) => format!(r#"{{"0": "{c0}"}}"#),
+        };
+        // dataset.json's labels are the classes (after data.label_map), as nnU-Net's are.
+        format!(
+            r#"{{"channel_names": {channels}, "file_ending": ".nii.gz", "numTraining": 6,
+            "labels": {{"background": 0, "CSF": 1, "GM": 2, "WM": 3}}}}"#
+        )
     };
     std::fs::write(dir.join("dataset.json"), json).unwrap();
     dir
@@ -155,4 +187,140 @@ fn a_decathlon_folder_with_a_v1_dataset_json_trains() {
         info["class_names"],
         serde_json::json!(["background", "CSF", "GM", "WM"])
     );
+}
+
+/// A tiny run on an nnU-Net folder under `normalize = "channel-names"`: (dataset, run).
+fn trained_by_channel_names(root: &Path, raw: Raw) -> (PathBuf, PathBuf) {
+    let data = nnunet_raw_with(root, false, raw);
+    let run = root.join("run");
+    let mut sets = tiny_settings(&data);
+    sets.push("data.normalize=\"channel-names\"".into());
+    ok(&train_args(&config_path(), run.to_str().unwrap(), &sets));
+    (data, run)
+}
+
+/// `ctrcl predict --run RUN --input INPUT --output OUT`.
+fn predict(run: &Path, input: &Path, out: &Path) -> std::process::Output {
+    ctrcl(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ])
+}
+
+/// The distinct values of a NIfTI label map.
+fn values_of(path: &Path) -> Vec<i64> {
+    let mut v: Vec<i64> = read_nifti(path)
+        .unwrap()
+        .data
+        .iter()
+        .map(|&x| x as i64)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Labels stored as 5/10/20/30 and mapped to classes by `data.label_map`: `predict` writes the
+/// stored values back (before, it wrote the class numbers 0–3).
+#[test]
+fn predict_writes_the_datasets_own_label_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = Raw {
+        values: Some([5.0, 10.0, 20.0, 30.0]),
+        ..Raw::default()
+    };
+    let data = nnunet_raw_with(tmp.path(), false, raw);
+    let run = tmp.path().join("run");
+    let mut sets = tiny_settings(&data);
+    sets.push(r#"data.label_map={"5"=0,"10"=1,"20"=2,"30"=3}"#.into());
+    ok(&train_args(&config_path(), run.to_str().unwrap(), &sets));
+    let out = tmp.path().join("pred");
+    let o = predict(&run, &data.join("imagesTs"), &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let written = values_of(&out.join("case_006.nii.gz"));
+    assert!(!written.is_empty());
+    assert!(
+        written.iter().all(|v| [5, 10, 20, 30].contains(v)),
+        "{written:?}"
+    );
+}
+
+/// A two-channel student predicts from `CASE_0000` + `CASE_0001` side by side (one output per
+/// case, on the input's grid); a missing channel file is an error naming it.
+#[test]
+fn a_multi_channel_student_predicts_nnunet_cases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = Raw {
+        two_channels: true,
+        ..Raw::default()
+    };
+    let (data, run) = trained_by_channel_names(tmp.path(), raw);
+    let out = tmp.path().join("pred");
+    let input = data.join("imagesTs");
+    let o = predict(&run, &input, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["case_006.nii.gz"]);
+    let pred = read_nifti(&out.join("case_006.nii.gz")).unwrap();
+    let image = read_nifti(&input.join("case_006_0000.nii.gz")).unwrap();
+    assert_eq!(pred.dims, image.dims);
+    std::fs::remove_file(input.join("case_006_0001.nii.gz")).unwrap();
+    let o = predict(&run, &input, &tmp.path().join("pred2"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("case_006_0001.nii.gz"), "{err}");
+}
+
+/// Under `normalize = "channel-names"` a CT channel is normalised with the training data's
+/// statistics, recorded in run.json so `predict` needs no training data. A run without them
+/// (older runs) recomputes them from its dataset — giving the same label maps — or, when the
+/// dataset is gone, says so instead of z-scoring each image.
+#[test]
+fn predict_normalises_a_ct_channel_with_the_recorded_training_statistics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = Raw {
+        channel0: Some("CT"),
+        ..Raw::default()
+    };
+    let (data, run) = trained_by_channel_names(tmp.path(), raw);
+    let info_path = run.join("run.json");
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    let norm = &info["channel_normalization"][0];
+    assert_eq!(norm["kind"], "ct", "{info}");
+    assert!(norm["std"].as_f64().unwrap() > 0.0);
+    let images = data.join("imagesTs");
+    let predict = |name: &str| {
+        let out = tmp.path().join(name);
+        (predict(&run, &images, &out), out.join("case_006.nii.gz"))
+    };
+    let (o, recorded) = predict("recorded");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    info.as_object_mut()
+        .unwrap()
+        .remove("channel_normalization");
+    std::fs::write(&info_path, info.to_string()).unwrap();
+    let (o, recomputed) = predict("recomputed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("recomputed"));
+    assert_eq!(
+        read_nifti(&recorded).unwrap().data,
+        read_nifti(&recomputed).unwrap().data
+    );
+    std::fs::rename(&data, tmp.path().join("moved")).unwrap();
+    std::fs::create_dir_all(data.join("imagesTs")).unwrap();
+    let moved = tmp.path().join("moved/imagesTs/case_006_0000.nii.gz");
+    std::fs::copy(moved, data.join("imagesTs/case_006_0000.nii.gz")).unwrap();
+    let (o, _) = predict("gone");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("records no channel statistics"), "{err}");
 }

@@ -69,6 +69,37 @@ pub struct OpenOptions {
     pub fold: usize,
 }
 
+/// The stored label value to write for each class `0..k` — the inverse of a label map (see
+/// [`OpenOptions::label_map`]), so predictions come back in the dataset's own values. A class
+/// that several stored values map to is written as the smallest of them (and said in the
+/// returned notes); a class reached only through `"*"` keeps its class number; without a map,
+/// class `c` is value `c`.
+pub fn stored_label_values(map: &BTreeMap<String, u8>, k: usize) -> (Vec<i64>, Vec<String>) {
+    let mut values: Vec<Vec<i64>> = vec![Vec::new(); k];
+    for (key, &class) in map {
+        if let (Ok(value), Some(slot)) = (key.trim().parse::<i64>(), values.get_mut(class as usize))
+        {
+            slot.push(value);
+        }
+    }
+    let mut notes = Vec::new();
+    let out = values
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut v)| {
+            v.sort_unstable();
+            if v.len() > 1 {
+                notes.push(format!(
+                    "class {c} stands for label values {v:?} (data.label_map); written as {}",
+                    v[0]
+                ));
+            }
+            v.first().copied().unwrap_or(c as i64)
+        })
+        .collect();
+    (out, notes)
+}
+
 /// Applies a label map (see [`OpenOptions::label_map`]) in place; a value without an entry (and
 /// no `"*"`) or a key that is not an integer is an error naming `path`.
 pub fn remap_labels(data: &mut [f32], map: &BTreeMap<String, u8>, path: &Path) -> Result<()> {
@@ -379,6 +410,9 @@ pub struct Dataset {
     /// All folds of an nnU-Net raw folder split by fold (`splits_final.json` or nnU-Net's
     /// generated ones), recorded beside a run; `None` for an explicit split.
     pub folds: Option<Vec<crate::nnunet::Fold>>,
+    /// Each channel's rule under `normalize = "channel-names"` (empty otherwise), with the CT
+    /// statistics of the training data.
+    pub channel_norms: Vec<ChannelNorm>,
 }
 
 impl Dataset {
@@ -462,6 +496,7 @@ impl Dataset {
                 .collect::<Result<_>>()?
         };
         let by_name = intensity.normalize == Normalize::ChannelNames;
+        let mut channel_norms = Vec::new();
         // Per-image normalisation happens below (by channel name) when asked for, not in Case::new.
         let case_intensity = if by_name {
             Intensity {
@@ -495,7 +530,7 @@ impl Dataset {
                 DatasetSplit::Slabs(s) => vec![(s.case.clone(), Some(s.slices(Split::Train)))],
                 DatasetSplit::Cases(c) => c.train.iter().map(|id| (id.clone(), None)).collect(),
             };
-            normalize_by_channel_names(&mut loaded, &channel_names, &train);
+            channel_norms = normalize_by_channel_names(&mut loaded, &channel_names, &train);
         }
         let cases: Vec<Case> = loaded
             .into_iter()
@@ -514,6 +549,7 @@ impl Dataset {
             notes,
             image_resize: ImageResize::Bilinear,
             folds,
+            channel_norms,
         })
     }
 
@@ -766,14 +802,54 @@ pub fn labels_as_classes(data: &[f32], k: usize, path: &Path) -> Result<Vec<u8>>
     Ok(out)
 }
 
+/// How one channel is normalised under [`Normalize::ChannelNames`], with the CT statistics of the
+/// training data: recorded with a run so that `predict` normalises new images exactly as the
+/// training images were (a CT channel by the training foreground's percentiles, mean and std —
+/// not by the new image's own statistics).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ChannelNorm {
+    /// Clip to `[lo, hi]`, then `(v − mean) / std` (nnU-Net's CTNormalization).
+    Ct {
+        lo: f32,
+        hi: f32,
+        mean: f32,
+        std: f32,
+    },
+    /// `noNorm`.
+    None,
+    /// `rescale_to_0_1`.
+    Minmax,
+    /// `rgb_to_0_1`.
+    Rgb,
+    /// Anything else: z-score per image.
+    Zscore,
+}
+
+impl ChannelNorm {
+    /// Normalises one channel of one image in place.
+    pub fn apply(&self, channel: &mut [f32]) {
+        match *self {
+            ChannelNorm::Ct { lo, hi, mean, std } => channel
+                .iter_mut()
+                .for_each(|v| *v = (v.clamp(lo, hi) - mean) / std.max(1e-8)),
+            ChannelNorm::None => {}
+            ChannelNorm::Minmax => normalize_in_place(channel, Normalize::Minmax),
+            ChannelNorm::Rgb => channel.iter_mut().for_each(|v| *v /= 255.0),
+            ChannelNorm::Zscore => normalize_in_place(channel, Normalize::Zscore),
+        }
+    }
+}
+
 /// nnU-Net's per-channel normalisation (see [`Normalize::ChannelNames`]); CT statistics come from
 /// the foreground voxels of the `train` cases (all slices, or the listed ones), every voxel or
-/// every k-th for large volumes (at most ~100 000 per case).
+/// every k-th for large volumes (at most ~100 000 per case). Returns each channel's rule.
 fn normalize_by_channel_names(
     cases: &mut [(String, NiftiVolume, Vec<u8>)],
     names: &[String],
     train: &[(String, Option<Vec<usize>>)],
-) {
+) -> Vec<ChannelNorm> {
+    let mut norms = Vec::with_capacity(names.len());
     for (c, name) in names.iter().enumerate() {
         let ct = name.eq_ignore_ascii_case("CT");
         let stats = ct.then(|| {
@@ -803,20 +879,20 @@ fn normalize_by_channel_names(
             }
             ct_statistics(&mut fg)
         });
+        let norm = match (name.as_str(), stats) {
+            (_, Some((lo, hi, mean, std))) => ChannelNorm::Ct { lo, hi, mean, std },
+            ("noNorm", _) => ChannelNorm::None,
+            ("rescale_to_0_1", _) => ChannelNorm::Minmax,
+            ("rgb_to_0_1", _) => ChannelNorm::Rgb,
+            _ => ChannelNorm::Zscore,
+        };
         for (_, image, label) in cases.iter_mut() {
             let n = label.len();
-            let channel = &mut image.data[c * n..(c + 1) * n];
-            match (name.as_str(), stats) {
-                (_, Some((lo, hi, mean, std))) => channel
-                    .iter_mut()
-                    .for_each(|v| *v = (v.clamp(lo, hi) - mean) / std.max(1e-8)),
-                ("noNorm", _) => {}
-                ("rescale_to_0_1", _) => normalize_in_place(channel, Normalize::Minmax),
-                ("rgb_to_0_1", _) => channel.iter_mut().for_each(|v| *v /= 255.0),
-                _ => normalize_in_place(channel, Normalize::Zscore),
-            }
+            norm.apply(&mut image.data[c * n..(c + 1) * n]);
         }
+        norms.push(norm);
     }
+    norms
 }
 
 /// (0.5th percentile, 99.5th percentile, mean, std) of the clipped foreground values, as
@@ -870,6 +946,25 @@ pub fn normalize_in_place(data: &mut [f32], how: Normalize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_label_values_invert_the_label_map() {
+        let map: BTreeMap<String, u8> = [("21", 1), ("22", 2), ("23", 2), ("*", 0)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let (values, notes) = stored_label_values(&map, 4);
+        // Class 0 only through "*", class 2 from 22 and 23, class 3 from nothing.
+        assert_eq!(values, [0, 21, 22, 3]);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("[22, 23]"), "{notes:?}");
+        // Mapped back through the map, every written value gives its class again.
+        for (class, &v) in values.iter().enumerate().take(3) {
+            let mut data = [v as f32];
+            remap_labels(&mut data, &map, Path::new("x")).unwrap();
+            assert_eq!(data[0], class as f32);
+        }
+        assert_eq!(stored_label_values(&BTreeMap::new(), 3).0, [0, 1, 2]);
+    }
 
     #[test]
     fn geometry_round_trip_restores_native_labels() {

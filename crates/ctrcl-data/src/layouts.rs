@@ -259,6 +259,7 @@ pub fn open_synapse(root: &Path, intensity: Intensity) -> Result<Dataset> {
         notes,
         image_resize: Default::default(),
         folds: None,
+        channel_norms: Vec::new(),
     })
 }
 
@@ -325,6 +326,7 @@ pub fn open_acdc(root: &Path, intensity: Intensity) -> Result<Dataset> {
         notes,
         image_resize: Default::default(),
         folds: None,
+        channel_norms: Vec::new(),
     })
 }
 
@@ -447,6 +449,7 @@ pub fn open_kvasir(root: &Path, options: crate::dataset::OpenOptions) -> Result<
         notes,
         image_resize: Default::default(),
         folds: None,
+        channel_norms: Vec::new(),
     })
 }
 

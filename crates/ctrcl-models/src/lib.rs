@@ -150,7 +150,10 @@ impl ModelSizes {
                 Student::Segformer(self.segformer.init(in_channels, num_classes, device))
             }
             Architecture::SwinUnet => {
-                Student::SwinUnet(self.swin_unet.init(image_size, num_classes, device))
+                Student::SwinUnet(
+                    self.swin_unet
+                        .init(image_size, in_channels, num_classes, device),
+                )
             }
         }
     }
@@ -566,7 +569,7 @@ mod eval_mode_tests {
             ..Default::default()
         };
         let device = Default::default();
-        let m = sizes.init::<TestAutodiff>(64, 3, &device);
+        let m = sizes.init::<TestAutodiff>(64, 1, 3, &device);
         let x = Tensor::<TestAutodiff, 4>::random([2, 1, 64, 64], Distribution::Default, &device);
         let train = m.forward(x.clone()).logits.into_data();
         let eval = m.valid().forward(x.inner()).logits.into_data();

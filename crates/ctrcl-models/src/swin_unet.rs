@@ -101,16 +101,19 @@ const SWIN_KEY_MAP: [(&str, &str); 8] = [
 impl SwinUnetConfig {
     /// A SwinUnet whose encoder holds the weights of an official-layout Swin checkpoint (at the
     /// root or under `model`), with an explicit key map; the decoder keeps its initialisation.
-    /// Grey inputs are repeated on the RGB stem's three channels, as in `forward`.
+    /// Grey inputs are repeated on the RGB stem's three channels, as in `forward`; other channel
+    /// counts than 1 and 3 are refused (the ImageNet stem takes RGB).
     pub fn init_pretrained<B: Backend>(
         &self,
         path: &std::path::Path,
         image_size: usize,
+        in_channels: usize,
         num_classes: usize,
         device: &B::Device,
     ) -> Result<(SwinUnet<B>, crate::ImportReport), ModelError> {
+        crate::import::check_rgb_stem(in_channels)?;
         crate::import::load_pytorch(
-            self.init::<B>(image_size, num_classes, device),
+            self.init::<B>(image_size, in_channels, num_classes, device),
             path,
             &SWIN_KEY_MAP,
         )
@@ -218,13 +221,17 @@ impl SwinUnetConfig {
         ]
     }
 
-    /// Builds the model for square inputs of `image_size` (call [`Self::validate`] first).
+    /// Builds the model for square inputs of `image_size` with `in_channels` channels (call
+    /// [`Self::validate`] first). A grey input gets the three-channel stem of Swin's ImageNet
+    /// weights (the image is repeated on it, as Swin-Unet does); any other count its own stem.
     pub fn init<B: Backend>(
         &self,
         image_size: usize,
+        in_channels: usize,
         num_classes: usize,
         device: &B::Device,
     ) -> SwinUnet<B> {
+        let stem_channels = if in_channels == 1 { 3 } else { in_channels };
         let c = self.embed_dim;
         let grid = image_size / self.patch_size;
         let total: usize = self.depths.iter().sum();
@@ -281,7 +288,7 @@ impl SwinUnetConfig {
             });
         }
         SwinUnet {
-            patch_embed: Conv2dConfig::new([3, c], [self.patch_size, self.patch_size])
+            patch_embed: Conv2dConfig::new([stem_channels, c], [self.patch_size, self.patch_size])
                 .with_stride([self.patch_size, self.patch_size])
                 .init(device),
             patch_norm: LayerNormConfig::new(c).init(device),
@@ -318,7 +325,7 @@ impl<B: Backend> SwinUnet<B> {
     /// `[B, g²/64, 8C]` (g = H / patch).
     pub fn encode(&self, x: Tensor<B, 4>) -> (Vec<Tensor<B, 3>>, Tensor<B, 3>) {
         let [_, cin, _, _] = x.dims();
-        // 1-channel inputs are repeated to the 3 channels the ImageNet stem expects.
+        // 1-channel inputs are repeated to the 3 channels the ImageNet stem expects (`init`).
         let x = if cin == 1 { x.repeat_dim(1, 3) } else { x };
         let x = conv::forward(&self.patch_embed, x); // [B, C, g, g]
         let mut t = self
@@ -391,7 +398,7 @@ mod import_tests {
         let size = n("size");
         let device = Default::default();
         let (net, report) = cfg
-            .init_pretrained::<TestBackend>(&dir.join("swin_tiny.pth"), size, 3, &device)
+            .init_pretrained::<TestBackend>(&dir.join("swin_tiny.pth"), size, 1, 3, &device)
             .unwrap();
         let keys = f.keys();
         assert_eq!(report.loaded.len(), keys - 2, "all but head.*: {report:?}");

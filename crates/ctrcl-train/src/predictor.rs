@@ -8,7 +8,9 @@ use crate::student::Role;
 use crate::tester::{load_student, open_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
-use ctrcl_data::dataset::{Geometry, Intensity, Upsample};
+use ctrcl_data::dataset::{
+    stored_label_values, ChannelNorm, Dataset, Geometry, Intensity, Normalize, Upsample,
+};
 use ctrcl_data::dicom::{dicom_files, read_all_series};
 use ctrcl_data::image2d::{image_stem, read_image_2d, read_rgb_planes, write_label_png};
 use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti, write_nifti_channels, NiftiVolume};
@@ -25,9 +27,21 @@ fn holds_dicom(dir: &Path) -> bool {
     dicom_files(dir).is_ok_and(|files| !files.is_empty())
 }
 
+/// Whether `path` is a further channel of a multi-channel nnU-Net case (`CASE_0001.nii.gz`, …):
+/// read with its `_0000` file, not predicted on its own.
+fn is_further_channel(path: &Path) -> bool {
+    nifti_stem(path).is_some_and(|stem| {
+        stem.len() > 5
+            && stem.as_bytes()[stem.len() - 5] == b'_'
+            && stem[stem.len() - 4..].bytes().all(|b| b.is_ascii_digit())
+            && !stem.ends_with("_0000")
+    })
+}
+
 /// The files to predict: `input` itself, or the NIfTI/PNG/JPEG files in it, sorted; a folder of
-/// DICOM files is one input (its series).
-pub fn inputs(input: &Path) -> Result<Vec<PathBuf>> {
+/// DICOM files is one input (its series). For a student of `channels` > 1 NIfTI channels, a case
+/// is its `CASE_0000` file (its `CASE_0001`, … are read beside it).
+pub fn inputs(input: &Path, channels: usize) -> Result<Vec<PathBuf>> {
     if input.is_dir() && holds_dicom(input) {
         return Ok(vec![input.to_path_buf()]);
     }
@@ -38,6 +52,13 @@ pub fn inputs(input: &Path) -> Result<Vec<PathBuf>> {
                 input.display()
             );
         }
+        if channels > 1 && nifti_stem(input).is_some_and(|s| !s.ends_with("_0000")) {
+            bail!(
+                "{}: the student takes {channels} channels, read from CASE_0000, CASE_0001, … \
+                 files side by side (nnU-Net naming); give the CASE_0000 file or their folder",
+                input.display()
+            );
+        }
         return Ok(vec![input.to_path_buf()]);
     }
     let entries =
@@ -45,6 +66,7 @@ pub fn inputs(input: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| input_stem(p).is_some())
+        .filter(|p| channels == 1 || !is_further_channel(p))
         .collect();
     files.sort();
     if files.is_empty() {
@@ -151,6 +173,13 @@ pub struct Predictor<B: Backend> {
     upsample: Upsample,
     probabilities: bool,
     pub checkpoint: PathBuf,
+    /// The dataset's stored label value of each class (`data.label_map` inverted).
+    label_values: Vec<i64>,
+    /// Each channel's recorded normalisation under `normalize = "channel-names"`.
+    channel_norms: Vec<ChannelNorm>,
+    /// What the caller should tell the user (an ambiguous inverse label map, recomputed
+    /// statistics).
+    pub notes: Vec<String>,
 }
 
 impl<B: Backend> Predictor<B> {
@@ -161,8 +190,33 @@ impl<B: Backend> Predictor<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let (cfg, info) = open_run(run)?;
-        let (net, dir) = load_student::<B>(run, &cfg, role, info.class_names.len(), device)?;
+        let k = info.class_names.len();
+        let (net, dir) = load_student::<B>(run, &cfg, role, k, device)?;
+        let (label_values, mut notes) = stored_label_values(&cfg.data.label_map, k);
+        let channel_norms = if cfg.data.normalize != Normalize::ChannelNames {
+            Vec::new()
+        } else if !info.channel_normalization.is_empty() {
+            info.channel_normalization.clone()
+        } else {
+            // A run from before the statistics were recorded: recompute them from its data.
+            let ds = Dataset::open(&info.dataset, cfg.data.open_options()).with_context(|| {
+                format!(
+                    "{} records no channel statistics, and its dataset {} cannot be read to \
+                     recompute them",
+                    run.display(),
+                    info.dataset.display()
+                )
+            })?;
+            notes.push(format!(
+                "channel statistics recomputed from {}",
+                info.dataset.display()
+            ));
+            ds.channel_norms
+        };
         Ok(Predictor {
+            label_values,
+            channel_norms,
+            notes,
             net,
             size: cfg.data.image_size,
             channels: cfg.data.channels,
@@ -187,8 +241,20 @@ impl<B: Backend> Predictor<B> {
         device: &B::Device,
     ) -> NativePrediction {
         let volume = data.len() / self.channels;
-        data.chunks_mut(volume)
-            .for_each(|channel| self.intensity.apply(channel));
+        for (c, channel) in data.chunks_mut(volume).enumerate() {
+            match self.channel_norms.get(c) {
+                // As `Dataset::open` does: the channel's rule, then the clip window.
+                Some(norm) => {
+                    norm.apply(channel);
+                    Intensity {
+                        clip: self.intensity.clip,
+                        normalize: Normalize::None,
+                    }
+                    .apply(channel);
+                }
+                None => self.intensity.apply(channel),
+            }
+        }
         // Slice-major `[n, C, h, w]`, the layout the network takes.
         let plane = h * w;
         let data: Vec<f32> = if self.channels == 1 {
@@ -246,7 +312,19 @@ impl<B: Backend> Predictor<B> {
         };
         let pred = self.segment(data, h, w, device);
         let path = output.join(format!("{id}.png"));
-        write_label_png(&path, &pred.labels, h, w)?;
+        let labels: Vec<u8> = pred
+            .labels
+            .iter()
+            .map(|&l| u8::try_from(self.label_values[l as usize]))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: data.label_map maps classes back to values above 255, which a PNG label \
+                     map cannot hold",
+                    input.display()
+                )
+            })?;
+        write_label_png(&path, &labels, h, w)?;
         let mut written = vec![path];
         if self.probabilities {
             let k = pred.probabilities.len() / (h * w);
@@ -286,23 +364,66 @@ impl<B: Backend> Predictor<B> {
         id: &str,
         device: &B::Device,
     ) -> Result<Vec<PathBuf>> {
+        let mut data = std::mem::take(&mut volume.data);
         if self.channels != 1 {
-            anyhow::bail!(
-                "{}: the student takes {}-channel images (PNG/JPEG); a NIfTI volume has one",
-                input.display(),
-                self.channels
-            );
+            // nnU-Net channels: CASE_0001, CASE_0002, … beside CASE_0000, on its grid.
+            let name = input.file_name().map(|n| n.to_string_lossy().into_owned());
+            let stem = nifti_stem(input).filter(|s| s.ends_with("_0000"));
+            let (Some(name), Some(stem)) = (name, stem) else {
+                bail!(
+                    "{}: the student takes {} channels, read from CASE_0000, CASE_0001, … \
+                     NIfTI files side by side (nnU-Net naming)",
+                    input.display(),
+                    self.channels
+                );
+            };
+            let ending = &name[stem.len()..];
+            let case = &stem[..stem.len() - 5];
+            for c in 1..self.channels {
+                let path = input.with_file_name(format!("{case}_{c:04}{ending}"));
+                let extra = read_nifti(&path).with_context(|| {
+                    format!(
+                        "channel {c} of {} (the student takes {})",
+                        input.display(),
+                        self.channels
+                    )
+                })?;
+                if extra.dims != volume.dims {
+                    bail!(
+                        "{}: grid {:?} differs from {:?} of {}",
+                        path.display(),
+                        extra.dims,
+                        volume.dims,
+                        input.display()
+                    );
+                }
+                if let Some(why) =
+                    ctrcl_data::nifti::affine_mismatch(&extra.affine, &volume.affine, "channel 0's")
+                {
+                    bail!(
+                        "{}: {why}: not on {}'s grid",
+                        path.display(),
+                        input.display()
+                    );
+                }
+                data.extend(extra.data);
+            }
         }
-        let data = std::mem::take(&mut volume.data);
         let [w, h, n] = volume.dims;
         let pred = self.segment(data, h, w, device);
-        let labels: Vec<f32> = pred.labels.iter().map(|&l| f32::from(l)).collect();
+        let labels: Vec<f32> = pred
+            .labels
+            .iter()
+            .map(|&l| self.label_values[l as usize] as f32)
+            .collect();
+        // uint8 when the dataset's values fit, else float32 (a label map nnU-Net reads too).
+        let fits_u8 = self.label_values.iter().all(|v| (0..=255).contains(v));
         let path = output.join(format!("{id}.nii.gz"));
         write_nifti(
             &path,
             volume.dims,
             &labels,
-            true,
+            fits_u8,
             Some(&volume),
             volume.spacing,
             volume.affine,
@@ -363,7 +484,7 @@ mod tests {
             let input = tempfile::tempdir().unwrap();
             let output = tempfile::tempdir().unwrap();
             touch(input.path(), &pair);
-            let files = inputs(input.path()).unwrap();
+            let files = inputs(input.path(), 1).unwrap();
             let err = check_outputs(&files, input.path(), output.path(), false)
                 .unwrap_err()
                 .to_string();
@@ -376,7 +497,7 @@ mod tests {
         let input = tempfile::tempdir().unwrap();
         let output = tempfile::tempdir().unwrap();
         touch(input.path(), &["a.nii.gz", "b_0000.nii.gz", "c.png"]);
-        let files = inputs(input.path()).unwrap();
+        let files = inputs(input.path(), 1).unwrap();
         check_outputs(&files, input.path(), output.path(), true).unwrap();
     }
 
@@ -389,7 +510,7 @@ mod tests {
         for name in [&b"x\xff.nii.gz"[..], &b"x\xfe.nii.gz"[..]] {
             std::fs::write(input.path().join(std::ffi::OsStr::from_bytes(name)), b"x").unwrap();
         }
-        let files = inputs(input.path()).unwrap();
+        let files = inputs(input.path(), 1).unwrap();
         assert_eq!(files.len(), 2);
         let err = check_outputs(&files, input.path(), output.path(), false).unwrap_err();
         assert!(err.to_string().contains("both be written"), "{err}");
@@ -400,7 +521,7 @@ mod tests {
     fn an_output_that_would_replace_an_input_is_refused() {
         let input = tempfile::tempdir().unwrap();
         touch(input.path(), &["a.nii.gz"]);
-        let files = inputs(input.path()).unwrap();
+        let files = inputs(input.path(), 1).unwrap();
         let err = check_outputs(&files, input.path(), input.path(), false).unwrap_err();
         assert!(err.to_string().contains("is the input folder"), "{err}");
         // The same folder named another way, and a single input file whose folder is the output.

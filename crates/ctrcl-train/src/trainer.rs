@@ -69,6 +69,11 @@ pub struct RunInfo {
     pub image_size: usize,
     pub cnn: String,
     pub transformer: String,
+    /// Each channel's normalisation under `data.normalize = "channel-names"`, with the training
+    /// data's CT statistics, so `predict` needs no access to the training data (empty otherwise,
+    /// and in runs older than this field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_normalization: Vec<ctrcl_data::dataset::ChannelNorm>,
 }
 
 /// What a finished training run reports.
@@ -738,6 +743,7 @@ pub fn train<B: AutodiffBackend>(
         image_size: size,
         cnn: cfg.students.cnn.name().to_string(),
         transformer: cfg.students.transformer.name().to_string(),
+        channel_normalization: dataset.channel_norms.clone(),
     };
     write_text_atomic(&out.join("config.toml"), &cfg.to_toml())?;
     write_text_atomic(&out.join("run.json"), &serde_json::to_string_pretty(&info)?)?;
@@ -790,7 +796,7 @@ pub fn train<B: AutodiffBackend>(
                 let path = &m.swin_unet.pretrained;
                 let (net, report) = m
                     .swin_unet
-                    .init_pretrained::<B>(path, size, k, device)
+                    .init_pretrained::<B>(path, size, cfg.data.channels, k, device)
                     .map_err(|e| anyhow::anyhow!("models.swin_unet.pretrained: {e}"))?;
                 Some((Student::SwinUnet(net), report, path))
             }
