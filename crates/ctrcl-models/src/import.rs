@@ -1,9 +1,12 @@
-//! PyTorch weight import (`.pth` state dicts) through `burn-store`, with explicit key maps, and
-//! the report of what matched.
+//! PyTorch weight import (`.pth` state dicts, or the same tensors as `.safetensors`, as timm and
+//! the Hugging Face Hub ship them) through `burn-store`, with explicit key maps, and the report of
+//! what matched.
 
 use crate::ModelError;
 use burn::prelude::*;
-use burn_store::{ModuleSnapshot, PytorchStore};
+use burn_store::{
+    ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+};
 use std::path::Path;
 
 /// What a weight import matched: tensors loaded, model tensors the file lacks (left as
@@ -35,7 +38,28 @@ pub fn grey_stem<B: Backend>(
     burn::module::Param::from_tensor(weight.val().sum_dim(1).detach())
 }
 
-/// Loads the tensors of the state dict at `path` (at the root, or under a top-level `model` or
+/// The key remappings of every import: released checkpoints nest the state dict
+/// (`{"model": {...}}`), whose prefix is dropped, then the model's own map.
+fn remapped<S>(mut store: S, key_map: &[(&str, &str)], remap: impl Fn(S, &str, &str) -> S) -> S {
+    store = remap(store, r"^(model|state_dict)\.", "");
+    for &(from, to) in key_map {
+        store = remap(store, from, to);
+    }
+    store
+}
+
+/// Loads `store` into `module`, naming `path` in errors.
+fn apply<B: Backend, M: ModuleSnapshot<B>, S: ModuleStore>(
+    module: &mut M,
+    store: &mut S,
+    path: &Path,
+) -> Result<burn_store::ApplyResult, ModelError> {
+    module
+        .load_from(store)
+        .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Loads the tensors of the state dict at `path` (`.pth`, or `.safetensors` by its extension) (at the root, or under a top-level `model` or
 /// `state_dict` key as released checkpoints nest them) into `module`, renaming keys by `key_map`
 /// (regex → replacement, applied in order). Linear weights are transposed by burn-store's PyTorch
 /// adapter. Tensors whose shapes do not fit are an error; no match at all is an error.
@@ -44,16 +68,26 @@ pub fn load_pytorch<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     path: &Path,
     key_map: &[(&str, &str)],
 ) -> Result<(M, ImportReport), ModelError> {
-    let mut store = PytorchStore::from_file(path)
-        .allow_partial(true)
-        // Released checkpoints nest the state dict (`{"model": {...}}`): drop that prefix.
-        .with_key_remapping(r"^(model|state_dict)\.", "");
-    for &(from, to) in key_map {
-        store = store.with_key_remapping(from, to);
-    }
-    let result = module
-        .load_from(&mut store)
-        .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+    let safetensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let result = if safetensors {
+        // The same PyTorch names and layouts as a .pth: the adapter transposes linear weights
+        // and renames norm parameters as PytorchStore does; enum variants and index gaps as
+        // PytorchStore's defaults.
+        let mut store = SafetensorsStore::from_file(path)
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .skip_enum_variants(true)
+            .map_indices_contiguous(true);
+        store = remapped(store, key_map, |s, from, to| s.with_key_remapping(from, to))
+            .allow_partial(true);
+        apply(&mut module, &mut store, path)?
+    } else {
+        let store = PytorchStore::from_file(path);
+        let mut store = remapped(store, key_map, |s, from, to| s.with_key_remapping(from, to))
+            .allow_partial(true);
+        apply(&mut module, &mut store, path)?
+    };
     if let Some(e) = result.errors.first() {
         return Err(ModelError::Config(format!(
             "{}: {} tensor(s) do not fit the model's sizes (first: {e:?}); set the model's \

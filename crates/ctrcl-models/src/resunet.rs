@@ -320,6 +320,17 @@ mod tests {
     /// torch.save, and its encoder output in eval mode for a fixed grey input repeated on RGB.
     #[test]
     fn torchvision_weights_reproduce_pytorch_encoder_outputs() {
+        torchvision_weights_reproduce_pytorch_encoder_outputs_from("resnet_tiny.pth");
+    }
+
+    /// The same tensors as `.safetensors` (scripts/reference/pth_to_safetensors.py): the same
+    /// import report and the same PyTorch outputs.
+    #[test]
+    fn torchvision_safetensors_weights_reproduce_pytorch_encoder_outputs() {
+        torchvision_weights_reproduce_pytorch_encoder_outputs_from("resnet_tiny.safetensors");
+    }
+
+    fn torchvision_weights_reproduce_pytorch_encoder_outputs_from(file: &str) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let fixture = crate::test_backend::Fixture::load("resnet_tiny");
         let (ints, floats) = (|k: &str| fixture.ints(k), |k: &str| fixture.floats(k));
@@ -332,7 +343,7 @@ mod tests {
         };
         let device = Default::default();
         let (net, report) = cfg
-            .init_pretrained::<TestBackend>(&dir.join("resnet_tiny.pth"), 1, 3, &device)
+            .init_pretrained::<TestBackend>(&dir.join(file), 1, 3, &device)
             .unwrap();
         // Every encoder tensor came from the file; the classifier and the BatchNorm counters
         // are reported unused; the decoder was not in the file.

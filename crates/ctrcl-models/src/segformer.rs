@@ -449,6 +449,17 @@ mod import_tests {
     /// adaptation and that ctrcl's MiT computes what PyTorch's does.
     #[test]
     fn official_mit_weights_reproduce_pytorch_stage_outputs() {
+        official_mit_weights_reproduce_pytorch_stage_outputs_from("mit_tiny.pth");
+    }
+
+    /// The same tensors as `.safetensors` (scripts/reference/pth_to_safetensors.py): the same
+    /// import report and the same PyTorch outputs.
+    #[test]
+    fn official_mit_safetensors_weights_reproduce_pytorch_stage_outputs() {
+        official_mit_weights_reproduce_pytorch_stage_outputs_from("mit_tiny.safetensors");
+    }
+
+    fn official_mit_weights_reproduce_pytorch_stage_outputs_from(file: &str) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let f = Fixture::load("mit_tiny");
         let (arr, floats) = (|k: &str| f.ints(k), |k: &str| f.floats(k));
@@ -467,7 +478,7 @@ mod import_tests {
         let size = f.int("size");
         let device = Default::default();
         let (net, report) = cfg
-            .init_pretrained::<TestBackend>(&dir.join("mit_tiny.pth"), 1, 4, &device)
+            .init_pretrained::<TestBackend>(&dir.join(file), 1, 4, &device)
             .unwrap();
         let keys = f.keys();
         assert_eq!(report.loaded.len(), keys - 2, "all but head.*: {report:?}");

@@ -380,6 +380,17 @@ mod import_tests {
     /// (shifted windows with masks, relative position bias, patch merging order).
     #[test]
     fn official_swin_weights_reproduce_pytorch_encoder_outputs() {
+        official_swin_weights_reproduce_pytorch_encoder_outputs_from("swin_tiny.pth");
+    }
+
+    /// The same tensors as `.safetensors` (scripts/reference/pth_to_safetensors.py): the same
+    /// import report and the same PyTorch outputs.
+    #[test]
+    fn official_swin_safetensors_weights_reproduce_pytorch_encoder_outputs() {
+        official_swin_weights_reproduce_pytorch_encoder_outputs_from("swin_tiny.safetensors");
+    }
+
+    fn official_swin_weights_reproduce_pytorch_encoder_outputs_from(file: &str) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let f = Fixture::load("swin_tiny");
         let (n, arr, floats) = (
@@ -398,7 +409,7 @@ mod import_tests {
         let size = n("size");
         let device = Default::default();
         let (net, report) = cfg
-            .init_pretrained::<TestBackend>(&dir.join("swin_tiny.pth"), size, 1, 3, &device)
+            .init_pretrained::<TestBackend>(&dir.join(file), size, 1, 3, &device)
             .unwrap();
         let keys = f.keys();
         assert_eq!(report.loaded.len(), keys - 2, "all but head.*: {report:?}");
