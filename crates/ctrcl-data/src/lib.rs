@@ -20,6 +20,7 @@ pub mod mrc;
 pub mod nifti;
 mod nifti_gz;
 pub mod nnunet;
+pub mod normalize;
 pub mod npy;
 pub mod nrrd;
 pub mod prepare;
