@@ -193,7 +193,7 @@ class PatchExpand(nn.Module):
 
 class SwinUnet(nn.Module):
     def __init__(self, size=224, classes=4, patch=4, embed=96, depths=(2, 2, 2, 2), dec_depths=(2, 2, 2),
-                 heads=(3, 6, 12, 24), window=7, mlp_ratio=4.0):
+                 heads=(3, 6, 12, 24), window=7, mlp_ratio=4.0, in_ch=1):
         super().__init__()
         c, grid = embed, size // patch
         self.grid, self.patch = grid, patch
@@ -204,7 +204,8 @@ class SwinUnet(nn.Module):
             return nn.ModuleList([SwinBlock(c << s, heads[s], g, w, w // 2 if shifts and j % 2 else 0, mlp_ratio)
                                   for j in range(depth)])
 
-        self.patch_embed = nn.Conv2d(3, c, patch, stride=patch)
+        # A grey image is repeated on an RGB stem (ImageNet weights fit it); other counts get their own.
+        self.patch_embed = nn.Conv2d(3 if in_ch == 1 else in_ch, c, patch, stride=patch)
         self.patch_norm = nn.LayerNorm(c)
         self.enc = nn.ModuleList([stage(s, depths[s]) for s in range(4)])
         self.merge = nn.ModuleList([PatchMerging(c << s, grid >> s) for s in range(3)])

@@ -112,6 +112,22 @@ enum Command {
         #[arg(long)]
         probabilities: bool,
     },
+    /// Export a trained student for PyTorch / ONNX: FILE.safetensors with the key names of its
+    /// PyTorch twin (bench/pytorch/models.py) and FILE.json (twin class and arguments, input
+    /// normalisation, classes). `python bench/pytorch/load_export.py FILE.safetensors --onnx
+    /// FILE.onnx` loads it into the twin and writes ONNX.
+    Export {
+        /// Run directory written by `ctrcl train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Which student (its tested checkpoint: best-ROLE/, else last/).
+        #[arg(long, value_enum, default_value_t = OneStudent::Cnn)]
+        student: OneStudent,
+        /// The weights file to create (FILE.safetensors; FILE.json is written beside it).
+        /// Existing files are never replaced.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Markdown report of runs: comparison table, curves (SVG), overlays of test slices (PNG).
     Report {
         /// Run directories written by `ctrcl train` (tested first if they have no test metrics).
@@ -187,6 +203,15 @@ enum StudentChoice {
 enum OneStudent {
     Cnn,
     Transformer,
+}
+
+impl OneStudent {
+    fn role(self) -> Role {
+        match self {
+            OneStudent::Cnn => Role::Cnn,
+            OneStudent::Transformer => Role::Transformer,
+        }
+    }
 }
 
 /// `nearest`: arg-max at the training size, nearest-neighbour resize (published convention);
@@ -339,10 +364,7 @@ fn run(cli: Cli) -> Result<()> {
             upsample,
             probabilities,
         } => {
-            let role = match student {
-                OneStudent::Cnn => Role::Cnn,
-                OneStudent::Transformer => Role::Transformer,
-            };
+            let role = student.role();
             let options = PredictOptions {
                 upsample: upsample.map(Upsample::from),
                 probabilities,
@@ -353,6 +375,20 @@ fn run(cli: Cli) -> Result<()> {
                 written,
                 output.display(),
                 backend::NAME
+            );
+        }
+        Command::Export { run, student, out } => {
+            let role = student.role();
+            let done = ctrcl_train::export::export_student(&run, role, &out)?;
+            println!(
+                "exported the {} student ({}, {}{}) as {} ({} tensors) and {}",
+                role.name(),
+                done.architecture.name(),
+                done.checkpoint.display(),
+                done.step.map(|s| format!(", step {s}")).unwrap_or_default(),
+                done.weights.display(),
+                done.tensors,
+                done.settings.display()
             );
         }
         Command::Report {

@@ -324,3 +324,89 @@ fn predict_normalises_a_ct_channel_with_the_recorded_training_statistics() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("records no channel statistics"), "{err}");
 }
+
+/// `ctrcl export`: both students of a real run as .safetensors + .json (the settings also in
+/// the file's metadata), and the refusals that protect the user's files. The values against
+/// PyTorch and ONNX runtime are checked by bench/pytorch/test_export.py (CI).
+#[test]
+fn export_writes_both_students_and_never_replaces_a_file() {
+    let root = tempfile::tempdir().unwrap();
+    let run = root.path().join("run");
+    let sets = tiny_settings(prepared());
+    ok(&train_args(&config_path(), run.to_str().unwrap(), &sets));
+    let run_s = run.to_str().unwrap();
+    for role in ["cnn", "transformer"] {
+        let out = root.path().join(format!("{role}.safetensors"));
+        let said = ok(&[
+            "export",
+            "--run",
+            run_s,
+            "--student",
+            role,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            said.contains(&format!("exported the {role} student")),
+            "{said}"
+        );
+        let settings: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+                .unwrap();
+        assert_eq!(settings["format"], "ctrcl-export/1");
+        assert_eq!(settings["student"], role);
+        assert_eq!(settings["output"]["classes"].as_array().unwrap().len(), 4);
+        // The header's `__metadata__.ctrcl` holds the same settings.
+        let bytes = std::fs::read(&out).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(header["__metadata__"]["ctrcl"].as_str().unwrap()).unwrap();
+        assert_eq!(meta, settings);
+        let class = settings["twin"]["class"].as_str().unwrap();
+        assert_eq!(class, if role == "cnn" { "UNet" } else { "SwinUnet" });
+    }
+    // An existing file is never replaced, whichever of the two it is.
+    let out = root.path().join("cnn.safetensors");
+    let before = std::fs::read(&out).unwrap();
+    let said = fails(&["export", "--run", run_s, "--out", out.to_str().unwrap()]);
+    assert!(said.contains("cnn.safetensors exists"), "{said}");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    let json_only = root.path().join("other.json");
+    std::fs::write(&json_only, "mine").unwrap();
+    let said = fails(&[
+        "export",
+        "--run",
+        run_s,
+        "--out",
+        root.path().join("other.safetensors").to_str().unwrap(),
+    ]);
+    assert!(said.contains("other.json exists"), "{said}");
+    assert_eq!(std::fs::read_to_string(&json_only).unwrap(), "mine");
+    assert!(!root.path().join("other.safetensors").exists());
+    // Another format, a missing folder, a folder that is not a run: named.
+    let said = fails(&["export", "--run", run_s, "--out", "model.pt"]);
+    assert!(
+        said.contains("model.pt") && said.contains(".safetensors"),
+        "{said}"
+    );
+    let said = fails(&[
+        "export",
+        "--run",
+        run_s,
+        "--out",
+        "/nonexistent/dir/m.safetensors",
+    ]);
+    assert!(
+        said.contains("/nonexistent/dir") && said.contains("does not exist"),
+        "{said}"
+    );
+    let said = fails(&[
+        "export",
+        "--run",
+        root.path().to_str().unwrap(),
+        "--out",
+        root.path().join("x.safetensors").to_str().unwrap(),
+    ]);
+    assert!(said.contains("not a ctrcl run directory"), "{said}");
+}

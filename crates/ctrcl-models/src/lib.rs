@@ -9,6 +9,7 @@ pub mod batchnorm_cpu;
 pub mod concat;
 pub mod conv;
 pub mod dense;
+pub mod export;
 pub mod import;
 pub mod norm;
 pub mod permute;

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distributed;
 pub mod evaluate;
+pub mod export;
 pub mod losses;
 pub mod memory;
 pub mod predictor;
