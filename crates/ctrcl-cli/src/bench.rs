@@ -192,6 +192,7 @@ fn bench_loader(cfg: &TrainConfig, args: &Args) -> Result<()> {
     let plan = Plan {
         geometric: cfg.data.augment,
         extra: cfg.augmentation,
+        foreground: cfg.data.foreground_oversample,
     };
     let total = args.warmup + args.steps;
     let mut loader = BatchLoader::start(

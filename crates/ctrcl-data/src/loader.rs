@@ -1,8 +1,16 @@
 //! Training batches made in worker threads, off the training thread.
 //!
 //! Determinism: batch `t` depends only on (seed, t): the sample order is a per-epoch permutation
-//! seeded by (seed, epoch) and each sample's augmentation is seeded by (seed, t, position), so the
-//! stream is the same whatever the number of workers, and a run can restart at any step.
+//! seeded by (seed, epoch), a foreground-forced position's class and slice are drawn from a stream
+//! seeded by (seed, t, position), and each sample's augmentation is seeded by (seed, t, position),
+//! so the stream is the same whatever the number of workers, and a run can restart at any step.
+//!
+//! Foreground oversampling (`data.foreground_oversample`, nnU-Net's `oversample_foreground_percent`):
+//! the last `B − round(B·(1 − p))` positions of every batch (nnU-Net's `get_do_oversample`) hold a
+//! training slice that contains a foreground class chosen uniformly among the classes present in
+//! the training slices, so a structure found in few slices is seen as often as a common one. The
+//! other positions follow the epoch permutation exactly as without oversampling (`p = 0` gives the
+//! same batches as before the option existed).
 
 use crate::augment::Augmentations;
 use crate::dataset::Sample;
@@ -26,12 +34,14 @@ pub enum Augment {
     RotFlipOrRotate,
 }
 
-/// What the loader does to each training sample: the geometric `data.augment` step, then the
-/// `[augmentation]` set.
+/// What the loader does: which samples fill a batch (`foreground`: the share of each batch forced
+/// to contain a foreground class, 0 ≤ p ≤ 1), then to each sample the geometric `data.augment`
+/// step and the `[augmentation]` set.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
     pub geometric: Augment,
     pub extra: Augmentations,
+    pub foreground: f64,
 }
 
 impl From<Augment> for Plan {
@@ -39,8 +49,45 @@ impl From<Augment> for Plan {
         Plan {
             geometric,
             extra: Augmentations::default(),
+            foreground: 0.0,
         }
     }
+}
+
+/// The training slices holding each foreground class: what a forced position draws from.
+#[derive(Debug, Clone, Default)]
+pub struct ForegroundIndex {
+    /// `(class, indices of the samples containing it)` for every class > 0 present, ascending.
+    pub classes: Vec<(u8, Vec<usize>)>,
+}
+
+impl ForegroundIndex {
+    pub fn new(samples: &[Sample]) -> Self {
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); 256];
+        for (i, s) in samples.iter().enumerate() {
+            let mut present = [false; 256];
+            s.label.iter().for_each(|&l| present[l as usize] = true);
+            for (c, _) in present.iter().enumerate().skip(1).filter(|(_, p)| **p) {
+                by_class[c].push(i);
+            }
+        }
+        ForegroundIndex {
+            classes: by_class
+                .into_iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(c, v)| (c as u8, v))
+                .collect(),
+        }
+    }
+}
+
+/// How many positions of a batch of `batch` are forced to hold foreground at share `p`: nnU-Net's
+/// `not sample_idx < round(batch_size * (1 - oversample_foreground_percent))`.
+pub fn forced_positions(batch: usize, p: f64) -> usize {
+    // Python's round() rounds halves to even; so does this.
+    let keep = (batch as f64 * (1.0 - p)).round_ties_even() as usize;
+    batch - keep.min(batch)
 }
 
 /// One batch: `images` is B×C×S×S row-major, `labels` is B×S×S.
@@ -160,7 +207,32 @@ pub fn rotate_nearest(sample: &Sample, size: usize, degrees: f64) -> (Vec<f32>, 
     (image, label)
 }
 
-/// Builds batch `step` deterministically.
+/// The sample at position `b` of batch `step`: a forced position draws a class present in the
+/// training slices, then one of its slices; any other follows the epoch permutation.
+#[allow(clippy::too_many_arguments)]
+fn batch_sample(
+    samples: usize,
+    batch: usize,
+    step: usize,
+    b: usize,
+    seed: u64,
+    plan: &Plan,
+    foreground: &ForegroundIndex,
+    cache: &mut Option<(usize, Vec<usize>)>,
+) -> usize {
+    let forced = b >= batch - forced_positions(batch, plan.foreground);
+    if forced && !foreground.classes.is_empty() {
+        // Its own stream, so forcing leaves the augmentation draws of every position unchanged.
+        let mut rng = StdRng::seed_from_u64(mix(seed, step as u64 + 1, (b as u64 + 1) << 48));
+        let (_, slices) = &foreground.classes[rng.random_range(0..foreground.classes.len())];
+        return slices[rng.random_range(0..slices.len())];
+    }
+    sample_index(seed, samples, step * batch + b, cache)
+}
+
+/// Builds batch `step` deterministically (`foreground` indexes `samples`; it is only read when
+/// `plan.foreground > 0`).
+#[allow(clippy::too_many_arguments)]
 pub fn make_batch(
     samples: &[Sample],
     size: usize,
@@ -168,13 +240,23 @@ pub fn make_batch(
     step: usize,
     seed: u64,
     plan: impl Into<Plan>,
+    foreground: &ForegroundIndex,
     cache: &mut Option<(usize, Vec<usize>)>,
 ) -> Batch {
     let plan = plan.into();
     let mut images = Vec::with_capacity(batch * size * size);
     let mut labels = Vec::with_capacity(batch * size * size);
     for b in 0..batch {
-        let idx = sample_index(seed, samples.len(), step * batch + b, cache);
+        let idx = batch_sample(
+            samples.len(),
+            batch,
+            step,
+            b,
+            seed,
+            &plan,
+            foreground,
+            cache,
+        );
         let mut rng = StdRng::seed_from_u64(mix(seed, step as u64 + 1, b as u64 + 1));
         let (mut img, mut lab) = augment_sample(&samples[idx], size, plan.geometric, &mut rng);
         // The extra set draws from its own stream, so turning it on leaves data.augment's draws
@@ -210,16 +292,31 @@ impl BatchLoader {
         assert!(!samples.is_empty(), "no training samples");
         let plan = plan.into();
         let workers = workers.max(1);
+        let foreground = Arc::new(if plan.foreground > 0.0 {
+            ForegroundIndex::new(&samples)
+        } else {
+            ForegroundIndex::default()
+        });
         let mut receivers = Vec::with_capacity(workers);
         for w in 0..workers {
             let (tx, rx) = bounded(2);
             let samples = Arc::clone(&samples);
+            let foreground = Arc::clone(&foreground);
             std::thread::spawn(move || {
                 let mut cache = None;
                 // Worker w makes the steps congruent to w modulo the worker count.
                 let mut step = first_step + w;
                 while step < end_step {
-                    let b = make_batch(&samples, size, batch, step, seed, plan, &mut cache);
+                    let b = make_batch(
+                        &samples,
+                        size,
+                        batch,
+                        step,
+                        seed,
+                        plan,
+                        &foreground,
+                        &mut cache,
+                    );
                     if tx.send(b).is_err() {
                         return; // the trainer stopped early
                     }
@@ -349,6 +446,112 @@ mod tests {
             let mut sorted = lab.clone();
             sorted.sort();
             assert_eq!(sorted, s.label, "a permutation of the pixels");
+        }
+    }
+
+    /// 20 slices: class 1 in every one, class 2 in slices 3 and 11 only, class 3 in slice 17 only.
+    fn rare_classes() -> Vec<Sample> {
+        (0..20)
+            .map(|i| {
+                let mut label = vec![0u8; 16];
+                label[0] = 1;
+                if i == 3 || i == 11 {
+                    label[5] = 2;
+                }
+                if i == 17 {
+                    label[9] = 3;
+                }
+                Sample {
+                    image: vec![i as f32; 16],
+                    label,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forced_positions_follow_nnunets_rounding() {
+        // nnU-Net: positions b with not b < round(B·(1 − p)), Python's round (halves to even).
+        assert_eq!(forced_positions(8, 0.33), 3); // round(5.36) = 5
+        assert_eq!(forced_positions(2, 0.33), 1); // round(1.34) = 1
+        assert_eq!(forced_positions(4, 0.5), 2);
+        assert_eq!(forced_positions(5, 0.5), 3); // round(2.5) = 2
+        assert_eq!(forced_positions(8, 0.0), 0);
+        assert_eq!(forced_positions(8, 1.0), 8);
+    }
+
+    #[test]
+    fn foreground_oversampling_shows_rare_classes_as_often_as_common_ones() {
+        let data = rare_classes();
+        let index = ForegroundIndex::new(&data);
+        assert_eq!(
+            index.classes,
+            vec![(1, (0..20).collect()), (2, vec![3, 11]), (3, vec![17])]
+        );
+        let plan = Plan {
+            foreground: 0.33,
+            ..Plan::from(Augment::None)
+        };
+        let (batch, steps) = (8, 600);
+        let mut cache = None;
+        let mut forced_with = [0usize; 4];
+        let mut unforced_rare = 0;
+        for step in 0..steps {
+            let b = make_batch(&data, 4, batch, step, 5, plan, &index, &mut cache);
+            for (pos, image) in b.images.chunks(16).enumerate() {
+                let slice = image[0] as usize;
+                let has = |c: u8| data[slice].label.contains(&c);
+                if pos >= 5 {
+                    for (c, count) in forced_with.iter_mut().enumerate().skip(1) {
+                        *count += has(c as u8) as usize;
+                    }
+                } else {
+                    unforced_rare += (has(2) || has(3)) as usize;
+                }
+            }
+        }
+        // Each of the 3 forced positions draws class 3 (one slice in 20) with probability 1/3:
+        // 600 steps × 3 × 1/3 = 600 expected (binomial sd ≈ 20); without forcing, 1/20 of them.
+        assert!((520..=680).contains(&forced_with[3]), "{forced_with:?}");
+        assert!((520..=680).contains(&forced_with[2]), "{forced_with:?}");
+        assert_eq!(forced_with[1], steps * 3, "class 1 is in every slice");
+        // The other positions keep the epoch order: 3 of 20 slices hold a rare class.
+        let share = unforced_rare as f64 / (steps * 5) as f64;
+        assert!((share - 0.15).abs() < 0.01, "{share}");
+    }
+
+    #[test]
+    fn oversampled_stream_is_deterministic_resumable_and_unchanged_at_zero() {
+        let data = Arc::new(rare_classes());
+        let plan = Plan {
+            foreground: 0.5,
+            ..Plan::from(Augment::Rot90Flip)
+        };
+        let run = |first: usize, workers: usize, plan: Plan| -> Vec<Vec<f32>> {
+            BatchLoader::start(data.clone(), 4, 4, 9, plan, first, 12, workers)
+                .map(|b| b.images)
+                .collect()
+        };
+        let one = run(0, 1, plan);
+        assert_eq!(one, run(0, 3, plan));
+        assert_eq!(&one[5..], &run(5, 2, plan)[..]);
+        let off = run(0, 1, Plan::from(Augment::Rot90Flip));
+        assert_ne!(one, off, "forcing changes the forced positions");
+        // At 0 the batches are the epoch order's (computed here without the index).
+        let mut cache = None;
+        for (step, images) in off.iter().enumerate() {
+            for (b, image) in images.chunks(16).enumerate() {
+                let want = sample_index(9, 20, step * 4 + b, &mut cache);
+                // rot90-flip permutes pixels; every pixel of sample i holds the value i.
+                assert!(
+                    image.iter().all(|&v| v == want as f32),
+                    "step {step} pos {b}"
+                );
+            }
+        }
+        // Unforced positions (0 and 1 of 4 at 0.5) are the same with and without forcing.
+        for (a, b) in one.iter().zip(&off) {
+            assert_eq!(a[..32], b[..32]);
         }
     }
 }

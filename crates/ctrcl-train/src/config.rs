@@ -127,6 +127,10 @@ pub struct DataConfig {
     /// nnU-Net raw datasets without `ctrcl_split.json`: which of nnU-Net's folds to train on
     /// (`splits_final.json`, else nnU-Net's generated five; `ctrcl_data::nnunet`).
     pub fold: usize,
+    /// Share of each training batch forced to hold a slice containing a foreground class chosen
+    /// uniformly among those present in the training slices (nnU-Net's
+    /// `oversample_foreground_percent`, 0.33 there); 0 = off (`ctrcl_data::loader`).
+    pub foreground_oversample: f64,
     pub augment: Augment,
     pub batch_size: usize,
     /// Threads preparing batches.
@@ -202,6 +206,7 @@ impl Default for DataConfig {
             image_resize: Default::default(),
             label_map: Default::default(),
             fold: 0,
+            foreground_oversample: 0.0,
             augment: Augment::Rot90Flip,
             batch_size: 8,
             workers: 2,
@@ -683,6 +688,13 @@ impl TrainConfig {
         if d.batch_size == 0 {
             bail!("data.batch_size must be at least 1");
         }
+        if !(0.0..=1.0).contains(&d.foreground_oversample) {
+            bail!(
+                "data.foreground_oversample = {}: must be a share of the batch in [0, 1] \
+                 (nnU-Net uses 0.33)",
+                d.foreground_oversample
+            );
+        }
         if self.optim.accumulate == 0 {
             bail!("optim.accumulate must be at least 1");
         }
@@ -830,6 +842,21 @@ mod tests {
             }
         }
         assert!(n >= 2, "expected the shipped configs in {}", dir.display());
+    }
+
+    #[test]
+    fn foreground_oversample_is_a_share_of_the_batch() {
+        let cfg = TrainConfig::from_toml("", &["data.foreground_oversample=0.33".into()]).unwrap();
+        assert_eq!(cfg.data.foreground_oversample, 0.33);
+        assert_eq!(TrainConfig::default().data.foreground_oversample, 0.0);
+        for bad in ["1.5", "-0.1", "nan"] {
+            let err = TrainConfig::from_toml("", &[format!("data.foreground_oversample={bad}")])
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("data.foreground_oversample"),
+                "{bad}: {err:#}"
+            );
+        }
     }
 
     #[test]

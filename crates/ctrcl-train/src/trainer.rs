@@ -1017,6 +1017,7 @@ fn run_loop<B: AutodiffBackend>(
         ctrcl_data::loader::Plan {
             geometric: cfg.data.augment,
             extra: cfg.augmentation,
+            foreground: cfg.data.foreground_oversample,
         },
         first_step * accumulate,
         total * accumulate,
