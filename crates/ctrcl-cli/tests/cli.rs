@@ -2151,3 +2151,44 @@ fn data_inspect_reads_a_4d_probabilistic_atlas() {
         .to_string();
     assert!(err.contains("dim[4] = 2"), "{err}");
 }
+
+/// The `CTRCL_BURN_*` switches a run was computed with are recorded in its run.json (#18: one
+/// registry, recorded with the run); a variable set to 0 leaves the fast path on. The Burn
+/// fallback computes the same step to float rounding.
+#[test]
+fn burn_fallback_switches_are_recorded_in_run_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = tiny_settings(prepared());
+    let config = config_path();
+    let run = |name: &str, env: &[(&str, &str)]| -> (Value, Vec<Value>) {
+        let out = tmp.path().join(name);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ctrcl"));
+        cmd.args(train_args(&config, out.to_str().unwrap(), &sets));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let done = cmd.output().unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        (info, step_lines(&out))
+    };
+    let (plain, fast) = run("plain", &[]);
+    assert!(plain.get("burn_fallbacks").is_none(), "{plain}");
+    let (ab, burn) = run(
+        "fallback",
+        &[("CTRCL_BURN_POOL", "1"), ("CTRCL_BURN_LOSS", "0")],
+    );
+    assert_eq!(ab["burn_fallbacks"], serde_json::json!(["CTRCL_BURN_POOL"]));
+    let first = |lines: &[Value]| lines[0]["cnn"]["seg"].as_f64().unwrap();
+    assert!(
+        (first(&fast) - first(&burn)).abs() < 1e-4,
+        "{} vs {}",
+        first(&fast),
+        first(&burn)
+    );
+}

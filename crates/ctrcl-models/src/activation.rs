@@ -16,7 +16,6 @@
 //! `CTRCL_BURN_ACTIVATION=1` in the environment turns this path off (for A/B benchmarks).
 
 use std::any::TypeId;
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -30,8 +29,7 @@ use rayon::prelude::*;
 use crate::conv::{backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_ACTIVATION").is_none_or(|v| v == "0"))
+    crate::switches::Switch::Activation.fast()
 }
 
 /// Elements per parallel task: enough work to amortise the task.

@@ -8,8 +8,6 @@
 //! (per-channel `Σ dy` and `Σ dy·x̂`; then `dx = γ/σ · (dy − Σdy/n − x̂·Σdy·x̂/n)`).
 //! `CTRCL_BURN_BATCHNORM=1` in the environment turns this path off (for A/B benchmarks).
 
-use std::sync::OnceLock;
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
@@ -21,8 +19,7 @@ use rayon::prelude::*;
 use crate::conv::{backprop_all, dims4, flex_tensor, record, values, CpuTrainTensor};
 
 pub fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_BATCHNORM").is_none_or(|v| v == "0"))
+    crate::switches::Switch::Batchnorm.fast()
 }
 
 /// The batch statistics of one forward: per channel, the mean and the biased variance.

@@ -11,7 +11,6 @@
 //! turns this path off (for A/B benchmarks).
 
 use std::any::TypeId;
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -26,8 +25,7 @@ use rayon::prelude::*;
 use crate::conv::{cast, flex_tensor, record, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_CAT").is_none_or(|v| v == "0"))
+    crate::switches::Switch::Cat.fast()
 }
 
 /// `Tensor::cat(tensors, dim)`: the inputs agree on every axis but `dim`.

@@ -15,7 +15,6 @@
 //! path off (for A/B benchmarks).
 
 use std::any::TypeId;
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -32,8 +31,7 @@ use rayon::prelude::*;
 use crate::conv::{cast, flex_tensor, record, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_MATMUL").is_none_or(|v| v == "0"))
+    crate::switches::Switch::Matmul.fast()
 }
 
 /// Which CPU backend `B` is, if any.

@@ -20,6 +20,7 @@ pub mod resunet;
 pub mod segformer;
 pub mod swin;
 pub mod swin_unet;
+pub mod switches;
 pub mod unet;
 
 use burn::prelude::*;

@@ -11,7 +11,6 @@
 //! `CTRCL_BURN_NORM=1` in the environment turns this path off (for A/B benchmarks).
 
 use std::any::TypeId;
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -30,8 +29,7 @@ use crate::conv::{cast, values, CpuTrain, CpuTrainTensor};
 pub const LAYER_NORM_EPS: f64 = 1e-5;
 
 fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_NORM").is_none_or(|v| v == "0"))
+    crate::switches::Switch::Norm.fast()
 }
 
 /// `norm.forward(x)` for a LayerNorm with epsilon [`LAYER_NORM_EPS`]; `x` is `[…, dim]`.

@@ -10,7 +10,6 @@
 //! `CTRCL_BURN_PERMUTE=1` in the environment turns this path off (for A/B benchmarks).
 
 use std::any::TypeId;
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -26,8 +25,7 @@ use rayon::prelude::*;
 use crate::conv::{cast, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_PERMUTE").is_none_or(|v| v == "0"))
+    crate::switches::Switch::Permute.fast()
 }
 
 /// `x.permute(axes)`: output axis `i` is input axis `axes[i]`. Contiguous on the CPU backend.

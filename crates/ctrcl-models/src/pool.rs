@@ -9,7 +9,6 @@
 //! `CTRCL_BURN_POOL=1` in the environment turns this path off (for A/B benchmarks).
 
 use std::any::TypeId;
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -25,8 +24,7 @@ use rayon::prelude::*;
 use crate::conv::{backprop_unary, cast, dims4, record_unary, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_POOL").is_none_or(|v| v == "0"))
+    crate::switches::Switch::Pool.fast()
 }
 
 /// `[N, C, H, W]` → `[N, C, H/2, W/2]`: the maximum of each 2×2 block.

@@ -11,7 +11,6 @@
 //! `CTRCL_BURN_RESIZE=1` in the environment turns this path off (for A/B benchmarks).
 
 use std::any::TypeId;
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -30,8 +29,7 @@ use crate::conv::{
 };
 
 fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_RESIZE").is_none_or(|v| v == "0"))
+    crate::switches::Switch::Resize.fast()
 }
 
 /// `x` `[N, C, H, W]` → `[N, C, size[0], size[1]]`, bilinear with `align_corners = false`.

@@ -74,6 +74,10 @@ pub struct RunInfo {
     /// and in runs older than this field).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channel_normalization: Vec<ctrcl_data::dataset::ChannelNorm>,
+    /// The `CTRCL_BURN_*` variables that sent a family of CPU ops back to Burn's own
+    /// implementation for this run (`ctrcl_models::switches`); empty: all fast paths on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub burn_fallbacks: Vec<String>,
 }
 
 /// What a finished training run reports.
@@ -744,6 +748,10 @@ pub fn train<B: AutodiffBackend>(
         cnn: cfg.students.cnn.name().to_string(),
         transformer: cfg.students.transformer.name().to_string(),
         channel_normalization: dataset.channel_norms.clone(),
+        burn_fallbacks: ctrcl_models::switches::fallbacks()
+            .into_iter()
+            .map(String::from)
+            .collect(),
     };
     write_text_atomic(&out.join("config.toml"), &cfg.to_toml())?;
     write_text_atomic(&out.join("run.json"), &serde_json::to_string_pretty(&info)?)?;

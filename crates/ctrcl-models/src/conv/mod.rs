@@ -17,7 +17,6 @@ pub mod gemm_kernels;
 pub mod up;
 
 use std::any::{Any, TypeId};
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -44,8 +43,7 @@ pub type CpuTrainTensor = <CpuTrain as BackendTypes>::FloatTensorPrimitive;
 
 /// Whether the GEMM convolution is enabled (default yes; `CTRCL_BURN_CONV=1` disables it).
 pub fn fast_backward_enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_CONV").is_none_or(|v| v == "0"))
+    crate::switches::Switch::Conv.fast()
 }
 
 /// `conv.forward(x)`: `x` `[B, C_in, H, W]` → `[B, C_out, H_out, W_out]`.

@@ -15,7 +15,6 @@
 //! on the thread count. `CTRCL_BURN_LOSS=1` in the environment falls back to the composed ops.
 
 use std::any::TypeId;
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -34,8 +33,7 @@ use super::seg::DICE_EPS;
 
 /// Whether the fused CPU losses are on (default yes; `CTRCL_BURN_LOSS=1` turns them off).
 pub(super) fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CTRCL_BURN_LOSS").is_none_or(|v| v == "0"))
+    ctrcl_models::switches::Switch::Loss.fast()
 }
 
 /// `[CE, Dice]` of `logits` against `onehot` on the CPU training backend; `None` elsewhere (the
