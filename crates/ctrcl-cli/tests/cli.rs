@@ -2192,3 +2192,33 @@ fn burn_fallback_switches_are_recorded_in_run_json() {
         first(&burn)
     );
 }
+
+/// A baseline's transfer term is weighted by `baseline.weight` (#18 item 5): at 0 its total is
+/// L_seg alone at every step, at the default it adds the (ramped) transfer term.
+#[test]
+fn a_baselines_transfer_weight_is_baseline_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_path();
+    let totals = |name: &str, extra: &[&str]| -> Vec<(f64, f64)> {
+        let out = tmp.path().join(name);
+        let mut sets = tiny_settings(prepared());
+        sets.push("method=dml".into());
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        ok(&train_args(&config, out.to_str().unwrap(), &sets));
+        step_lines(&out)
+            .iter()
+            .filter(|v| v.get("lr").is_some())
+            .map(|v| {
+                (
+                    v["cnn"]["total"].as_f64().unwrap(),
+                    v["cnn"]["seg"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let off = totals("off", &["baseline.weight=0.0"]);
+    assert_eq!(off.len(), 4);
+    assert!(off.iter().all(|(total, seg)| total == seg), "{off:?}");
+    let on = totals("on", &[]);
+    assert!(on[3].0 > on[3].1, "{on:?}");
+}

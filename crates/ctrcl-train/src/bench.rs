@@ -201,7 +201,7 @@ pub fn run_bench<B: AutodiffBackend>(
                     vec![(x.clone(), onehot.clone())],
                     StepRates {
                         lrs: lr,
-                        beta_r: cfg.rlcl.weight,
+                        beta_r: cfg.transfer_weight(),
                         beta_f: cfg.cfcl.weight,
                     },
                     None,

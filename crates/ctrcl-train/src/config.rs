@@ -52,6 +52,14 @@ impl Method {
     pub fn is_ctrcl(self) -> bool {
         matches!(self, Method::Ctrcl | Method::CtrclOffline)
     }
+
+    /// Whether the method is a logit-space baseline with one transfer term (`[baseline]`).
+    pub fn is_baseline(self) -> bool {
+        matches!(
+            self,
+            Method::Dml | Method::Kdcl | Method::CrossTeaching | Method::Kd
+        )
+    }
 }
 
 /// Which student of the teacher run teaches (and is frozen in this run's slot of that role).
@@ -290,6 +298,25 @@ impl Default for RlclConfig {
     }
 }
 
+/// The one transfer term of the logit-space baselines (DML, KD, KDCL, cross teaching).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// Weight of the transfer term, ramped in over `schedule.rampup_fraction` as β_r is.
+    pub weight: f64,
+    /// τ of KD and KDCL.
+    pub temperature: f64,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        BaselineConfig {
+            weight: 1.0,
+            temperature: 1.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CfclConfig {
@@ -512,6 +539,7 @@ pub struct TrainConfig {
     pub seg: SegLossConfig,
     pub rlcl: RlclConfig,
     pub cfcl: CfclConfig,
+    pub baseline: BaselineConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
     pub parallel: ParallelConfig,
@@ -599,6 +627,16 @@ fn blame(key: &str, overrides: &[String], error: anyhow::Error) -> ConfigError {
 }
 
 impl TrainConfig {
+    /// Weight of the logit-wise transfer term before ramp-up: the baselines' `baseline.weight`,
+    /// CTRCL's β_r (`rlcl.weight`).
+    pub fn transfer_weight(&self) -> f64 {
+        if self.method.is_baseline() {
+            self.baseline.weight
+        } else {
+            self.rlcl.weight
+        }
+    }
+
     /// Reads a TOML file, applies `key=value` overrides, and validates. An error in a value that
     /// an override set names the `--set` item, not the file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -738,6 +776,30 @@ impl TrainConfig {
         if self.rlcl.temperature <= 0.0 || self.cfcl.temperature <= 0.0 {
             bail!("rlcl.temperature and cfcl.temperature must be positive");
         }
+        non_negative("baseline.weight", self.baseline.weight)?;
+        positive("baseline.temperature", self.baseline.temperature)?;
+        // The baselines read [rlcl] until they had their own keys: a baseline config that still
+        // tunes them there would now change nothing, silently.
+        let old = RlclConfig::default();
+        if self.method.is_baseline() {
+            for (key, set, default, new) in [
+                ("weight", self.rlcl.weight, old.weight, "baseline.weight"),
+                (
+                    "temperature",
+                    self.rlcl.temperature,
+                    old.temperature,
+                    "baseline.temperature",
+                ),
+            ] {
+                if set != default {
+                    bail!(
+                        "rlcl.{key} = {set}: [rlcl] is CTRCL's; method = \"{}\" takes its \
+                         transfer {key} from {new} (set that instead)",
+                        self.method.name()
+                    );
+                }
+            }
+        }
         if !(0.0..1.0).contains(&self.rlcl.margin) {
             bail!("rlcl.margin must be in [0, 1)");
         }
@@ -857,6 +919,30 @@ mod tests {
                 "{bad}: {err:#}"
             );
         }
+    }
+
+    #[test]
+    fn baselines_have_their_own_transfer_keys() {
+        let dml = |sets: &[&str]| {
+            let mut all = vec!["method=dml".to_string()];
+            all.extend(sets.iter().map(|s| s.to_string()));
+            TrainConfig::from_toml("", &all)
+        };
+        let cfg = dml(&["baseline.weight=0.3", "baseline.temperature=2.0"]).unwrap();
+        assert_eq!(cfg.transfer_weight(), 0.3);
+        assert_eq!(cfg.baseline.temperature, 2.0);
+        // Where the baselines read them before: refused, naming the new key.
+        for (old, new) in [
+            ("rlcl.weight=0.5", "baseline.weight"),
+            ("rlcl.temperature=2.0", "baseline.temperature"),
+        ] {
+            let err = dml(&[old]).unwrap_err();
+            assert!(format!("{err:#}").contains(new), "{old}: {err:#}");
+        }
+        // CTRCL keeps β_r in [rlcl].
+        let cfg = TrainConfig::from_toml("", &["rlcl.weight=0.5".into()]).unwrap();
+        assert_eq!(cfg.transfer_weight(), 0.5);
+        assert!(dml(&["baseline.temperature=0.0"]).is_err());
     }
 
     #[test]

@@ -213,9 +213,10 @@ fn student_loss<B: AutodiffBackend>(
     match cfg.method {
         Method::Independent => {}
         Method::Dml | Method::Kdcl | Method::CrossTeaching | Method::Kd => {
-            // The logit-space baselines: one transfer term, weighted by β_r.
+            // The logit-space baselines: one transfer term, weighted by baseline.weight
+            // (ramped in, passed as beta_r).
             let (z_own, z_peer) = (own.logits.clone(), peer.logits.clone());
-            let tau = cfg.rlcl.temperature;
+            let tau = cfg.baseline.temperature;
             let l = match cfg.method {
                 Method::Dml => dml_loss(z_peer, z_own),
                 Method::Kdcl => kdcl_loss(z_own, z_peer, tau),
@@ -1053,7 +1054,7 @@ fn run_loop<B: AutodiffBackend>(
     let started = Instant::now();
     for step in first_step..total {
         B::seed(device, step_seed(cfg.seed, step));
-        let beta_r = ramp_up(cfg.rlcl.weight, step, rampup_steps);
+        let beta_r = ramp_up(cfg.transfer_weight(), step, rampup_steps);
         let beta_f = ramp_up(cfg.cfcl.weight, step, rampup_steps);
         let lrs = base_lr.map(|lr| poly_lr(lr, step, total, cfg.optim.poly_power));
         let mut batches = Vec::with_capacity(accumulate);
