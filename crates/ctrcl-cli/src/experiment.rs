@@ -5,6 +5,7 @@
 use crate::{backend, prepare};
 use anyhow::{bail, Context, Result};
 use ctrcl_data::split::Split;
+use ctrcl_train::run_dir;
 use ctrcl_train::student::Role;
 use ctrcl_train::TrainConfig;
 use serde::Deserialize;
@@ -160,7 +161,7 @@ fn set_aside_unresumable(dir: &Path) -> Result<()> {
 
 /// Whether a cell's training ran to its end (`log.jsonl` holds the end event).
 fn finished(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("log.jsonl"))
+    std::fs::read_to_string(run_dir::log(dir))
         .map(|l| l.contains("\"event\":\"end\""))
         .unwrap_or(false)
 }
@@ -172,7 +173,7 @@ fn run_cell(
     base_dir: &Path,
     dataset: Option<&Path>,
 ) -> Result<Value> {
-    let metrics_path = cell.dir.join("metrics").join("test-test.json");
+    let metrics_path = run_dir::metrics(&cell.dir, "test-test.json");
     let read = || -> Result<Value> {
         serde_json::from_str(&std::fs::read_to_string(&metrics_path)?)
             .with_context(|| format!("{} is not valid JSON", metrics_path.display()))
@@ -187,7 +188,7 @@ fn run_cell(
             return Ok(v);
         }
     }
-    if cell.dir.join("last").join("state.json").exists() {
+    if run_dir::state(&run_dir::last(&cell.dir)).exists() {
         if !finished(&cell.dir) {
             eprintln!("resuming {}", cell.dir.display());
             backend::resume(&cell.dir, true)?;
@@ -543,20 +544,20 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cell = tmp.path().join("seed2");
         std::fs::create_dir(&cell).unwrap();
-        std::fs::write(cell.join("log.jsonl"), "first try\n").unwrap();
+        std::fs::write(run_dir::log(&cell), "first try\n").unwrap();
         set_aside_unresumable(&cell).unwrap();
         assert!(!cell.exists());
         let aside = tmp.path().join("seed2.interrupted");
         assert_eq!(
-            std::fs::read_to_string(aside.join("log.jsonl")).unwrap(),
+            std::fs::read_to_string(run_dir::log(&aside)).unwrap(),
             "first try\n"
         );
         // A second interruption replaces the older partial log.
         std::fs::create_dir(&cell).unwrap();
-        std::fs::write(cell.join("log.jsonl"), "second try\n").unwrap();
+        std::fs::write(run_dir::log(&cell), "second try\n").unwrap();
         set_aside_unresumable(&cell).unwrap();
         assert_eq!(
-            std::fs::read_to_string(aside.join("log.jsonl")).unwrap(),
+            std::fs::read_to_string(run_dir::log(&aside)).unwrap(),
             "second try\n"
         );
         // Missing or empty cells are left alone.

@@ -314,7 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("backend: {}", backend::NAME);
             let summary = match (resume, config, out) {
                 (Some(run), _, _) => {
-                    let cfg = TrainConfig::load(&run.join("config.toml"), &[])?;
+                    let cfg = TrainConfig::load(&ctrcl_train::run_dir::config(&run), &[])?;
                     let _coordinator = coordinator::host_if_rank_zero(&cfg)?;
                     backend::resume(&run, true)?
                 }

@@ -114,7 +114,7 @@ pub struct RunLock {
 
 /// Takes the lock of run directory `run`, or says which process kind holds it.
 pub fn lock_run(run: &Path) -> Result<RunLock> {
-    let path = run.join(".lock");
+    let path = crate::run_dir::lock(run);
     let file = ctrcl_data::error::open_lock_file(&path)?;
     match file.try_lock() {
         Ok(()) => Ok(RunLock { _file: file }),

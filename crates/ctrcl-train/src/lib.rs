@@ -11,6 +11,7 @@ pub mod losses;
 pub mod memory;
 pub mod predictor;
 pub mod report;
+pub mod run_dir;
 pub mod student;
 pub mod tensorboard;
 pub mod tester;

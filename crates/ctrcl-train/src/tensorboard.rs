@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use ctrcl_data::error::write_atomic;
 
-/// The event file's name in a run directory ("tfevents" is what TensorBoard looks for).
-pub const EVENTS_FILE: &str = "events.out.tfevents.ctrcl";
+/// The event file's name in a run directory (`run_dir::EVENTS`).
+pub const EVENTS_FILE: &str = crate::run_dir::EVENTS;
 
 /// The version string TensorBoard expects in a file's first event.
 const FILE_VERSION: &str = "brain.Event:2";
@@ -281,7 +281,7 @@ pub struct EventWriter {
 impl EventWriter {
     /// A new event file in `run` (replacing one there), starting with its file-version event.
     pub fn create(run: &Path) -> Result<Self> {
-        let path = run.join(EVENTS_FILE);
+        let path = crate::run_dir::events(run);
         let file =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut writer = EventWriter {
@@ -299,7 +299,7 @@ impl EventWriter {
     /// Continues `run`'s event file after a resume from `step`: the events up to `step` are kept
     /// (atomically rewritten), later ones dropped; a run without an event file gets a new one.
     pub fn resume(run: &Path, step: u64) -> Result<Self> {
-        let path = run.join(EVENTS_FILE);
+        let path = crate::run_dir::events(run);
         let Ok(bytes) = std::fs::read(&path) else {
             return Self::create(run);
         };

@@ -4,6 +4,7 @@
 use crate::checkpoint::write_text_atomic;
 use crate::config::TrainConfig;
 use crate::evaluate::{predict_split, DiceScores};
+use crate::run_dir;
 use crate::student::{load_net, Role};
 use crate::trainer::RunInfo;
 use anyhow::{Context, Result};
@@ -48,9 +49,9 @@ pub struct TestReport {
 
 /// Reads `config.toml` and `run.json` of a run directory.
 pub fn open_run(run: &Path) -> Result<(TrainConfig, RunInfo)> {
-    let cfg = TrainConfig::load(&run.join("config.toml"), &[])
+    let cfg = TrainConfig::load(&run_dir::config(run), &[])
         .with_context(|| format!("{} is not a ctrcl run directory", run.display()))?;
-    let path = run.join("run.json");
+    let path = run_dir::info(run);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let info: RunInfo =
@@ -60,8 +61,8 @@ pub fn open_run(run: &Path) -> Result<(TrainConfig, RunInfo)> {
 
 /// The checkpoint a student is tested from: `best-ROLE/` if validation chose one, else `last/`.
 pub fn checkpoint_dir(run: &Path, role: Role) -> Result<PathBuf> {
-    let best = run.join(format!("best-{}", role.name()));
-    let last = run.join("last");
+    let best = run_dir::best(run, role);
+    let last = run_dir::last(run);
     [best, last]
         .into_iter()
         .find(|d| d.join(format!("{}.mpk", role.name())).exists())
@@ -76,7 +77,7 @@ pub fn checkpoint_dir(run: &Path, role: Role) -> Result<PathBuf> {
 
 /// The training step a checkpoint directory was written at (`state.json`'s `step`).
 pub fn checkpoint_step(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
+    let text = std::fs::read_to_string(run_dir::state(dir)).ok()?;
     serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
 }
 
@@ -206,7 +207,7 @@ pub fn test_run<B: Backend>(
     for s in &students {
         doc[s.role.name()] = student_json(s);
     }
-    let json_path = run.join("metrics").join(file_name);
+    let json_path = run_dir::metrics(run, &file_name);
     write_text_atomic(&json_path, &serde_json::to_string_pretty(&doc)?)?;
     Ok(TestReport {
         run: run.to_path_buf(),

@@ -11,6 +11,7 @@ use crate::losses::cfcl::{
 };
 use crate::losses::rlcl::{dml_loss, rlcl_loss};
 use crate::losses::seg::seg_loss;
+use crate::run_dir;
 use crate::student::{
     materialize_params, recorder, save_module, Role, StudentOptimizer, TrainStudent,
 };
@@ -754,10 +755,10 @@ pub fn train<B: AutodiffBackend>(
             .map(String::from)
             .collect(),
     };
-    write_text_atomic(&out.join("config.toml"), &cfg.to_toml())?;
-    write_text_atomic(&out.join("run.json"), &serde_json::to_string_pretty(&info)?)?;
+    write_text_atomic(&run_dir::config(out), &cfg.to_toml())?;
+    write_text_atomic(&run_dir::info(out), &serde_json::to_string_pretty(&info)?)?;
     write_split_lists(&dataset, out)?;
-    let log = std::fs::File::create(out.join("log.jsonl")).context("cannot create log.jsonl")?;
+    let log = std::fs::File::create(run_dir::log(out)).context("cannot create log.jsonl")?;
     let mut log = RunLog {
         file: log,
         events: EventWriter::create(out)?,
@@ -882,13 +883,17 @@ pub fn resume<B: AutodiffBackend>(
     let (cfg, info) = crate::tester::open_run(run)?;
     check_precision::<B>(&cfg, device, backend)?;
     let _lock = lock_run(run)?;
-    for name in ["last", "best-cnn", "best-transformer"] {
-        if let Some(note) = recover_checkpoint(run, name)? {
+    for name in [
+        run_dir::LAST.to_string(),
+        run_dir::best_name(Role::Cnn),
+        run_dir::best_name(Role::Transformer),
+    ] {
+        if let Some(note) = recover_checkpoint(run, &name)? {
             eprintln!("{note}");
         }
     }
-    let last = run.join("last");
-    let state_path = last.join("state.json");
+    let last = run_dir::last(run);
+    let state_path = run_dir::state(&last);
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).with_context(|| {
             format!(
@@ -934,10 +939,10 @@ pub fn resume<B: AutodiffBackend>(
         );
         best.push(read_best(run, role));
     }
-    truncate_log(&run.join("log.jsonl"), step)?;
+    truncate_log(&run_dir::log(run), step)?;
     let file = std::fs::OpenOptions::new()
         .append(true)
-        .open(run.join("log.jsonl"))
+        .open(run_dir::log(run))
         .context("cannot open log.jsonl")?;
     let mut log = RunLog {
         file,
@@ -961,9 +966,7 @@ pub fn resume<B: AutodiffBackend>(
 
 /// The validation scores recorded with a `best-ROLE/` checkpoint, if any.
 fn read_best(run: &Path, role: Role) -> Option<DiceScores> {
-    let text =
-        std::fs::read_to_string(run.join(format!("best-{}", role.name())).join("state.json"))
-            .ok()?;
+    let text = std::fs::read_to_string(run_dir::state(&run_dir::best(run, role))).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     Some(DiceScores {
         mean: v["val_mean_dice"].as_f64()?,
@@ -1132,10 +1135,10 @@ fn run_loop<B: AutodiffBackend>(
                 // Without a validation split (Synapse's protocol) the best checkpoints follow
                 // the last one.
                 if val_samples.is_empty() || best[i].as_ref().is_none_or(|b| scores.mean > b.mean) {
-                    write_checkpoint(out, &format!("best-{}", role.name()), |dir| {
+                    write_checkpoint(out, &run_dir::best_name(*role), |dir| {
                         save_module(students[i].net.clone(), &dir.join(role.name()))?;
                         write_text_atomic(
-                            &dir.join("state.json"),
+                            &run_dir::state(dir),
                             &json!({"step": done, "val_mean_dice": scores.mean, "val_per_class_dice": scores.per_class}).to_string(),
                         )
                     })?;
@@ -1174,10 +1177,10 @@ fn run_loop<B: AutodiffBackend>(
 /// What a stopped run leaves to resume from: the step of its intact `last/` checkpoint, or that
 /// there is none yet.
 fn last_checkpoint_note(out: &Path) -> String {
-    match crate::tester::checkpoint_step(&out.join("last")) {
+    match crate::tester::checkpoint_step(&run_dir::last(out)) {
         Some(step) => format!(
             "the last checkpoint, {} (step {step}), is intact",
-            out.join("last").display()
+            run_dir::last(out).display()
         ),
         None => format!(
             "no checkpoint was written yet (one is written every schedule.validate_every steps), so {} cannot be resumed",
@@ -1192,7 +1195,7 @@ fn save_last<B: AutodiffBackend>(
     optims: &[StudentOptimizer<B>; 2],
     step: usize,
 ) -> Result<()> {
-    write_checkpoint(out, "last", |dir| {
+    write_checkpoint(out, run_dir::LAST, |dir| {
         for (i, role) in Role::BOTH.iter().enumerate() {
             save_module(students[i].net.clone(), &dir.join(role.name()))?;
             save_module(
@@ -1201,7 +1204,7 @@ fn save_last<B: AutodiffBackend>(
             )?;
             optims[i].save(&dir.join(format!("{}-optim", role.name())))?;
         }
-        write_text_atomic(&dir.join("state.json"), &json!({"step": step}).to_string())
+        write_text_atomic(&run_dir::state(dir), &json!({"step": step}).to_string())
     })?;
     Ok(())
 }

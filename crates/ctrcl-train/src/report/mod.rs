@@ -181,7 +181,7 @@ fn load_view<B: Backend>(
     device: &B::Device,
 ) -> Result<RunView> {
     let (cfg, info) = open_run(run)?;
-    let metrics_path = run.join("metrics").join("test-test.json");
+    let metrics_path = crate::run_dir::metrics(run, "test-test.json");
     let read_metrics = || -> Result<Value> {
         serde_json::from_str(
             &std::fs::read_to_string(&metrics_path)
@@ -220,7 +220,7 @@ fn load_view<B: Backend>(
         ],
         class_names: info.class_names,
         metrics,
-        log: TrainingLog::read(&run.join("log.jsonl"))?,
+        log: TrainingLog::read(&crate::run_dir::log(run))?,
         config_toml: cfg.to_toml(),
     })
 }
