@@ -90,6 +90,7 @@ def train_twin(cfg, x, y, seed, k, init=None):
     order = torch.randperm(n, generator=gen)
     pos = 0
     model.train()
+    curve = []
     for it in range(iters):
         lr = cfg["lr"] * (1 - it / iters) ** 0.9
         for g in opt.param_groups:
@@ -110,7 +111,10 @@ def train_twin(cfg, x, y, seed, k, init=None):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval()
+        if (it + 1) % 10 == 0:
+            ce = F.cross_entropy(logits, yb).item()
+            curve.append({"step": it + 1, "ce": ce, "dice": (loss.item() - 0.5 * ce) / 0.5})
+    return model.eval(), curve
 
 
 def test_dice(model, x, native, geo, k):
@@ -175,7 +179,16 @@ def main():
                "lr": rc["optim"]["cnn"]["lr"], "weight_decay": rc["optim"]["cnn"]["weight_decay"],
                "iterations": rc["schedule"]["iterations"], "batch": d["batch_size"]}
         start = time.time()
-        twin = train_twin(cfg, x, y, seed, k)
+        twin, curve = train_twin(cfg, x, y, seed, k)
+        with open(os.path.join(args.out, f"twin-seed{seed}-loss.json"), "w") as f:
+            json.dump(curve, f)
+        ours_curve = [json.loads(line) for line in open(os.path.join(run, "log.jsonl")) if '"lr"' in line]
+        for at in (len(curve) // 4, len(curve) // 2, len(curve) - 1):
+            o = next((c for c in ours_curve if c["step"] == curve[at]["step"]), None)
+            if o is not None:
+                print(f"seed {seed} step {curve[at]['step']}: training CE / Dice loss: twin "
+                      f"{curve[at]['ce']:.3f} / {curve[at]['dice']:.3f}, ctrcl {o['cnn']['ce']:.3f} / "
+                      f"{o['cnn']['dice']:.3f}", flush=True)
         twin_dice = test_dice(twin, xt, native, geo, k)
         ours = {int(c): v for c, v in metrics["cnn"]["per_class_dice"].items()}
         results["ctrcl"].append(ours)
