@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 
 import nibabel as nib
 import numpy as np
@@ -107,13 +108,13 @@ def train_twin(cfg, x, y, seed, k, init=None):
         xb, yb = torch.stack(xs), torch.stack(ys)
         logits = model(xb)
         onehot = F.one_hot(yb, k).permute(0, 3, 1, 2).float()
-        loss = 0.5 * F.cross_entropy(logits, yb) + 0.5 * dice_loss(logits.softmax(1), onehot)
+        ce, dice = F.cross_entropy(logits, yb), dice_loss(logits.softmax(1), onehot)
+        loss = 0.5 * ce + 0.5 * dice
         opt.zero_grad()
         loss.backward()
         opt.step()
         if (it + 1) % 10 == 0:
-            ce = F.cross_entropy(logits, yb).item()
-            curve.append({"step": it + 1, "ce": ce, "dice": (loss.item() - 0.5 * ce) / 0.5})
+            curve.append({"step": it + 1, "ce": ce.item(), "dice": dice.item()})
     return model.eval(), curve
 
 
@@ -163,7 +164,6 @@ def main():
         with open(os.path.join(run, "metrics", "test-test.json")) as f:
             metrics = json.load(f)
         # The run's resolved config: the protocol the twin reproduces.
-        import tomllib
         with open(os.path.join(run, "config.toml"), "rb") as f:
             rc = tomllib.load(f)
         with open(os.path.join(run, "run.json")) as f:

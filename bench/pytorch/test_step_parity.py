@@ -60,7 +60,7 @@ def main():
             "models.unet.channels=[16,32,64,128,256]", "models.unet.dropout=[0.0,0.0,0.0,0.0,0.0]",
             "data.augment=none", f"data.batch_size={n}", "schedule.iterations=1",
             "schedule.log_every=1", "schedule.validate_every=1000", f"data.normalize={args.normalize}",
-            "skip_memory_check=true", "optim.cnn.lr=0.01", "optim.cnn.weight_decay=0.0001"]
+            "skip_memory_check=true", "optim.cnn.weight_decay=0.0001"]
     if args.clip:
         sets.append(f"data.clip=[{args.clip[0]},{args.clip[1]}]")
     weights = {}
