@@ -6,7 +6,7 @@ use burn::backend::Autodiff;
 use ctrcl_data::dataset::Upsample;
 use ctrcl_data::split::Split;
 use ctrcl_train::predictor::PredictOptions;
-use ctrcl_train::student::Role;
+use ctrcl_train::role::Role;
 use ctrcl_train::tester::{test_run, TestReport};
 use ctrcl_train::trainer::{train as train_run, TrainSummary};
 use ctrcl_train::TrainConfig;
@@ -58,7 +58,7 @@ pub fn predict(
     options: PredictOptions,
 ) -> Result<usize> {
     let device = Default::default();
-    let (cfg, _) = ctrcl_train::tester::open_run(run)?;
+    let (cfg, _) = ctrcl_train::run_dir::open_run(run)?;
     let files = ctrcl_train::predictor::inputs(input, cfg.data.channels)?;
     ctrcl_train::predictor::check_outputs(&files, input, output, options.probabilities)?;
     let predictor = ctrcl_train::predictor::Predictor::<Inner>::load(run, role, options, &device)?;

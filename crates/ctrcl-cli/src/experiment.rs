@@ -5,8 +5,8 @@
 use crate::{backend, prepare};
 use anyhow::{bail, Context, Result};
 use ctrcl_data::split::Split;
+use ctrcl_train::role::Role;
 use ctrcl_train::run_dir;
-use ctrcl_train::student::Role;
 use ctrcl_train::TrainConfig;
 use serde::Deserialize;
 use serde_json::Value;

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ctrcl_data::dataset::Upsample;
 use ctrcl_data::split::Split;
 use ctrcl_train::predictor::PredictOptions;
-use ctrcl_train::student::Role;
+use ctrcl_train::role::Role;
 use ctrcl_train::TrainConfig;
 use std::path::PathBuf;
 

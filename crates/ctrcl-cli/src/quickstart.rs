@@ -6,7 +6,7 @@ use crate::{backend, prepare, table};
 use anyhow::{Context, Result};
 use ctrcl_data::split::Split;
 use ctrcl_train::config::Method;
-use ctrcl_train::student::Role;
+use ctrcl_train::role::Role;
 use ctrcl_train::tester::student_json;
 use ctrcl_train::TrainConfig;
 use serde_json::json;
@@ -76,7 +76,7 @@ pub fn run(args: Args) -> Result<()> {
         .collect::<Result<_>>()?;
     let base = TrainConfig::from_toml_in(QUICKSTART_CONFIG, "configs/quickstart.toml", &args.set)?;
     for m in &methods {
-        ctrcl_train::trainer::prepare_run_dir(&out.join(m.name()))?;
+        ctrcl_train::run_dir::prepare_run_dir(&out.join(m.name()))?;
     }
     let data_dir = out.join("data").join("icbm152");
     if !data_dir.join("dataset.json").exists() {

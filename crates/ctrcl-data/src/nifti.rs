@@ -6,10 +6,9 @@
 //! is kept so that predictions can be written with the input's exact geometry.
 
 use crate::error::{DataError, Result};
-use crate::nifti_gz::gunzip_nifti;
+use crate::nifti_gz::{gunzip_nifti, NIFTI1_HEADER_SIZE as HEADER_SIZE};
 use std::path::Path;
 
-pub(crate) const HEADER_SIZE: usize = 348;
 const DATA_OFFSET: usize = 352;
 
 /// Element types ctrcl reads and writes (NIfTI `datatype` codes).

@@ -1,7 +1,6 @@
 //! Inflating `.nii.gz` files: every gzip member, and no more than the NIfTI header declares.
 
 use crate::error::{DataError, Result};
-use crate::nifti::HEADER_SIZE;
 use flate2::read::MultiGzDecoder;
 use std::io::Read;
 use std::path::Path;
@@ -55,6 +54,8 @@ pub(crate) fn gunzip_for_fuzzing(path: &Path, raw: &[u8]) -> Result<Vec<u8>> {
 
 /// Size of a NIfTI-2 header.
 const NIFTI2_HEADER_SIZE: usize = 540;
+/// A NIfTI-1 header's size in bytes (the reader, `crate::nifti`, takes it from here).
+pub(crate) const NIFTI1_HEADER_SIZE: usize = 348;
 
 /// The file size a NIfTI-1/2 header declares (`vox_offset` + voxel bytes over all dims), and
 /// whether its data sit at the end instead (`vox_offset` 0); `None` when the header is not
@@ -100,7 +101,7 @@ fn declared_size(head: &[u8]) -> Option<(usize, bool)> {
             (1..8).map(dim).collect::<Option<Vec<_>>>()?,
             int(72, 2)?,
             offset,
-            HEADER_SIZE,
+            NIFTI1_HEADER_SIZE,
         )
     };
     if !(1..=7).contains(&ndim) || bitpix <= 0 || !offset.is_finite() || offset < 0.0 {

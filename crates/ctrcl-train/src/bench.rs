@@ -4,8 +4,9 @@
 
 use crate::config::{Method, TrainConfig};
 use crate::losses::seg::seg_loss;
-use crate::student::{eval_net, Role, StudentOptimizer, TrainStudent};
-use crate::trainer::{build_student, check_precision, pair_step, StepRates};
+use crate::role::Role;
+use crate::step::{check_precision, pair_step, StepRates};
+use crate::student::{build_student, eval_net, StudentOptimizer, TrainStudent};
 use anyhow::Result;
 use burn::optim::GradientsParams;
 use burn::prelude::*;

@@ -12,7 +12,7 @@
 //! A failed filling (a full disk) removes the unfinished copy at once, so it does not keep the disk
 //! full, and the error is the operating system's ("No space left on device") naming the file.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -106,29 +106,6 @@ pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
     ctrcl_data::error::write_atomic(path, text.as_bytes()).map_err(Into::into)
 }
 
-/// An exclusive hold on a run directory (`RUN/.lock`) for as long as it lives: a second
-/// `ctrcl train --resume` of the same run fails at once instead of racing the first.
-pub struct RunLock {
-    _file: std::fs::File,
-}
-
-/// Takes the lock of run directory `run`, or says which process kind holds it.
-pub fn lock_run(run: &Path) -> Result<RunLock> {
-    let path = crate::run_dir::lock(run);
-    let file = ctrcl_data::error::open_lock_file(&path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(RunLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "{} is in use by another ctrcl process (training or resuming it holds {}); wait for it to finish or stop it",
-            run.display(),
-            path.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,18 +181,5 @@ mod tests {
         std::fs::create_dir_all(r.join(".best-cnn.tmp")).unwrap();
         assert!(recover_checkpoint(r, "best-cnn").unwrap().is_none());
         assert!(!r.join("best-cnn").exists());
-    }
-
-    /// Found by the probe: two `--resume` of one run raced instead of one taking a lock.
-    #[test]
-    fn a_second_lock_on_a_run_is_refused_until_the_first_is_released() {
-        let run = tempfile::tempdir().unwrap();
-        let first = lock_run(run.path()).unwrap();
-        let err = lock_run(run.path())
-            .err()
-            .expect("the second lock is refused");
-        assert!(format!("{err:#}").contains("in use by another ctrcl process"));
-        drop(first);
-        lock_run(run.path()).unwrap();
     }
 }

@@ -60,6 +60,19 @@ impl Method {
             Method::Dml | Method::Kdcl | Method::CrossTeaching | Method::Kd
         )
     }
+
+    /// The `log.jsonl` keys of the method's transfer terms: the logit-space one and the
+    /// feature-space one, where the method has them.
+    pub fn transfer_log_keys(self) -> (Option<&'static str>, Option<&'static str>) {
+        match self {
+            Method::Independent => (None, None),
+            Method::Dml => (Some("dml"), None),
+            Method::Kdcl => (Some("kdcl"), None),
+            Method::CrossTeaching => (Some("cross_teaching"), None),
+            Method::Kd => (Some("kd"), None),
+            Method::Ctrcl | Method::CtrclOffline => (Some("rlcl"), Some("cfcl")),
+        }
+    }
 }
 
 /// Which student of the teacher run teaches (and is frozen in this run's slot of that role).
@@ -231,10 +244,10 @@ pub struct StudentsConfig {
 
 impl StudentsConfig {
     /// The architecture of the student in `role`.
-    pub fn of(&self, role: crate::student::Role) -> Architecture {
+    pub fn of(&self, role: crate::role::Role) -> Architecture {
         match role {
-            crate::student::Role::Cnn => self.cnn,
-            crate::student::Role::Transformer => self.transformer,
+            crate::role::Role::Cnn => self.cnn,
+            crate::role::Role::Transformer => self.transformer,
         }
     }
 }

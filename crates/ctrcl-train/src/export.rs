@@ -8,8 +8,9 @@
 //! `strict=True` and exports ONNX; `bench/pytorch/test_export.py` checks both against
 //! `ctrcl predict --probabilities`.
 
-use crate::student::Role;
-use crate::tester::{checkpoint_step, load_student, open_run};
+use crate::role::Role;
+use crate::run_dir::{checkpoint_step, open_run};
+use crate::tester::load_student;
 use anyhow::{bail, Context, Result};
 use burn::backend::Flex;
 use ctrcl_data::dataset::stored_label_values;

@@ -3,16 +3,22 @@
 
 pub mod bench;
 pub mod checkpoint;
+mod collective;
 pub mod config;
 pub mod distributed;
 pub mod evaluate;
 pub mod export;
 pub mod losses;
 pub mod memory;
+mod objective;
 pub mod predictor;
 pub mod report;
+pub mod role;
 pub mod run_dir;
+mod run_log;
+mod step;
 pub mod student;
+mod teacher;
 pub mod tensorboard;
 pub mod tester;
 pub mod trainer;

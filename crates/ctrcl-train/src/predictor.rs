@@ -4,8 +4,9 @@
 //! give PNG label maps of the input's size.
 
 use crate::evaluate::{predict_native, NativePrediction};
-use crate::student::Role;
-use crate::tester::{load_student, open_run};
+use crate::role::Role;
+use crate::run_dir::open_run;
+use crate::tester::load_student;
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::{

@@ -1,8 +1,9 @@
 //! A student as trained: the deployable network plus its training-only CPM heads, and the
 //! optimizer that updates them (one per student, so each may have its own learning rate).
 
-use crate::config::{OptimizerKind, StudentOptimConfig};
+use crate::config::{OptimizerKind, StudentOptimConfig, TrainConfig};
 use crate::losses::cfcl::ProjectionHead;
+use crate::role::Role;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
@@ -11,26 +12,8 @@ use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
-use ctrcl_models::Student;
+use ctrcl_models::{Architecture, Student};
 use std::path::Path;
-
-/// The two roles of the pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Cnn,
-    Transformer,
-}
-
-impl Role {
-    pub const BOTH: [Role; 2] = [Role::Cnn, Role::Transformer];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Cnn => "cnn",
-            Role::Transformer => "transformer",
-        }
-    }
-}
 
 /// Network + CPM heads (one per CFCL tap; empty when CFCL is off).
 #[derive(Module, Debug)]
@@ -260,4 +243,78 @@ pub fn load_net<B: Backend>(
 /// The network in eval mode on the inner (non-autodiff) backend.
 pub fn eval_net<B: AutodiffBackend>(s: &TrainStudent<B>) -> Student<B::InnerBackend> {
     s.net.valid()
+}
+
+/// A new student of `role` as `cfg` sizes it, with CPM heads at the CFCL taps when the method
+/// is CTRCL with CFCL.
+pub fn build_student<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    role: Role,
+    k: usize,
+    device: &B::Device,
+) -> TrainStudent<B> {
+    let arch = cfg.students.of(role);
+    let net = cfg
+        .models
+        .init(arch, cfg.data.image_size, cfg.data.channels, k, device);
+    let cpm = if cfg.method.is_ctrcl() && cfg.cfcl.enabled {
+        let taps = cfg.models.tap_channels(arch);
+        cfg.cfcl
+            .taps
+            .iter()
+            .map(|stride| {
+                let channels = taps.iter().find(|(s, _)| s == stride).expect("validated").1;
+                ProjectionHead::new(channels, cfg.cfcl.dim, device)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    TrainStudent { net, cpm }
+}
+
+/// A new student of `role` initialised from the ImageNet weights its `models.*.pretrained`
+/// names (ResUNet, SegFormer, Swin-UNet encoders), with the import's report and the file; `None`
+/// when none is named.
+pub fn import_pretrained<'a, B: AutodiffBackend>(
+    cfg: &'a TrainConfig,
+    role: Role,
+    k: usize,
+    device: &B::Device,
+) -> anyhow::Result<
+    Option<(
+        Student<B>,
+        ctrcl_models::ImportReport,
+        &'a std::path::PathBuf,
+    )>,
+> {
+    let m = &cfg.models;
+    let size = cfg.data.image_size;
+    Ok(match cfg.students.of(role) {
+        Architecture::Resunet if !m.resunet.pretrained.as_os_str().is_empty() => {
+            let path = &m.resunet.pretrained;
+            let (net, report) = m
+                .resunet
+                .init_pretrained::<B>(path, cfg.data.channels, k, device)
+                .map_err(|e| anyhow::anyhow!("models.resunet.pretrained: {e}"))?;
+            Some((Student::Resunet(net), report, path))
+        }
+        Architecture::Segformer if !m.segformer.pretrained.as_os_str().is_empty() => {
+            let path = &m.segformer.pretrained;
+            let (net, report) = m
+                .segformer
+                .init_pretrained::<B>(path, cfg.data.channels, k, device)
+                .map_err(|e| anyhow::anyhow!("models.segformer.pretrained: {e}"))?;
+            Some((Student::Segformer(net), report, path))
+        }
+        Architecture::SwinUnet if !m.swin_unet.pretrained.as_os_str().is_empty() => {
+            let path = &m.swin_unet.pretrained;
+            let (net, report) = m
+                .swin_unet
+                .init_pretrained::<B>(path, size, cfg.data.channels, k, device)
+                .map_err(|e| anyhow::anyhow!("models.swin_unet.pretrained: {e}"))?;
+            Some((Student::SwinUnet(net), report, path))
+        }
+        _ => None,
+    })
 }

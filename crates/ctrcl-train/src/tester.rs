@@ -4,9 +4,10 @@
 use crate::checkpoint::write_text_atomic;
 use crate::config::TrainConfig;
 use crate::evaluate::{predict_split, DiceScores};
+use crate::role::Role;
 use crate::run_dir;
-use crate::student::{load_net, Role};
-use crate::trainer::RunInfo;
+use crate::run_dir::{checkpoint_dir, checkpoint_step, open_run};
+use crate::student::load_net;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::{Dataset, Upsample};
@@ -45,40 +46,6 @@ pub struct TestReport {
     pub class_names: Vec<String>,
     pub students: Vec<StudentResult>,
     pub json_path: PathBuf,
-}
-
-/// Reads `config.toml` and `run.json` of a run directory.
-pub fn open_run(run: &Path) -> Result<(TrainConfig, RunInfo)> {
-    let cfg = TrainConfig::load(&run_dir::config(run), &[])
-        .with_context(|| format!("{} is not a ctrcl run directory", run.display()))?;
-    let path = run_dir::info(run);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let info: RunInfo =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
-    Ok((cfg, info))
-}
-
-/// The checkpoint a student is tested from: `best-ROLE/` if validation chose one, else `last/`.
-pub fn checkpoint_dir(run: &Path, role: Role) -> Result<PathBuf> {
-    let best = run_dir::best(run, role);
-    let last = run_dir::last(run);
-    [best, last]
-        .into_iter()
-        .find(|d| d.join(format!("{}.mpk", role.name())).exists())
-        .with_context(|| {
-            format!(
-                "{} has no checkpoint of the {} student (best-{1}/ or last/)",
-                run.display(),
-                role.name()
-            )
-        })
-}
-
-/// The training step a checkpoint directory was written at (`state.json`'s `step`).
-pub fn checkpoint_step(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(run_dir::state(dir)).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
 }
 
 /// Whether test metrics written by [`test_run`] (its JSON) still describe the run's current

@@ -128,6 +128,60 @@ pub fn alignment_loss<B: Backend>(
     total(p * (log_p - student.log_probs.clone())) / n as f64
 }
 
+/// One student's side of CFCL: its CPM heads and its features at the taps, both in tap order.
+pub struct Taps<'a, B: Backend> {
+    pub heads: &'a [ProjectionHead<B>],
+    pub features: Vec<Tensor<B, 4>>,
+}
+
+/// L_CFCL of one student (METHOD.md §5), summed over the taps: its perception loss L_cp plus
+/// the alignment of its perception to the peer's, L_al^{peer→own} (the peer's side detached).
+///
+/// # Shapes
+/// features at tap i: `[B, C_i, h_i, w_i]`; `fractions[i]`: `[B, K, h_i, w_i]` → scalar `[1]`.
+pub fn cfcl_loss<B: Backend>(
+    own: Taps<B>,
+    peer: Taps<B>,
+    fractions: &[Tensor<B, 4>],
+    temperature: f64,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let mut l = Tensor::<B, 1>::zeros([1], device);
+    for (i, (f_own, f_peer)) in own.features.into_iter().zip(peer.features).enumerate() {
+        let p_own = perceive(
+            own.heads[i].forward(f_own),
+            fractions[i].clone(),
+            temperature,
+        );
+        let p_peer = perceive(
+            peer.heads[i].forward(f_peer),
+            fractions[i].clone(),
+            temperature,
+        );
+        l = l + perception_loss(&p_own, fractions[i].clone()) + alignment_loss(&p_peer, &p_own);
+    }
+    l
+}
+
+/// The perception loss alone, summed over the taps: a frozen teacher's CPM heads learning to
+/// perceive categories on its fixed features (`ctrcl-offline`).
+///
+/// # Shapes
+/// As [`cfcl_loss`].
+pub fn perception_only_loss<B: Backend>(
+    own: Taps<B>,
+    fractions: &[Tensor<B, 4>],
+    temperature: f64,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let mut l = Tensor::<B, 1>::zeros([1], device);
+    for (i, f) in own.features.into_iter().enumerate() {
+        let p = perceive(own.heads[i].forward(f), fractions[i].clone(), temperature);
+        l = l + perception_loss(&p, fractions[i].clone());
+    }
+    l
+}
+
 /// Softmax probabilities of a perception (for inspection and tests).
 pub fn probabilities<B: Backend>(perception: &Perception<B>) -> Tensor<B, 2> {
     softmax(perception.log_probs.clone(), 1)

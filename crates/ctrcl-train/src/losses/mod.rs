@@ -9,6 +9,9 @@ mod seg_cpu;
 
 use burn::prelude::*;
 
+/// Smoothing of the Dice ratio (SSL4MIS `DiceLoss`).
+pub const DICE_EPS: f64 = 1e-5;
+
 /// The sum of every element, added in one fixed order whatever the thread count.
 ///
 /// Burn's flex `sum()` and `mean()` of 4 Mi elements or more add 64 Ki-element chunk sums with a

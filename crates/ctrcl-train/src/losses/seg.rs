@@ -1,11 +1,8 @@
 //! Supervised loss L_seg = w_ce·CE + w_dice·Dice (METHOD.md §3, SSL4MIS form).
 
-use crate::losses::{average, total};
+use crate::losses::{average, total, DICE_EPS};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
-
-/// Smoothing of the Dice ratio (SSL4MIS `DiceLoss`).
-pub const DICE_EPS: f64 = 1e-5;
 
 /// Mean cross-entropy over pixels.
 ///

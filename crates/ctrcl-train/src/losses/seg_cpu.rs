@@ -29,7 +29,7 @@ use ctrcl_models::conv::{
 };
 use rayon::prelude::*;
 
-use super::seg::DICE_EPS;
+use super::DICE_EPS;
 
 /// Whether the fused CPU losses are on (default yes; `CTRCL_BURN_LOSS=1` turns them off).
 pub(super) fn enabled() -> bool {

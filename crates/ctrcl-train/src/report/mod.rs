@@ -6,8 +6,9 @@ pub mod overlay;
 pub mod plot;
 
 use crate::evaluate::predict_native;
-use crate::student::Role;
-use crate::tester::{load_student, metrics_are_current, open_run, test_run};
+use crate::role::Role;
+use crate::run_dir::open_run;
+use crate::tester::{load_student, metrics_are_current, test_run};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use ctrcl_data::dataset::Dataset;
