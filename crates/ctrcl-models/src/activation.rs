@@ -26,7 +26,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::conv::{backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
+use crate::cpu::{backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     crate::switches::Switch::Activation.fast()

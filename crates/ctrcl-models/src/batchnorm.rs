@@ -13,7 +13,7 @@ use burn::module::{Param, RunningState};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 
-use crate::conv::{cast, CpuTrain, CpuTrainTensor};
+use crate::cpu::{cast, CpuTrain, CpuTrainTensor};
 
 /// Configuration of [`BatchNorm2d`].
 #[derive(Config, Debug)]

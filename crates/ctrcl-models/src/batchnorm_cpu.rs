@@ -16,7 +16,7 @@ use burn::backend::Flex;
 use burn_std::Shape as StdShape;
 use rayon::prelude::*;
 
-use crate::conv::{backprop_all, dims4, flex_tensor, record, values, CpuTrainTensor};
+use crate::cpu::{backprop_all, dims4, flex_tensor, record, values, CpuTrainTensor};
 
 pub fn enabled() -> bool {
     crate::switches::Switch::Batchnorm.fast()

@@ -22,7 +22,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
 use rayon::prelude::*;
 
-use crate::conv::{cast, flex_tensor, record, CpuTrain, CpuTrainTensor};
+use crate::cpu::{cast, flex_tensor, record, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     crate::switches::Switch::Cat.fast()

@@ -28,7 +28,7 @@ use burn_std::Shape as StdShape;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::conv::{cast, flex_tensor, record, CpuTrain, CpuTrainTensor};
+use crate::cpu::{cast, flex_tensor, record, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     crate::switches::Switch::Matmul.fast()

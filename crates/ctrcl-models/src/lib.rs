@@ -8,6 +8,7 @@ pub mod batchnorm;
 pub mod batchnorm_cpu;
 pub mod concat;
 pub mod conv;
+pub mod cpu;
 pub mod dense;
 pub mod export;
 pub mod import;

@@ -22,7 +22,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::{Bytes, Shape as StdShape};
 use rayon::prelude::*;
 
-use crate::conv::{cast, values, CpuTrain, CpuTrainTensor};
+use crate::cpu::{cast, values, CpuTrain, CpuTrainTensor};
 
 /// The epsilon of every LayerNorm the students build: `LayerNormConfig`'s default (and
 /// PyTorch's). Burn keeps a built norm's epsilon private, so the fast path assumes this one.
@@ -171,7 +171,7 @@ impl Backward<burn::backend::Flex, 3> for LayerNormBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        crate::conv::backprop_all(ops, grads, |dy, saved| {
+        crate::cpu::backprop_all(ops, grads, |dy, saved| {
             let (dx, dgamma, dbeta) = backward(dy, saved);
             [dx, dgamma, dbeta]
         });
@@ -180,7 +180,7 @@ impl Backward<burn::backend::Flex, 3> for LayerNormBackward {
 
 fn norm_autodiff(x: CpuTrainTensor, gamma: CpuTrainTensor, beta: CpuTrainTensor) -> CpuTrainTensor {
     let (g, b) = (values(&gamma.primitive), values(&beta.primitive));
-    crate::conv::record(LayerNormBackward, [&x, &gamma, &beta], || {
+    crate::cpu::record(LayerNormBackward, [&x, &gamma, &beta], || {
         forward(&x.primitive, &g, &b)
     })
 }

@@ -22,7 +22,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::{Bytes, Shape as StdShape};
 use rayon::prelude::*;
 
-use crate::conv::{cast, CpuTrain, CpuTrainTensor};
+use crate::cpu::{cast, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     crate::switches::Switch::Permute.fast()

@@ -21,7 +21,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::{Bytes, Shape as StdShape};
 use rayon::prelude::*;
 
-use crate::conv::{backprop_unary, cast, dims4, record_unary, CpuTrain, CpuTrainTensor};
+use crate::cpu::{backprop_unary, cast, dims4, record_unary, CpuTrain, CpuTrainTensor};
 
 fn enabled() -> bool {
     crate::switches::Switch::Pool.fast()

@@ -24,7 +24,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
 use rayon::prelude::*;
 
-use crate::conv::{
+use crate::cpu::{
     backprop_unary, cast, dims4, flex_tensor, record_unary, CpuTrain, CpuTrainTensor,
 };
 

@@ -1,6 +1,6 @@
 //! The memory estimate against a measured step at the size it extrapolates to.
 
-use ctrcl_models::conv::CpuTrain;
+use ctrcl_models::cpu::CpuTrain;
 use ctrcl_train::memory::{estimate, measure_step, Counting};
 use ctrcl_train::TrainConfig;
 

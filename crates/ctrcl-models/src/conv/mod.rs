@@ -16,30 +16,25 @@ pub mod depthwise;
 pub mod gemm_kernels;
 pub mod up;
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
-use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::{Autodiff, Flex};
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use burn::tensor::backend::BackendTypes;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorPrimitive};
-use burn_std::{Bytes, Shape as StdShape};
+use burn_std::Shape as StdShape;
 
+use crate::cpu::{cast, flex_tensor, CpuTrain, CpuTrainTensor};
 use gemm_kernels::ConvGeometry;
-
-/// The CPU training backend, and its float tensor type (shared with the other fused CPU ops
-/// here and in ctrcl-train's losses).
-pub type CpuTrain = Autodiff<Flex>;
-pub type CpuTrainTensor = <CpuTrain as BackendTypes>::FloatTensorPrimitive;
 
 /// Whether the GEMM convolution is enabled (default yes; `CTRCL_BURN_CONV=1` disables it).
 pub fn fast_backward_enabled() -> bool {
@@ -133,15 +128,6 @@ fn flex_conv2d(
     flex_tensor(y, StdShape::new([g.batch, g.channels_out, oh, ow]))
 }
 
-/// Moves a value between two names of the same type (checked at run time): a generic backend's
-/// tensor primitive to the concrete CPU type after a `TypeId` check, and back.
-pub fn cast<From: 'static, To: 'static>(value: From) -> To {
-    let boxed: Box<dyn Any> = Box::new(value);
-    *boxed
-        .downcast::<To>()
-        .expect("conv: tensor type checked by TypeId before the cast")
-}
-
 /// Backward of a convolution without bias: parents `[x, weight]`.
 #[derive(Debug)]
 struct GemmConv2dBackward;
@@ -226,87 +212,6 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Co
     }
 }
 
-/// A contiguous f32 flex tensor of `values` in `shape` (shared by the fused CPU ops).
-pub fn flex_tensor(values: Vec<f32>, shape: StdShape) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(values),
-        Layout::contiguous(shape),
-        DType::F32,
-    )
-}
-
-/// The four axes of a rank-4 flex tensor (shared by the fused CPU ops).
-pub fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.layout().shape();
-    [s[0], s[1], s[2], s[3]]
-}
-
-/// A flex tensor's f32 values in row-major order (small parameters such as γ and β).
-pub fn values(t: &FlexTensor) -> Vec<f32> {
-    t.to_contiguous().storage::<f32>().to_vec()
-}
-
-/// Records a one-input fused CPU op as one autodiff node: `forward` gives the output and what
-/// `op`'s backward needs (dropped when nothing asks for gradients). Shared by the fused ops
-/// here and in ctrcl-train's losses.
-pub fn record_unary<Op: Backward<Flex, 1>>(
-    op: Op,
-    parent: &CpuTrainTensor,
-    forward: impl FnOnce() -> (FlexTensor, Op::State),
-) -> CpuTrainTensor {
-    record(op, [parent], forward)
-}
-
-/// [`record_unary`] for an op with `N` inputs (`parents`, in the order its backward expects).
-pub fn record<Op: Backward<Flex, N>, const N: usize>(
-    op: Op,
-    parents: [&CpuTrainTensor; N],
-    forward: impl FnOnce() -> (FlexTensor, Op::State),
-) -> CpuTrainTensor {
-    match op
-        .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (out, state) = forward();
-            prep.finish(state, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward().0),
-    }
-}
-
-/// The body of a one-input fused op's `Backward::backward`: takes the upstream gradient and, if
-/// the input wants one, registers `input_grad(upstream, state)` for it.
-pub fn backprop_unary<S>(
-    ops: Ops<S, 1>,
-    grads: &mut Gradients,
-    input_grad: impl FnOnce(&FlexTensor, S) -> FlexTensor,
-) {
-    let [parent] = ops.parents;
-    let upstream = grads.consume::<Flex>(&ops.node);
-    if let Some(parent) = parent {
-        grads.register::<Flex>(parent.id, input_grad(&upstream, ops.state));
-    }
-}
-
-/// The body of a fused op's `Backward::backward` whose gradients all come from one computation
-/// (LayerNorm, BatchNorm: `[x, γ, β]`): takes the upstream gradient, computes
-/// `grads_of(upstream, state)` and registers each for the parents that want one.
-pub fn backprop_all<S, const N: usize>(
-    ops: Ops<S, N>,
-    grads: &mut Gradients,
-    grads_of: impl FnOnce(&FlexTensor, &S) -> [FlexTensor; N],
-) {
-    let upstream = grads.consume::<Flex>(&ops.node);
-    let computed = grads_of(&upstream, &ops.state);
-    for (parent, grad) in ops.parents.into_iter().zip(computed) {
-        if let Some(parent) = parent {
-            grads.register::<Flex>(parent.id, grad);
-        }
-    }
-}
-
 /// The convolution as one autodiff node whose backward is [`register_grads`].
 fn autodiff_conv2d(
     x: CpuTrainTensor,
@@ -354,7 +259,7 @@ mod tests {
     use super::*;
     use burn::tensor::{Distribution, Tolerance};
 
-    type B = Autodiff<Flex>;
+    type B = CpuTrain;
 
     /// Gradients of `sum(conv(x, w, b) · r)` through [`conv2d_fast`] and through Burn's
     /// `conv2d` (the independent reference: its own backward) agree.

@@ -25,8 +25,9 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
 use rayon::prelude::*;
 
+use super::fast_backward_enabled;
 use super::gemm_kernels::matmul;
-use super::{cast, fast_backward_enabled, flex_tensor, CpuTrain, CpuTrainTensor};
+use crate::cpu::{cast, flex_tensor, CpuTrain, CpuTrainTensor};
 
 /// `conv.forward(x)`: `x` `[B, C_in, H, W]` → `[B, C_out, 2H, 2W]` for a 2×2 stride-2 layer
 /// (Burn's op in the half dtype inside an autocast region).

@@ -23,7 +23,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
 use ctrcl_models::activation::exp;
-use ctrcl_models::conv::{
+use ctrcl_models::cpu::{
     backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor,
 };
 use rayon::prelude::*;

@@ -24,7 +24,7 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
-use ctrcl_models::conv::{
+use ctrcl_models::cpu::{
     backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor,
 };
 use rayon::prelude::*;

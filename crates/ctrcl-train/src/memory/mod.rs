@@ -25,7 +25,7 @@ use std::any::TypeId;
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use ctrcl_models::conv::CpuTrain;
+use ctrcl_models::cpu::CpuTrain;
 
 use crate::config::TrainConfig;
 use crate::role::Role;
