@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use burn::backend::Autodiff;
-use ctrcl_data::dataset::Upsample;
+use ctrcl_data::geometry::Upsample;
 use ctrcl_data::split::Split;
 use ctrcl_train::predictor::PredictOptions;
 use ctrcl_train::role::Role;

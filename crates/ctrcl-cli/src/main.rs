@@ -11,7 +11,7 @@ mod table;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ctrcl_data::dataset::Upsample;
+use ctrcl_data::geometry::Upsample;
 use ctrcl_data::split::Split;
 use ctrcl_train::predictor::PredictOptions;
 use ctrcl_train::role::Role;

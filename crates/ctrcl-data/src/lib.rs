@@ -2,6 +2,7 @@
 //! batching. Pure Rust, no tensor framework.
 
 pub mod augment;
+pub mod classes;
 pub mod dataset;
 pub mod dicom;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod fetch;
 mod fixtures;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod geometry;
 pub mod hdf5;
 pub mod image2d;
 pub mod inspect;

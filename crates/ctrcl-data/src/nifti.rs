@@ -693,15 +693,16 @@ fn fresh_header(spacing: [f32; 3], affine: [[f64; 4]; 3]) -> Vec<u8> {
     h
 }
 
+/// The identity voxel → world affine.
+pub const IDENTITY: [[f64; 4]; 3] = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0],
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const IDENTITY: [[f64; 4]; 3] = [
-        [1.0, 0.0, 0.0, 0.0],
-        [0.0, 1.0, 0.0, 0.0],
-        [0.0, 0.0, 1.0, 0.0],
-    ];
 
     fn sample(dims: [usize; 3]) -> Vec<f32> {
         (0..dims.iter().product::<usize>())

@@ -1,9 +1,54 @@
-//! Per-image intensity normalisation: the named rules (`data.normalize`) and nnU-Net's rules by
+//! Per-image intensity handling: the clip window and the named rules (`data.normalize`,
+//! [`Intensity`]), and nnU-Net's rules by
 //! channel name, whose CT statistics come from the training data's foreground and travel with a
 //! run (`ChannelNorm`, recorded in run.json for `predict`).
 
-use crate::dataset::Normalize;
 use crate::nifti::NiftiVolume;
+use serde::Deserialize;
+
+/// Intensity normalisation applied per volume before slicing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalize {
+    /// (x − mean) / std over the whole volume (nnU-Net's non-CT default).
+    Zscore,
+    /// (x − min) / (max − min) over the whole volume.
+    Minmax,
+    /// Values as stored (after slope/intercept).
+    None,
+    /// nnU-Net's rule by `dataset.json` `channel_names`: `CT` clips to the 0.5/99.5 percentiles
+    /// of the training cases' foreground and z-scores with its mean and std; `noNorm` keeps the
+    /// values; `rescale_to_0_1` min-max scales each image; `rgb_to_0_1` divides by 255; any other
+    /// name z-scores each image. Datasets without channel names z-score.
+    ChannelNames,
+}
+
+/// Intensity handling of a volume: an optional clip window (CT windowing, e.g. `[-125, 275]` HU
+/// as TransUNet's Synapse), then normalisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Intensity {
+    pub clip: Option<[f32; 2]>,
+    pub normalize: Normalize,
+}
+
+impl From<Normalize> for Intensity {
+    fn from(normalize: Normalize) -> Self {
+        Intensity {
+            clip: None,
+            normalize,
+        }
+    }
+}
+
+impl Intensity {
+    /// Clips (if a window is set), then normalises `data` in place.
+    pub fn apply(&self, data: &mut [f32]) {
+        if let Some([lo, hi]) = self.clip {
+            data.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+        }
+        normalize_in_place(data, self.normalize);
+    }
+}
 
 /// How one channel is normalised under [`Normalize::ChannelNames`], with the CT statistics of the
 /// training data: recorded with a run so that `predict` normalises new images exactly as the
@@ -143,5 +188,32 @@ pub fn normalize_in_place(data: &mut [f32], how: Normalize) {
             let range = (hi - lo).max(1e-8);
             data.iter_mut().for_each(|v| *v = (*v - lo) / range);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_window_comes_before_normalisation() {
+        // HU -1000 (air) and 1500 (bone) fall to the window edges; minmax then maps the window
+        // to [0, 1]: 0 HU → 125/400.
+        let mut d = vec![-1000.0, -125.0, 0.0, 275.0, 1500.0];
+        Intensity {
+            clip: Some([-125.0, 275.0]),
+            normalize: Normalize::Minmax,
+        }
+        .apply(&mut d);
+        assert_eq!(d, vec![0.0, 0.0, 0.3125, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn zscore_has_zero_mean_unit_std() {
+        let mut d = vec![1.0, 2.0, 3.0, 4.0];
+        normalize_in_place(&mut d, Normalize::Zscore);
+        let mean: f32 = d.iter().sum::<f32>() / 4.0;
+        let var: f32 = d.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 4.0;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5);
     }
 }

@@ -5,11 +5,8 @@ use crate::error::{write_atomic, DataError, Result};
 use crate::mrc::read_mrc;
 use crate::nifti::{read_nifti, write_nifti, NiftiVolume};
 use crate::nrrd::{parse_header, read_nrrd};
-use crate::split::{SlabSplit, SPLIT_FILE};
+use crate::split::{SlabSplit, ICBM152_CASE, SPLIT_FILE};
 use std::path::Path;
-
-/// Case id of the single ICBM152 volume.
-pub const ICBM152_CASE: &str = "icbm152";
 
 /// Prepares a fetched source by name (`icbm152`, `lits117`, `ctchest`).
 pub fn prepare_source(name: &str, fetched: &Path, out: &Path) -> Result<()> {
@@ -177,7 +174,7 @@ pub fn prepare_nuclei(fetched: &Path, out: &Path) -> Result<()> {
             let vol = NiftiVolume::from_parts(
                 [t, t, 1],
                 [1.0; 3],
-                crate::dataset::IDENTITY,
+                crate::nifti::IDENTITY,
                 img,
                 crate::nifti::NiftiType::F32,
             );

@@ -4,6 +4,9 @@
 
 use crate::error::{DataError, Result};
 use serde::{Deserialize, Serialize};
+
+/// Case id of the single ICBM152 volume (`data prepare --source icbm152`).
+pub const ICBM152_CASE: &str = "icbm152";
 use std::path::Path;
 
 /// File name of the split inside a prepared dataset.
@@ -83,7 +86,7 @@ impl SlabSplit {
     /// DATA.md's icbm152 protocol: train z 0–69 and 111–154, val 75–84, test 90–105.
     pub fn icbm152_default() -> Self {
         SlabSplit {
-            case: crate::prepare::ICBM152_CASE.to_string(),
+            case: ICBM152_CASE.to_string(),
             axis: "z".to_string(),
             train: vec![[0, 69], [111, 154]],
             val: vec![[75, 84]],

@@ -3,7 +3,8 @@
 //! names the file and says what is wrong — never a panic, never a silently wrong array — and the
 //! damage the standards define as harmless (NIfTI slope 0 or NaN) reads the right values.
 
-use ctrcl_data::dataset::{Dataset, Normalize};
+use ctrcl_data::dataset::Dataset;
+use ctrcl_data::normalize::Normalize;
 use serde_json::Value;
 use std::path::Path;
 

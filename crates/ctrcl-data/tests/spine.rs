@@ -2,7 +2,7 @@
 //! data) read as nibabel reads them (`scripts/reference/spine_reference.py`), and their vertebra
 //! ids become classes through a label map: the loader and label-remap checks DATA.md asks for.
 
-use ctrcl_data::dataset::remap_labels;
+use ctrcl_data::classes::remap_labels;
 use ctrcl_data::inspect::axis_codes;
 use ctrcl_data::nifti::read_nifti;
 use serde_json::Value;

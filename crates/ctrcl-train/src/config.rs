@@ -2,8 +2,9 @@
 //! overridable with `--set key=value`. Unknown keys are errors that name the key.
 
 use anyhow::{bail, Context, Result};
-use ctrcl_data::dataset::{Intensity, Normalize, Upsample};
+use ctrcl_data::geometry::Upsample;
 use ctrcl_data::loader::Augment;
+use ctrcl_data::normalize::{Intensity, Normalize};
 use ctrcl_models::{Architecture, ModelSizes};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -141,7 +142,7 @@ pub struct DataConfig {
     /// 2D masks (Kvasir-SEG's JPEGs): grey level from which a pixel is foreground.
     pub mask_threshold: u8,
     /// Image resize to the network input: bilinear, or TransUNet's cubic spline (`spline3`).
-    pub image_resize: ctrcl_data::dataset::ImageResize,
+    pub image_resize: ctrcl_data::geometry::ImageResize,
     /// nnU-Net raw datasets: stored label value → class (`"*"` = every other value), e.g. to
     /// group vertebra ids or drop structures; empty = labels are the classes as stored.
     pub label_map: std::collections::BTreeMap<String, u8>,

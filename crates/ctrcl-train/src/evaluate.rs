@@ -4,7 +4,8 @@
 //! the slices are stacked into a volume on which the metrics are computed.
 
 use burn::prelude::*;
-use ctrcl_data::dataset::{argmax_classes, Dataset, Geometry, Sample, Upsample};
+use ctrcl_data::dataset::{Dataset, Sample};
+use ctrcl_data::geometry::{argmax_classes, Geometry, Upsample};
 use ctrcl_data::split::Split;
 use ctrcl_metrics::{confusion_counts, dice_transunet};
 use ctrcl_models::Student;

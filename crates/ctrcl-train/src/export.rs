@@ -13,7 +13,7 @@ use crate::run_dir::{checkpoint_step, open_run};
 use crate::tester::load_student;
 use anyhow::{bail, Context, Result};
 use burn::backend::Flex;
-use ctrcl_data::dataset::stored_label_values;
+use ctrcl_data::classes::stored_label_values;
 use ctrcl_data::error::write_atomic;
 use ctrcl_models::export::{pytorch_state_dict, safetensors_bytes};
 use ctrcl_models::{Architecture, ModelSizes};

@@ -9,12 +9,13 @@ use crate::run_dir::open_run;
 use crate::tester::load_student;
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
-use ctrcl_data::dataset::{
-    stored_label_values, ChannelNorm, Dataset, Geometry, Intensity, Normalize, Upsample,
-};
+use ctrcl_data::classes::stored_label_values;
+use ctrcl_data::dataset::Dataset;
 use ctrcl_data::dicom::{dicom_files, read_all_series};
+use ctrcl_data::geometry::{Geometry, Upsample};
 use ctrcl_data::image2d::{image_stem, read_image_2d, read_rgb_planes, write_label_png};
 use ctrcl_data::nifti::{nifti_stem, read_nifti, write_nifti, write_nifti_channels, NiftiVolume};
+use ctrcl_data::normalize::{ChannelNorm, Intensity, Normalize};
 use ctrcl_data::npy::write_npy_f32;
 use std::path::{Path, PathBuf};
 
@@ -169,7 +170,7 @@ pub struct Predictor<B: Backend> {
     size: usize,
     /// Input channels the student was trained on (1 grey, 3 RGB).
     channels: usize,
-    image_resize: ctrcl_data::dataset::ImageResize,
+    image_resize: ctrcl_data::geometry::ImageResize,
     intensity: Intensity,
     upsample: Upsample,
     probabilities: bool,

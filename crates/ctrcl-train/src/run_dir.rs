@@ -104,7 +104,7 @@ pub struct RunInfo {
     /// data's CT statistics, so `predict` needs no access to the training data (empty otherwise,
     /// and in runs older than this field).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub channel_normalization: Vec<ctrcl_data::dataset::ChannelNorm>,
+    pub channel_normalization: Vec<ctrcl_data::normalize::ChannelNorm>,
     /// The `CTRCL_BURN_*` variables that sent a family of CPU ops back to Burn's own
     /// implementation for this run (`ctrcl_models::switches`); empty: all fast paths on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
