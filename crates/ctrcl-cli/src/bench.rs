@@ -66,34 +66,6 @@ pub struct Args {
     json: bool,
 }
 
-/// Nominal single-precision peak of this machine: logical CPUs × clock × FLOP per cycle (32 with
-/// AVX2 FMA: two 8-wide FMA units; 64 with AVX-512), from /proc/cpuinfo. A ceiling, not a goal:
-/// hyper-threads share units and clocks vary.
-pub fn machine_peak_gflops() -> Option<(f64, String)> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let cpus = info.lines().filter(|l| l.starts_with("processor")).count();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|v| v.trim().to_string())
-    };
-    let mhz: f64 = field("cpu MHz")?.parse().ok()?;
-    let flags = field("flags").unwrap_or_default();
-    let per_cycle = if flags.contains("avx512f") {
-        64.0
-    } else if flags.contains("avx2") && flags.contains("fma") {
-        32.0
-    } else {
-        8.0
-    };
-    let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
-    Some((
-        cpus as f64 * mhz / 1e3 * per_cycle,
-        format!("{cpus} logical CPUs, {model}, {mhz:.0} MHz, {per_cycle} FLOP/cycle"),
-    ))
-}
-
 /// The one architecture a benchmark builds, if it builds one: the config is then validated for
 /// that model only (the other slot takes it too), so `--model unet --size 128` is not refused
 /// for a Swin-UNet it never builds. The loader benchmark builds none.
@@ -136,7 +108,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let peak = machine_peak_gflops();
+    let peak = ctrcl_train::bench::machine_peak_gflops();
     if args.model == ModelArg::All {
         // Each model's process validates the config for itself.
         return run_each(&args, peak);
@@ -172,84 +144,36 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Loader throughput: `steps` batches after `warmup`, produced by `data.workers` threads with the
-/// config's augmentation, consumed as fast as they come (the trainer's side does nothing), so the
-/// time is what the loader alone needs per batch.
+/// `--model data`: the loader benchmark of `ctrcl_train::bench`, printed.
 fn bench_loader(cfg: &TrainConfig, args: &Args) -> Result<()> {
-    use ctrcl_data::dataset::Dataset;
-    use ctrcl_data::loader::{BatchLoader, Plan};
-    use ctrcl_data::split::Split;
-    let dataset = Dataset::open(&cfg.data.dataset, cfg.data.open_options()).with_context(|| {
-        format!(
-            "opening {} (prepare one with `ctrcl data prepare`, or --set data.dataset=DIR)",
-            cfg.data.dataset.display()
-        )
-    })?;
-    let size = cfg.data.image_size;
-    let prep = std::time::Instant::now();
-    let samples = std::sync::Arc::new(dataset.samples(Split::Train, size));
-    let resample_s = prep.elapsed().as_secs_f64();
-    let plan = Plan {
-        geometric: cfg.data.augment,
-        extra: cfg.augmentation,
-        foreground: cfg.data.foreground_oversample,
-    };
-    let total = args.warmup + args.steps;
-    let mut loader = BatchLoader::start(
-        samples.clone(),
-        size,
-        cfg.data.batch_size,
-        cfg.seed,
-        plan,
-        0,
-        total,
-        cfg.data.workers,
-    );
-    let mut started = std::time::Instant::now();
-    for (i, _batch) in loader.by_ref().enumerate() {
-        if i + 1 == args.warmup {
-            started = std::time::Instant::now();
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let timed = if args.warmup == 0 { total } else { args.steps };
-    let ms_per_batch = seconds * 1e3 / timed as f64;
-    let slices_per_s = (timed * cfg.data.batch_size) as f64 / seconds;
-    let extra_on = cfg.augmentation != ctrcl_data::augment::Augmentations::default();
-    let v = serde_json::json!({
-        "model": "data",
-        "dataset": cfg.data.dataset,
-        "layout": dataset.layout,
-        "training_samples": samples.len(),
-        "size": size,
-        "batch": cfg.data.batch_size,
-        "workers": cfg.data.workers,
-        "augment": cfg.data.augment,
-        "extra_augmentation": extra_on,
-        "ms_per_batch": ms_per_batch,
-        "slices_per_s": slices_per_s,
-        "resample_s": resample_s,
-        "backend": "cpu threads",
-    });
+    let r = ctrcl_train::bench::bench_loader(cfg, args.warmup, args.steps)?;
     if args.json {
-        println!("{v}");
+        println!("{}", serde_json::to_value(&r)?);
     } else {
+        let size = r.size;
         println!(
-            "loader on {} ({} training slices at {size}×{size}, resampled once in {resample_s:.2} s):",
-            cfg.data.dataset.display(),
-            samples.len()
+            "loader on {} ({} training slices at {size}×{size}, resampled once in {:.2} s):",
+            r.dataset.display(),
+            r.training_samples,
+            r.resample_s
         );
         println!(
-            "  {slices_per_s:.0} slices/s = {ms_per_batch:.2} ms per batch of {} with {} worker(s), \
-             augment {:?}{}",
-            cfg.data.batch_size,
-            cfg.data.workers,
-            cfg.data.augment,
-            if extra_on { " + [augmentation]" } else { "" }
+            "  {:.0} slices/s = {:.2} ms per batch of {} with {} worker(s), augment {:?}{}",
+            r.slices_per_s,
+            r.ms_per_batch,
+            r.batch,
+            r.workers,
+            r.augment,
+            if r.extra_augmentation {
+                " + [augmentation]"
+            } else {
+                ""
+            }
         );
         println!(
-            "  training never waits on the loader while a step takes longer than {ms_per_batch:.2} ms \
-             (compare `ctrcl bench --model pair` with the same --size/--batch)"
+            "  training never waits on the loader while a step takes longer than {:.2} ms \
+             (compare `ctrcl bench --model pair` with the same --size/--batch)",
+            r.ms_per_batch
         );
     }
     Ok(())

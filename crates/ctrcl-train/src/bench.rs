@@ -7,7 +7,7 @@ use crate::losses::seg::seg_loss;
 use crate::role::Role;
 use crate::step::{check_precision, pair_step, StepRates};
 use crate::student::{build_student, eval_net, StudentOptimizer, TrainStudent};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -77,6 +77,34 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
     }
+}
+
+/// Nominal single-precision peak of this machine: logical CPUs × clock × FLOP per cycle (32 with
+/// AVX2 FMA: two 8-wide FMA units; 64 with AVX-512), from /proc/cpuinfo. A ceiling, not a goal:
+/// hyper-threads share units and clocks vary.
+pub fn machine_peak_gflops() -> Option<(f64, String)> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let cpus = info.lines().filter(|l| l.starts_with("processor")).count();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+    };
+    let mhz: f64 = field("cpu MHz")?.parse().ok()?;
+    let flags = field("flags").unwrap_or_default();
+    let per_cycle = if flags.contains("avx512f") {
+        64.0
+    } else if flags.contains("avx2") && flags.contains("fma") {
+        32.0
+    } else {
+        8.0
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    Some((
+        cpus as f64 * mhz / 1e3 * per_cycle,
+        format!("{cpus} logical CPUs, {model}, {mhz:.0} MHz, {per_cycle} FLOP/cycle"),
+    ))
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
@@ -272,4 +300,83 @@ fn time_inference<B: AutodiffBackend>(
         }
     }
     Ok(median(&mut times))
+}
+
+/// What the loader benchmark measured (`ctrcl bench --model data`); serialised as its JSON line.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoaderBench {
+    /// Always `"data"`, so the line reads like the model benchmarks' lines.
+    pub model: &'static str,
+    pub dataset: std::path::PathBuf,
+    pub layout: &'static str,
+    pub training_samples: usize,
+    pub size: usize,
+    pub batch: usize,
+    pub workers: usize,
+    pub augment: ctrcl_data::loader::Augment,
+    /// Whether any `[augmentation]` transform is on.
+    pub extra_augmentation: bool,
+    pub ms_per_batch: f64,
+    pub slices_per_s: f64,
+    /// The one-time resampling of the training slices to the run's size.
+    pub resample_s: f64,
+    pub backend: &'static str,
+}
+
+/// Loader throughput: `steps` batches after `warmup`, produced by `data.workers` threads with the
+/// config's augmentation, consumed as fast as they come (the trainer's side does nothing), so the
+/// time is what the loader alone needs per batch.
+pub fn bench_loader(cfg: &TrainConfig, warmup: usize, steps: usize) -> Result<LoaderBench> {
+    use ctrcl_data::dataset::Dataset;
+    use ctrcl_data::loader::{BatchLoader, Plan};
+    use ctrcl_data::split::Split;
+    let dataset = Dataset::open(&cfg.data.dataset, cfg.data.open_options()).with_context(|| {
+        format!(
+            "opening {} (prepare one with `ctrcl data prepare`, or --set data.dataset=DIR)",
+            cfg.data.dataset.display()
+        )
+    })?;
+    let size = cfg.data.image_size;
+    let prep = Instant::now();
+    let samples = std::sync::Arc::new(dataset.samples(Split::Train, size));
+    let resample_s = prep.elapsed().as_secs_f64();
+    let plan = Plan {
+        geometric: cfg.data.augment,
+        extra: cfg.augmentation,
+        foreground: cfg.data.foreground_oversample,
+    };
+    let total = warmup + steps;
+    let mut loader = BatchLoader::start(
+        samples.clone(),
+        size,
+        cfg.data.batch_size,
+        cfg.seed,
+        plan,
+        0,
+        total,
+        cfg.data.workers,
+    );
+    let mut started = Instant::now();
+    for (i, _batch) in loader.by_ref().enumerate() {
+        if i + 1 == warmup {
+            started = Instant::now();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let timed = if warmup == 0 { total } else { steps };
+    Ok(LoaderBench {
+        model: "data",
+        dataset: cfg.data.dataset.clone(),
+        layout: dataset.layout,
+        training_samples: samples.len(),
+        size,
+        batch: cfg.data.batch_size,
+        workers: cfg.data.workers,
+        augment: cfg.data.augment,
+        extra_augmentation: cfg.augmentation != ctrcl_data::augment::Augmentations::default(),
+        ms_per_batch: seconds * 1e3 / timed as f64,
+        slices_per_s: (timed * cfg.data.batch_size) as f64 / seconds,
+        resample_s,
+        backend: "cpu threads",
+    })
 }

@@ -89,6 +89,21 @@ pub fn lock(run: &Path) -> PathBuf {
     run.join(LOCK)
 }
 
+/// Whether a run's training ran to its end: the last event of its log (`start`, `resume`,
+/// `end`, …) is `end`. A line that is not JSON (the tail of a killed process) counts as no event,
+/// so a run stopped mid-line is not finished; a run resumed after its end is not finished until
+/// it ends again.
+pub fn finished(run: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(log(run)) else {
+        return false;
+    };
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_owned))
+        .is_some_and(|e| e == "end")
+}
+
 /// Metadata written as `run.json`: what `test` and `predict` need besides the config.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {
@@ -271,6 +286,36 @@ pub fn lock_run(run: &Path) -> Result<RunLock> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The experiment runner used to search the log for the text `"event":"end"`; a parsed log
+    /// decides now, and only its last event counts.
+    #[test]
+    fn a_run_is_finished_when_its_last_event_is_the_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        assert!(!finished(run), "no log");
+        let write = |lines: &[&str]| std::fs::write(log(run), lines.join("\n") + "\n").unwrap();
+        write(&[r#"{"event":"start"}"#, r#"{"step":10,"loss":1.0}"#]);
+        assert!(!finished(run));
+        write(&[
+            r#"{"event":"start"}"#,
+            r#"{"step":10}"#,
+            r#"{"event":"end","seconds":1.0}"#,
+        ]);
+        assert!(finished(run));
+        write(&[r#"{"event": "start"}"#, r#"{"event": "end"}"#]);
+        assert!(finished(run), "spacing does not matter to a parser");
+        write(&[
+            r#"{"event":"end"}"#,
+            r#"{"event":"resume","from_step":10}"#,
+            r#"{"step":20}"#,
+        ]);
+        assert!(!finished(run), "resumed after its end");
+        write(&[r#"{"event":"start"}"#, r#"{"note":"{\"event\":\"end\"}"}"#]);
+        assert!(!finished(run), "the text inside a value is not an event");
+        write(&[r#"{"event":"start"}"#, r#"{"event":"end"}"#, r#"{"step":3"#]);
+        assert!(finished(run), "a torn last line is no event");
+    }
 
     /// Found by the probe: two `--resume` of one run raced instead of one taking a lock.
     #[test]
