@@ -4,14 +4,12 @@
 //! slot). Feature taps: decoder outputs at strides 8, 4 and 2, like the U-Net's, so the pair's
 //! CFCL taps carry over. Layer names follow torchvision's ResNet where weights would be imported.
 
-use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
-use crate::conv;
+use crate::ops;
 use crate::{ImportReport, ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -66,36 +64,36 @@ fn conv<B: Backend>(cin: usize, cout: usize, k: usize, stride: usize, d: &B::Dev
 #[derive(Module, Debug)]
 pub struct BasicBlock<B: Backend> {
     conv1: Conv2d<B>,
-    bn1: BatchNorm2d<B>,
+    bn1: ops::BatchNorm2d<B>,
     conv2: Conv2d<B>,
-    bn2: BatchNorm2d<B>,
-    downsample: Option<(Conv2d<B>, BatchNorm2d<B>)>,
+    bn2: ops::BatchNorm2d<B>,
+    downsample: Option<(Conv2d<B>, ops::BatchNorm2d<B>)>,
 }
 
 impl<B: Backend> BasicBlock<B> {
     fn new(cin: usize, cout: usize, stride: usize, d: &B::Device) -> Self {
         BasicBlock {
             conv1: conv(cin, cout, 3, stride, d),
-            bn1: BatchNorm2dConfig::new(cout).init(d),
+            bn1: ops::BatchNorm2dConfig::new(cout).init(d),
             conv2: conv(cout, cout, 3, 1, d),
-            bn2: BatchNorm2dConfig::new(cout).init(d),
+            bn2: ops::BatchNorm2dConfig::new(cout).init(d),
             downsample: (stride != 1 || cin != cout).then(|| {
                 (
                     conv(cin, cout, 1, stride, d),
-                    BatchNorm2dConfig::new(cout).init(d),
+                    ops::BatchNorm2dConfig::new(cout).init(d),
                 )
             }),
         }
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = relu(self.bn1.forward(conv::forward(&self.conv1, x.clone())));
-        let h = self.bn2.forward(conv::forward(&self.conv2, h));
+        let h = ops::relu(self.bn1.forward(ops::conv2d(&self.conv1, x.clone())));
+        let h = self.bn2.forward(ops::conv2d(&self.conv2, h));
         let shortcut = match &self.downsample {
-            Some((c, bn)) => bn.forward(conv::forward(c, x)),
+            Some((c, bn)) => bn.forward(ops::conv2d(c, x)),
             None => x,
         };
-        relu(h + shortcut)
+        ops::relu(h + shortcut)
     }
 }
 
@@ -104,9 +102,9 @@ impl<B: Backend> BasicBlock<B> {
 pub struct DecoderBlock<B: Backend> {
     up: ConvTranspose2d<B>,
     conv1: Conv2d<B>,
-    bn1: BatchNorm2d<B>,
+    bn1: ops::BatchNorm2d<B>,
     conv2: Conv2d<B>,
-    bn2: BatchNorm2d<B>,
+    bn2: ops::BatchNorm2d<B>,
 }
 
 impl<B: Backend> DecoderBlock<B> {
@@ -116,20 +114,20 @@ impl<B: Backend> DecoderBlock<B> {
                 .with_stride([2, 2])
                 .init(d),
             conv1: conv(cout + c_skip, cout, 3, 1, d),
-            bn1: BatchNorm2dConfig::new(cout).init(d),
+            bn1: ops::BatchNorm2dConfig::new(cout).init(d),
             conv2: conv(cout, cout, 3, 1, d),
-            bn2: BatchNorm2dConfig::new(cout).init(d),
+            bn2: ops::BatchNorm2dConfig::new(cout).init(d),
         }
     }
 
     fn forward(&self, deep: Tensor<B, 4>, skip: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
         let up = self.up.forward(deep);
         let h = match skip {
-            Some(s) => crate::concat::cat(vec![up, s], 1),
+            Some(s) => ops::cat(vec![up, s], 1),
             None => up,
         };
-        let h = relu(self.bn1.forward(conv::forward(&self.conv1, h)));
-        relu(self.bn2.forward(conv::forward(&self.conv2, h)))
+        let h = ops::relu(self.bn1.forward(ops::conv2d(&self.conv1, h)));
+        ops::relu(self.bn2.forward(ops::conv2d(&self.conv2, h)))
     }
 }
 
@@ -137,7 +135,7 @@ impl<B: Backend> DecoderBlock<B> {
 pub struct ResUnet<B: Backend> {
     /// Stem convolution (public so a checkpoint's RGB stem can be adapted to grey inputs).
     pub conv1: Conv2d<B>,
-    bn1: BatchNorm2d<B>,
+    bn1: ops::BatchNorm2d<B>,
     maxpool: MaxPool2d,
     layers: Vec<Vec<BasicBlock<B>>>,
     decoder: Vec<DecoderBlock<B>>,
@@ -195,7 +193,7 @@ impl ResUnetConfig {
                 .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
                 .with_bias(false)
                 .init(d),
-            bn1: BatchNorm2dConfig::new(c[0]).init(d),
+            bn1: ops::BatchNorm2dConfig::new(c[0]).init(d),
             maxpool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -278,8 +276,8 @@ impl<B: Backend> ResUnet<B> {
     /// # Shapes
     /// `x`: `[B, Cin, H, W]` → `[B, c[0], H/2, W/2]`, then `[B, c[i+1], H/2^(i+2), …]`.
     pub fn encode(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        let stem = relu(self.bn1.forward(conv::forward(&self.conv1, x)));
-        let mut h = self.maxpool.forward(stem.clone());
+        let stem = ops::relu(self.bn1.forward(ops::conv2d(&self.conv1, x)));
+        let mut h = ops::max_pool2d(&self.maxpool, stem.clone());
         let mut out = vec![stem];
         for stage in &self.layers {
             for block in stage {
@@ -305,7 +303,7 @@ impl<B: Backend> ResUnet<B> {
             }
         }
         SegOutput {
-            logits: conv::forward(&self.head, h),
+            logits: ops::conv2d(&self.head, h),
             features,
         }
     }

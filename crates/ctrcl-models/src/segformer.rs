@@ -5,17 +5,11 @@
 //! classifies and upsamples ×4. Feature taps: the projected stage features at strides 16, 8, 4
 //! (the decoder's own per-scale features, like the Swin-UNet's).
 
-use crate::activation::{gelu, softmax};
-use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
-use crate::conv;
-use crate::permute::{permute, swap_dims};
-use crate::precision::{linear_forward, matmul};
-use crate::resize::resize_bilinear;
+use crate::ops;
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,13 +45,13 @@ impl Default for SegFormerConfig {
 
 /// `[B, C, H, W]` → `[B, H·W, C]`.
 fn to_tokens<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
-    swap_dims(x.flatten::<3>(2, 3), 1, 2)
+    ops::swap_dims(x.flatten::<3>(2, 3), 1, 2)
 }
 
 /// `[B, H·W, C]` → `[B, C, H, W]`.
 fn to_map<B: Backend>(x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 4> {
     let [b, _, c] = x.dims();
-    swap_dims(x, 1, 2).reshape([b, c, h, w])
+    ops::swap_dims(x, 1, 2).reshape([b, c, h, w])
 }
 
 /// Efficient self-attention: keys and values from the map reduced by a `sr × sr` stride-`sr`
@@ -94,28 +88,31 @@ impl<B: Backend> EfficientAttention<B> {
     fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
         let [b, n, c] = x.dims();
         let hd = c / self.heads;
-        let q = swap_dims(
-            linear_forward(&self.q, x.clone()).reshape([b, n, self.heads, hd]),
+        let q = ops::swap_dims(
+            ops::linear(&self.q, x.clone()).reshape([b, n, self.heads, hd]),
             1,
             2,
         ); // [B, heads, N, hd]
         let kv_in = match &self.sr {
             Some((conv, norm)) => {
-                crate::norm::layer_norm(norm, to_tokens(conv::forward(conv, to_map(x, h, w))))
+                ops::layer_norm(norm, to_tokens(ops::conv2d(conv, to_map(x, h, w))))
             }
             None => x,
         };
         let m = kv_in.dims()[1];
-        let kv = permute(
-            linear_forward(&self.kv, kv_in).reshape([b, m, 2, self.heads, hd]),
+        let kv = ops::permute(
+            ops::linear(&self.kv, kv_in).reshape([b, m, 2, self.heads, hd]),
             [2, 0, 3, 1, 4],
         ); // [2, B, heads, M, hd]
         let k = kv.clone().narrow(0, 0, 1).reshape([b, self.heads, m, hd]);
         let v = kv.narrow(0, 1, 1).reshape([b, self.heads, m, hd]);
-        let attn = softmax(matmul(q * (hd as f64).powf(-0.5), k.swap_dims(2, 3)), 3);
-        linear_forward(
+        let attn = ops::softmax(
+            ops::matmul(q * (hd as f64).powf(-0.5), k.swap_dims(2, 3)),
+            3,
+        );
+        ops::linear(
             &self.proj,
-            swap_dims(matmul(attn, v), 1, 2).reshape([b, n, c]),
+            ops::swap_dims(ops::matmul(attn, v), 1, 2).reshape([b, n, c]),
         )
     }
 }
@@ -141,9 +138,9 @@ impl<B: Backend> MixFfn<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
-        let x = linear_forward(&self.fc1, x);
-        let x = to_tokens(conv::forward(&self.dwconv, to_map(x, h, w)));
-        linear_forward(&self.fc2, gelu(x))
+        let x = ops::linear(&self.fc1, x);
+        let x = to_tokens(ops::conv2d(&self.dwconv, to_map(x, h, w)));
+        ops::linear(&self.fc2, ops::gelu(x))
     }
 }
 
@@ -157,14 +154,8 @@ pub struct MitBlock<B: Backend> {
 
 impl<B: Backend> MitBlock<B> {
     fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
-        let x = x.clone()
-            + self
-                .attn
-                .forward(crate::norm::layer_norm(&self.norm1, x), h, w);
-        x.clone()
-            + self
-                .ffn
-                .forward(crate::norm::layer_norm(&self.norm2, x), h, w)
+        let x = x.clone() + self.attn.forward(ops::layer_norm(&self.norm1, x), h, w);
+        x.clone() + self.ffn.forward(ops::layer_norm(&self.norm2, x), h, w)
     }
 }
 
@@ -183,7 +174,7 @@ pub struct SegFormer<B: Backend> {
     /// Per-stage projection to the decoder width.
     project: Vec<Linear<B>>,
     fuse: Conv2d<B>,
-    fuse_norm: BatchNorm2d<B>,
+    fuse_norm: ops::BatchNorm2d<B>,
     head: Conv2d<B>,
 }
 
@@ -330,7 +321,7 @@ impl SegFormerConfig {
             fuse: Conv2dConfig::new([4 * e, e], [1, 1])
                 .with_bias(false)
                 .init(d),
-            fuse_norm: BatchNorm2dConfig::new(e).init(d),
+            fuse_norm: ops::BatchNorm2dConfig::new(e).init(d),
             head: Conv2dConfig::new([e, num_classes], [1, 1]).init(d),
         }
     }
@@ -386,13 +377,13 @@ impl<B: Backend> SegFormer<B> {
         let mut map = x;
         let mut out = Vec::with_capacity(4);
         for stage in &self.stages {
-            let e = conv::forward(&stage.embed, map);
+            let e = ops::conv2d(&stage.embed, map);
             let [_, _, sh, sw] = e.dims();
-            let mut t = crate::norm::layer_norm(&stage.embed_norm, to_tokens(e));
+            let mut t = ops::layer_norm(&stage.embed_norm, to_tokens(e));
             for block in &stage.blocks {
                 t = block.forward(t, sh, sw);
             }
-            map = to_map(crate::norm::layer_norm(&stage.norm, t), sh, sw);
+            map = to_map(ops::layer_norm(&stage.norm, t), sh, sw);
             out.push(map.clone());
         }
         out
@@ -409,7 +400,7 @@ impl<B: Backend> SegFormer<B> {
             .zip(&self.project)
             .map(|(map, project)| {
                 let [_, _, sh, sw] = map.dims();
-                to_map(linear_forward(project, to_tokens(map)), sh, sw)
+                to_map(ops::linear(project, to_tokens(map)), sh, sw)
             })
             .collect();
         let (qh, qw) = (h / 4, w / 4);
@@ -425,15 +416,15 @@ impl<B: Backend> SegFormer<B> {
                 if p.dims()[2] == qh {
                     p
                 } else {
-                    resize_bilinear(p, [qh, qw])
+                    ops::resize_bilinear(p, [qh, qw])
                 }
             })
             .collect();
-        let fused = relu(
+        let fused = ops::relu(
             self.fuse_norm
-                .forward(conv::forward(&self.fuse, crate::concat::cat(up, 1))),
+                .forward(ops::conv2d(&self.fuse, ops::cat(up, 1))),
         );
-        let logits = resize_bilinear(conv::forward(&self.head, fused), [h, w]);
+        let logits = ops::resize_bilinear(ops::conv2d(&self.head, fused), [h, w]);
         SegOutput { logits, features }
     }
 }

@@ -3,9 +3,7 @@
 //! self-attention with relative position bias, cyclic shift with an attention mask, patch merging,
 //! and Swin-Unet's patch expanding. Tokens are `[B, L, C]` with `L = H·W` in row-major order.
 
-use crate::activation::{gelu, softmax};
-use crate::permute::{permute, swap_dims};
-use crate::precision::{linear_forward, matmul};
+use crate::ops;
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -58,21 +56,21 @@ impl<B: Backend> WindowAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
         let [bw, n, c] = x.dims();
         let hd = c / self.heads;
-        let qkv = permute(
-            linear_forward(&self.qkv, x).reshape([bw, n, 3, self.heads, hd]),
+        let qkv = ops::permute(
+            ops::linear(&self.qkv, x).reshape([bw, n, 3, self.heads, hd]),
             [2, 0, 3, 1, 4],
         ); // [3, B·nW, heads, N, hd]
         let q = qkv.clone().narrow(0, 0, 1).reshape([bw, self.heads, n, hd]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([bw, self.heads, n, hd]);
         let v = qkv.narrow(0, 2, 1).reshape([bw, self.heads, n, hd]);
         let q = q * (hd as f64).powf(-0.5);
-        let attn = matmul(q, k.swap_dims(2, 3)); // [B·nW, heads, N, N]
+        let attn = ops::matmul(q, k.swap_dims(2, 3)); // [B·nW, heads, N, N]
         let table = self.relative_position_bias_table.val();
         let bias = table.select(0, self.relative_index(&attn.device()));
         // [heads, N, N]. Bias and shift mask are summed on their own small grid first, then added
         // to the scores as one row broadcast over a 2D view (flex adds a [1, M] row per row; a
         // 4D/5D broadcast goes through its element-wise strided iterator).
-        let bias = permute(bias.reshape([n, n, self.heads]), [2, 0, 1]);
+        let bias = ops::permute(bias.reshape([n, n, self.heads]), [2, 0, 1]);
         let (nw, bias) = match mask {
             Some(mask) => {
                 let nw = mask.dims()[0];
@@ -83,8 +81,8 @@ impl<B: Backend> WindowAttention<B> {
         let per_group = nw * self.heads * n * n;
         let attn = (attn.reshape([bw / nw, per_group]) + bias.reshape([1, per_group]))
             .reshape([bw, self.heads, n, n]);
-        let out = swap_dims(matmul(softmax(attn, 3), v), 1, 2).reshape([bw, n, c]);
-        linear_forward(&self.proj, out)
+        let out = ops::swap_dims(ops::matmul(ops::softmax(attn, 3), v), 1, 2).reshape([bw, n, c]);
+        ops::linear(&self.proj, out)
     }
 }
 
@@ -181,21 +179,21 @@ impl<B: Backend> SwinBlock<B> {
         let [h, w] = self.resolution;
         let ws = self.window;
         let shortcut = x.clone();
-        let mut t = crate::norm::layer_norm(&self.norm1, x).reshape([b, h, w, c]);
+        let mut t = ops::layer_norm(&self.norm1, x).reshape([b, h, w, c]);
         let shift = self.shift as i64;
         // Burn's `roll` moves elements the other way from `torch.roll` (Burn: roll([0,1,2,3], 1)
         // = [1,2,3,0]; torch: [3,0,1,2]), so Swin's torch.roll(x, −s) is roll(x, +s) here.
         if shift > 0 {
             t = t.roll(&[shift, shift], &[1, 2]);
         }
-        let windows = permute(
+        let windows = ops::permute(
             t.reshape([b, h / ws, ws, w / ws, ws, c]),
             [0, 1, 3, 2, 4, 5],
         )
         .reshape([b * (h / ws) * (w / ws), ws * ws, c]);
         let mask = (shift > 0).then(|| self.shift_mask(&windows.device()));
         let attended = self.attn.forward(windows, mask);
-        let mut t = permute(
+        let mut t = ops::permute(
             attended.reshape([b, h / ws, w / ws, ws, ws, c]),
             [0, 1, 3, 2, 4, 5],
         )
@@ -204,11 +202,11 @@ impl<B: Backend> SwinBlock<B> {
             t = t.roll(&[-shift, -shift], &[1, 2]);
         }
         let x = shortcut + drop_path(t.reshape([b, l, c]), self.drop_path);
-        let mlp = linear_forward(
+        let mlp = ops::linear(
             &self.fc2,
-            gelu(linear_forward(
+            ops::gelu(ops::linear(
                 &self.fc1,
-                crate::norm::layer_norm(&self.norm2, x.clone()),
+                ops::layer_norm(&self.norm2, x.clone()),
             )),
         );
         x + drop_path(mlp, self.drop_path)
@@ -241,12 +239,12 @@ impl<B: Backend> PatchMerging<B> {
         let [h, w] = self.resolution;
         // Reference order of the four neighbours: (0,0), (1,0), (0,1), (1,1) as (dy, dx),
         // i.e. dx outer, dy inner.
-        let x = permute(x.reshape([b, h / 2, 2, w / 2, 2, c]), [0, 1, 3, 4, 2, 5]).reshape([
+        let x = ops::permute(x.reshape([b, h / 2, 2, w / 2, 2, c]), [0, 1, 3, 4, 2, 5]).reshape([
             b,
             (h / 2) * (w / 2),
             4 * c,
         ]);
-        linear_forward(&self.reduction, crate::norm::layer_norm(&self.norm, x))
+        ops::linear(&self.reduction, ops::layer_norm(&self.norm, x))
     }
 }
 
@@ -299,13 +297,13 @@ impl<B: Backend> PatchExpand<B> {
         let [b, _, _] = x.dims();
         let [h, w] = self.resolution;
         let f = self.factor;
-        let x = linear_forward(&self.expand, x);
+        let x = ops::linear(&self.expand, x);
         let cout = x.dims()[2] / (f * f);
-        let x = permute(x.reshape([b, h, w, f, f, cout]), [0, 1, 3, 2, 4, 5]).reshape([
+        let x = ops::permute(x.reshape([b, h, w, f, f, cout]), [0, 1, 3, 2, 4, 5]).reshape([
             b,
             h * f * w * f,
             cout,
         ]);
-        crate::norm::layer_norm(&self.norm, x)
+        ops::layer_norm(&self.norm, x)
     }
 }

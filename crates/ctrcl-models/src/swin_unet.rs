@@ -6,9 +6,7 @@
 //! larger than it (then the window is clamped to the grid and not shifted, as in Swin). Other
 //! sizes are refused with an error that lists the nearest valid ones.
 
-use crate::conv;
-use crate::permute::swap_dims;
-use crate::precision::linear_forward;
+use crate::ops;
 use crate::swin::{PatchExpand, PatchMerging, SwinBlock};
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -310,7 +308,7 @@ impl SwinUnetConfig {
 /// `[B, H·W, C]` tokens → `[B, C, H, W]` map.
 fn tokens_to_map<B: Backend>(x: Tensor<B, 3>, side: usize) -> Tensor<B, 4> {
     let [b, _, c] = x.dims();
-    swap_dims(x, 1, 2).reshape([b, c, side, side])
+    ops::swap_dims(x, 1, 2).reshape([b, c, side, side])
 }
 
 impl<B: Backend> SwinUnet<B> {
@@ -327,10 +325,10 @@ impl<B: Backend> SwinUnet<B> {
         let [_, cin, _, _] = x.dims();
         // 1-channel inputs are repeated to the 3 channels the ImageNet stem expects (`init`).
         let x = if cin == 1 { x.repeat_dim(1, 3) } else { x };
-        let x = conv::forward(&self.patch_embed, x); // [B, C, g, g]
+        let x = ops::conv2d(&self.patch_embed, x); // [B, C, g, g]
         let mut t = self
             .patch_norm
-            .forward(swap_dims(x.flatten::<3>(2, 3), 1, 2));
+            .forward(ops::swap_dims(x.flatten::<3>(2, 3), 1, 2));
         let mut skips = Vec::with_capacity(4);
         for stage in &self.encoder {
             skips.push(t.clone());
@@ -341,7 +339,7 @@ impl<B: Backend> SwinUnet<B> {
                 t = merge.forward(t);
             }
         }
-        (skips, crate::norm::layer_norm(&self.norm, t))
+        (skips, ops::layer_norm(&self.norm, t))
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> SegOutput<B> {
@@ -351,7 +349,7 @@ impl<B: Backend> SwinUnet<B> {
         let mut features = Vec::with_capacity(3);
         for (j, stage) in self.decoder.iter().enumerate() {
             let skip = skips[2 - j].clone();
-            t = linear_forward(&stage.fuse, crate::concat::cat(vec![t, skip], 2));
+            t = ops::linear(&stage.fuse, ops::cat(vec![t, skip], 2));
             for block in &stage.blocks {
                 t = block.forward(t);
             }
@@ -361,10 +359,8 @@ impl<B: Backend> SwinUnet<B> {
                 t = expand.forward(t);
             }
         }
-        let t = self
-            .final_expand
-            .forward(crate::norm::layer_norm(&self.norm_up, t));
-        let logits = conv::forward(&self.head, tokens_to_map(t, h));
+        let t = self.final_expand.forward(ops::layer_norm(&self.norm_up, t));
+        let logits = ops::conv2d(&self.head, tokens_to_map(t, h));
         SegOutput { logits, features }
     }
 }

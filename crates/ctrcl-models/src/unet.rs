@@ -2,14 +2,12 @@
 //! dropout per encoder level, max-pool down, 2×2 transposed conv up with skip concatenation,
 //! 1×1 conv head. Feature taps: decoder outputs at 1/8, 1/4 and 1/2 of the input size.
 
-use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
-use crate::conv;
+use crate::ops;
 use crate::{ModelError, SegOutput};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::leaky_relu;
 use serde::{Deserialize, Serialize};
 
 /// Sizes of a U-Net.
@@ -35,10 +33,10 @@ impl Default for UNetConfig {
 #[derive(Module, Debug)]
 pub struct ConvBlock<B: Backend> {
     conv1: Conv2d<B>,
-    norm1: BatchNorm2d<B>,
+    norm1: ops::BatchNorm2d<B>,
     dropout: Dropout,
     conv2: Conv2d<B>,
-    norm2: BatchNorm2d<B>,
+    norm2: ops::BatchNorm2d<B>,
 }
 
 /// A 3×3 convolution followed by BatchNorm, so without bias: BatchNorm's shift makes it
@@ -55,19 +53,19 @@ impl<B: Backend> ConvBlock<B> {
     fn new(cin: usize, cout: usize, dropout: f64, device: &B::Device) -> Self {
         ConvBlock {
             conv1: conv3x3(cin, cout, device),
-            norm1: BatchNorm2dConfig::new(cout).init(device),
+            norm1: ops::BatchNorm2dConfig::new(cout).init(device),
             dropout: DropoutConfig::new(dropout).init(),
             conv2: conv3x3(cout, cout, device),
-            norm2: BatchNorm2dConfig::new(cout).init(device),
+            norm2: ops::BatchNorm2dConfig::new(cout).init(device),
         }
     }
 
     /// # Shapes
     /// `[B, Cin, H, W]` → `[B, Cout, H, W]`.
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = leaky_relu(self.norm1.forward(conv::forward(&self.conv1, x)), 0.01);
-        let x = self.dropout.forward(x);
-        leaky_relu(self.norm2.forward(conv::forward(&self.conv2, x)), 0.01)
+        let x = ops::leaky_relu(self.norm1.forward(ops::conv2d(&self.conv1, x)), 0.01);
+        let x = ops::dropout(&self.dropout, x);
+        ops::leaky_relu(self.norm2.forward(ops::conv2d(&self.conv2, x)), 0.01)
     }
 }
 
@@ -91,8 +89,8 @@ impl<B: Backend> UpBlock<B> {
     /// # Shapes
     /// `deep`: `[B, C_deep, H, W]`, `skip`: `[B, C_skip, 2H, 2W]` → `[B, C_out, 2H, 2W]`.
     fn forward(&self, deep: Tensor<B, 4>, skip: Tensor<B, 4>) -> Tensor<B, 4> {
-        let up = conv::up::forward(&self.up, deep);
-        self.conv.forward(crate::concat::cat(vec![skip, up], 1))
+        let up = ops::conv_transpose2d(&self.up, deep);
+        self.conv.forward(ops::cat(vec![skip, up], 1))
     }
 }
 
@@ -100,7 +98,7 @@ impl<B: Backend> UpBlock<B> {
 #[derive(Module, Debug)]
 pub struct UNet<B: Backend> {
     encoder: Vec<ConvBlock<B>>,
-    /// Kept so that checkpoints keep their layout; the forward pools with `crate::pool`.
+    /// Kept so that checkpoints keep their layout; the forward pools with `crate::ops::max_pool_2x2`.
     pool: MaxPool2d,
     decoder: Vec<UpBlock<B>>,
     head: Conv2d<B>,
@@ -188,7 +186,7 @@ impl<B: Backend> UNet<B> {
         let mut h = x;
         for (i, block) in self.encoder.iter().enumerate() {
             if i > 0 {
-                h = crate::pool::max_pool_2x2(h);
+                h = ops::max_pool_2x2(h);
             }
             h = block.forward(h);
             skips.push(h.clone());
@@ -203,7 +201,7 @@ impl<B: Backend> UNet<B> {
             }
         }
         SegOutput {
-            logits: conv::forward(&self.head, h),
+            logits: ops::conv2d(&self.head, h),
             features,
         }
     }
