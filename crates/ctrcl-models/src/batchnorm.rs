@@ -79,7 +79,7 @@ impl<B: Backend> BatchNorm2d<B> {
             && x.dtype() == DType::F32
             && self.gamma.val().dtype() == DType::F32
             && self.beta.val().dtype() == DType::F32
-            && crate::batchnorm_cpu::enabled();
+            && crate::cpu::batchnorm::enabled();
         if fused && B::ad_enabled(&device) {
             self.forward_fused(x)
         } else {
@@ -110,12 +110,12 @@ impl<B: Backend> BatchNorm2d<B> {
         y.reshape([b, c, h, w])
     }
 
-    /// Train mode through the fused CPU op ([`crate::batchnorm_cpu`]). Shapes as `forward`.
+    /// Train mode through the fused CPU op ([`crate::cpu::batchnorm`]). Shapes as `forward`.
     fn forward_fused(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let device = x.device();
         let [b, c, h, w] = x.dims();
         let prim = |t: TensorPrimitive<B>| -> CpuTrainTensor { cast(t.tensor()) };
-        let (y, stats) = crate::batchnorm_cpu::train_forward(
+        let (y, stats) = crate::cpu::batchnorm::train_forward(
             prim(x.into_primitive()),
             prim(self.gamma.val().into_primitive()),
             prim(self.beta.val().into_primitive()),

@@ -3,21 +3,12 @@
 //! Every student returns full-resolution logits and its decoder feature taps keyed by stride
 //! (8 means 1/8 of the input size), which the feature-wise transfer (CFCL) aligns.
 
-pub mod activation;
 pub mod batchnorm;
-pub mod batchnorm_cpu;
-pub mod concat;
-pub mod conv;
 pub mod cpu;
-pub mod dense;
 pub mod export;
 pub mod import;
-pub mod norm;
 pub mod ops;
-pub mod permute;
-pub mod pool;
 pub mod precision;
-pub mod resize;
 pub mod resunet;
 pub mod segformer;
 pub mod swin;

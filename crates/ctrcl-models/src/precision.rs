@@ -98,7 +98,7 @@ pub fn linear_forward<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
     match half() {
-        None => crate::dense::linear(layer, x),
+        None => crate::cpu::linear_matmul::linear(layer, x),
         Some(h) => linear(
             x.cast(h),
             layer.weight.val().cast(h),
@@ -111,13 +111,13 @@ pub fn linear_forward<B: Backend, const D: usize>(
 /// `a.matmul(b)` in the compute dtype: `[…, n, k] × […, k, m]` → `[…, n, m]`.
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     match half() {
-        None => crate::dense::matmul(a, b),
+        None => crate::cpu::linear_matmul::matmul(a, b),
         Some(h) => a.cast(h).matmul(b.cast(h)).cast(DType::F32),
     }
 }
 
 /// Burn's functional `conv2d` with the product in dtype `half`, output f32. Shapes as
-/// `conv::forward`.
+/// `cpu::conv::forward`.
 pub fn conv2d_in<B: Backend>(
     half: DType,
     x: Tensor<B, 4>,

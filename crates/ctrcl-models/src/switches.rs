@@ -9,23 +9,23 @@ use std::sync::OnceLock;
 /// One family of fused CPU ops with a Burn fallback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Switch {
-    /// The GEMM convolution and its backward (`conv/`).
+    /// The GEMM convolution and its backward (`cpu/conv/`).
     Conv,
-    /// Linear layers and batched matmuls as direct GEMMs (`dense.rs`).
+    /// Linear layers and batched matmuls as direct GEMMs (`cpu/linear_matmul.rs`).
     Matmul,
-    /// Fused LayerNorm (`norm.rs`).
+    /// Fused LayerNorm (`cpu/layer_norm.rs`).
     Norm,
-    /// Fused train-mode BatchNorm (`batchnorm_cpu.rs`).
+    /// Fused train-mode BatchNorm (`cpu/batchnorm.rs`).
     Batchnorm,
-    /// GELU and softmax (`activation.rs`).
+    /// GELU and softmax (`cpu/activation.rs`).
     Activation,
-    /// Layout permutes (`permute.rs`).
+    /// Layout permutes (`cpu/permute.rs`).
     Permute,
-    /// Skip concatenation (`concat.rs`).
+    /// Skip concatenation (`cpu/concat.rs`).
     Cat,
-    /// 2×2 max-pool (`pool.rs`).
+    /// 2×2 max-pool (`cpu/pool.rs`).
     Pool,
-    /// Bilinear resize (`resize.rs`).
+    /// Bilinear resize (`cpu/resize.rs`).
     Resize,
     /// The fused CE + Dice and RLCL losses (ctrcl-train's `losses/*_cpu.rs`).
     Loss,

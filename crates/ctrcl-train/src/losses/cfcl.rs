@@ -12,7 +12,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, relu, softmax};
 use ctrcl_models::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
-use ctrcl_models::conv;
+use ctrcl_models::ops;
 
 /// Denominator floor of prototype averages and normalisations.
 const EPS: f64 = 1e-6;
@@ -40,8 +40,8 @@ impl<B: Backend> ProjectionHead<B> {
     /// `[B, C, h, w]` → `[B, d, h, w]`, unit L2 norm per pixel.
     pub fn forward(&self, features: Tensor<B, 4>) -> Tensor<B, 4> {
         // The students' convolution path (a GEMM with its own backward on the CPU backend).
-        let h = relu(self.norm.forward(conv::forward(&self.conv1, features)));
-        l2_normalize(conv::forward(&self.conv2, h), 1)
+        let h = relu(self.norm.forward(ops::conv2d(&self.conv1, features)));
+        l2_normalize(ops::conv2d(&self.conv2, h), 1)
     }
 }
 

@@ -22,7 +22,7 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_std::Shape as StdShape;
-use ctrcl_models::activation::exp;
+use ctrcl_models::cpu::activation::exp;
 use ctrcl_models::cpu::{
     backprop_unary, cast, flex_tensor, record_unary, CpuTrain, CpuTrainTensor,
 };

@@ -122,7 +122,7 @@ fn forward(z: &FlexTensor, t: &FlexTensor) -> ([f32; 2], Saved) {
                         .zip(sum.iter_mut())
                         .zip(zc.iter().zip(max.iter()))
                     {
-                        *e = ctrcl_models::activation::exp(v - m);
+                        *e = ctrcl_models::cpu::activation::exp(v - m);
                         *s += *e;
                     }
                 }

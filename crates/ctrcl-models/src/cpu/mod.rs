@@ -1,8 +1,31 @@
-//! The CPU fast path's shared autodiff plumbing: the CPU training backend's types, the checked
-//! cast between a generic backend's tensors and the concrete flex ones, and the recording of a
-//! fused CPU op as one autodiff node with its backward. Every fused op — convolution
-//! (`crate::conv`), linear and matmul (`crate::dense`), pooling, the norms, activations, concat,
-//! permute, and ctrcl-train's losses — builds on these; this module imports none of them.
+//! The CPU fast path, in one wing: the fused kernels for the flex backend with their own
+//! backward, and the autodiff plumbing they share. Models never call in here; they compute
+//! through `crate::ops`, which names these ops (and would name Burn's, were this wing deleted).
+//!
+//! Each op module keeps its dispatch with its kernel: on `Flex` / `Autodiff<Flex>` at f32 with
+//! its `CTRCL_BURN_*` switch off (`crate::switches`) it runs the kernel, otherwise Burn's op.
+//! - `conv/`: Conv2d as an NCHW im2col GEMM (`gemm_kernels.rs` on plain slices),
+//!   `depthwise.rs` for SegFormer's depthwise 3×3, `up.rs` for the U-Net's 2×2 stride-2
+//!   transposed convolution;
+//! - `linear_matmul.rs`: linear layers and batched matmuls as direct GEMMs;
+//! - `batchnorm.rs` (BatchNorm2d's fused train mode; the layer itself is `crate::batchnorm`),
+//!   `layer_norm.rs`, `activation.rs` (GELU, last-axis softmax), `pool.rs` (2×2 max-pool),
+//!   `concat.rs`, `resize.rs` (bilinear), `permute.rs` (block copies, tiled transposes).
+//!
+//! This file is the plumbing: the CPU training backend's types, the checked cast between a
+//! generic backend's tensors and the concrete flex ones, and the recording of a fused op as one
+//! autodiff node with its backward. The ops above and ctrcl-train's losses build on it; it
+//! imports none of them.
+
+pub mod activation;
+pub mod batchnorm;
+pub mod concat;
+pub mod conv;
+pub mod layer_norm;
+pub mod linear_matmul;
+pub mod permute;
+pub mod pool;
+pub mod resize;
 
 use std::any::Any;
 
