@@ -386,6 +386,30 @@ mod tests {
             ] {
                 assert!(!text.contains(op), "{name} calls {op}; use crate::ops");
             }
+            // Nor a Burn layer's own `forward`: a field `x: LayerNorm<B>` must not be run as
+            // `self.x.forward(…)` (whitespace removed, so a call split over lines is found).
+            let flat: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+            let layers = [
+                "Conv2d<B>",
+                "ConvTranspose2d<B>",
+                "Linear<B>",
+                "LayerNorm<B>",
+                "MaxPool2d",
+                "Dropout",
+            ];
+            for line in text.lines() {
+                let line = line.trim().trim_start_matches("pub ");
+                let Some((field, ty)) = line.split_once(':') else {
+                    continue;
+                };
+                if layers.iter().any(|l| ty.trim().trim_end_matches(',') == *l) {
+                    let call = format!("self.{field}.forward(");
+                    assert!(
+                        !flat.contains(&call),
+                        "{name}: {call}…) bypasses crate::ops"
+                    );
+                }
+            }
         }
     }
 

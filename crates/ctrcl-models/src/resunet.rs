@@ -121,7 +121,7 @@ impl<B: Backend> DecoderBlock<B> {
     }
 
     fn forward(&self, deep: Tensor<B, 4>, skip: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
-        let up = self.up.forward(deep);
+        let up = ops::conv_transpose2d(&self.up, deep);
         let h = match skip {
             Some(s) => ops::cat(vec![up, s], 1),
             None => up,

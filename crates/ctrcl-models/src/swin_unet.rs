@@ -326,9 +326,7 @@ impl<B: Backend> SwinUnet<B> {
         // 1-channel inputs are repeated to the 3 channels the ImageNet stem expects (`init`).
         let x = if cin == 1 { x.repeat_dim(1, 3) } else { x };
         let x = ops::conv2d(&self.patch_embed, x); // [B, C, g, g]
-        let mut t = self
-            .patch_norm
-            .forward(ops::swap_dims(x.flatten::<3>(2, 3), 1, 2));
+        let mut t = ops::layer_norm(&self.patch_norm, ops::swap_dims(x.flatten::<3>(2, 3), 1, 2));
         let mut skips = Vec::with_capacity(4);
         for stage in &self.encoder {
             skips.push(t.clone());
