@@ -1,6 +1,8 @@
 //! `ctrcl data inspect`: what a file or a folder holds — format, shape (the file's own axis order:
 //! NIfTI X, Y, Z; NumPy order for npy/npz; H, W[, C] for images), stored dtype in NumPy's names,
 //! min/max, spacing and orientation where known, and the sorted unique values of integer data.
+//!
+//! Length: ~410 lines of code (one description per format) and ~200 of tests.
 
 use crate::dicom::{is_dicom, read_all_series, read_dicom, DicomImage, DicomSeries};
 use crate::error::{DataError, Result};

@@ -4,6 +4,10 @@
 //! Voxels are kept in file order (x fastest, then y, then z) as `f32` after applying
 //! `scl_slope`/`scl_inter` (a slope of 0 or NaN means 1, as the standard says). The 348-byte header
 //! is kept so that predictions can be written with the input's exact geometry.
+//!
+//! Why ~1,000 lines: ~700 are one format's reading and writing (header, orientation from
+//! qform/sform, scaling, gzip) that share the header model; the rest are its tests against
+//! nibabel-written files, kept beside the code they check.
 
 use crate::error::{DataError, Result};
 use crate::nifti_gz::{gunzip_nifti, NIFTI1_HEADER_SIZE as HEADER_SIZE};

@@ -13,6 +13,8 @@
 //! On `Flex` and `Autodiff<Flex>` (f32, equal batch axes); other backends, dtypes and
 //! broadcasting products use Burn's ops. `CTRCL_BURN_MATMUL=1` in the environment turns this
 //! path off (for A/B benchmarks).
+//!
+//! Length: ~490 lines of kernels and dispatch, ~125 of parity tests against Burn's ops.
 
 use std::any::TypeId;
 
