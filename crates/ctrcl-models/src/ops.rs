@@ -48,3 +48,84 @@ pub fn dropout<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     layer.forward(x)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The model files compute only through `crate::ops` (the door to the fast CPU path): they
+    /// reach no kernel module (`conv`, `dense`, `norm`, `activation`, …) and call no Burn op
+    /// function (`burn::tensor::activation`, `burn::tensor::module`) themselves.
+    #[test]
+    fn model_files_compute_only_through_ops() {
+        let files = [
+            ("unet.rs", include_str!("unet.rs")),
+            ("resunet.rs", include_str!("resunet.rs")),
+            ("swin.rs", include_str!("swin.rs")),
+            ("swin_unet.rs", include_str!("swin_unet.rs")),
+            ("segformer.rs", include_str!("segformer.rs")),
+        ];
+        // What a model file may name in this crate besides `ops`: its errors and outputs,
+        // weight import, sizes, its sibling model parts, the test fixtures.
+        let allowed = [
+            "ops",
+            "ModelError",
+            "SegOutput",
+            "ImportReport",
+            "ModelSizes",
+            "import",
+            "swin",
+            "test_backend",
+        ];
+        for (name, text) in files {
+            for (at, _) in text.match_indices("crate::") {
+                let rest = &text[at + "crate::".len()..];
+                let first: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let first = first.as_str();
+                assert!(
+                    first.is_empty() || allowed.contains(&first),
+                    "{name} reaches crate::{first} directly; compute through crate::ops"
+                );
+                if first.is_empty() {
+                    // `use crate::{A, B}`: every name in the braces must be allowed.
+                    let inner = &rest[1..rest.find('}').unwrap()];
+                    for n in inner.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                        assert!(allowed.contains(&n), "{name} imports crate::{n}");
+                    }
+                }
+            }
+            for op in [
+                "burn::tensor::activation",
+                "burn::tensor::module",
+                "Tensor::cat(",
+            ] {
+                assert!(!text.contains(op), "{name} calls {op}; use crate::ops");
+            }
+            // Nor a Burn layer's own `forward`: a field `x: LayerNorm<B>` must not be run as
+            // `self.x.forward(…)` (whitespace removed, so a call split over lines is found).
+            let flat: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+            let layers = [
+                "Conv2d<B>",
+                "ConvTranspose2d<B>",
+                "Linear<B>",
+                "LayerNorm<B>",
+                "MaxPool2d",
+                "Dropout",
+            ];
+            for line in text.lines() {
+                let line = line.trim().trim_start_matches("pub ");
+                let Some((field, ty)) = line.split_once(':') else {
+                    continue;
+                };
+                if layers.iter().any(|l| ty.trim().trim_end_matches(',') == *l) {
+                    let call = format!("self.{field}.forward(");
+                    assert!(
+                        !flat.contains(&call),
+                        "{name}: {call}…) bypasses crate::ops"
+                    );
+                }
+            }
+        }
+    }
+}
