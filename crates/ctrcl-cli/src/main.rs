@@ -522,8 +522,6 @@ fn inspect_text(name: &str, v: &serde_json::Value) -> String {
 
 /// Fetches (if needed) and prepares a source.
 pub fn prepare(source: &str, out: &std::path::Path, cache: Option<&std::path::Path>) -> Result<()> {
-    let src = ctrcl_data::fetch::source(source)?;
-    let fetched = ctrcl_data::fetch::fetch(src, cache, &mut |m| eprintln!("{m}"))?;
-    ctrcl_data::prepare::prepare_source(source, &fetched, out)
+    ctrcl_data::prepare::fetch_and_prepare(source, out, cache, &mut |m| eprintln!("{m}"))
         .with_context(|| format!("preparing {source}"))
 }

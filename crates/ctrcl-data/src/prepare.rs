@@ -9,6 +9,19 @@ use crate::split::{SlabSplit, ICBM152_CASE, SPLIT_FILE};
 use std::path::Path;
 
 /// Prepares a fetched source by name (`icbm152`, `lits117`, `ctchest`).
+/// Fetches `source` (into `cache`, default ctrcl's cache directory; nothing is downloaded when
+/// the verified files are there) and prepares it into `out`; `log` hears the fetch's progress.
+pub fn fetch_and_prepare(
+    source: &str,
+    out: &Path,
+    cache: Option<&Path>,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let src = crate::fetch::source(source)?;
+    let fetched = crate::fetch::fetch(src, cache, log)?;
+    prepare_source(source, &fetched, out)
+}
+
 pub fn prepare_source(name: &str, fetched: &Path, out: &Path) -> Result<()> {
     match name {
         "icbm152" => prepare_icbm152(fetched, out),

@@ -7,6 +7,7 @@
 //! were computed from the checkpoints training left; anything less is resumed or restarted.
 
 use crate::config::TrainConfig;
+pub use crate::engine::Engine;
 use crate::role::Role;
 use crate::run_dir;
 use anyhow::{bail, Context, Result};
@@ -29,13 +30,6 @@ pub struct ExperimentOptions {
     pub out: Option<PathBuf>,
     /// Results Markdown (default: docs/results/NAME.md).
     pub results: Option<PathBuf>,
-}
-
-/// The backend an experiment trains and tests on.
-pub struct Engine<'a, B: AutodiffBackend> {
-    pub device: &'a B::Device,
-    /// Recorded in each run and in the results (e.g. "flex CPU (burn 0.21.0)").
-    pub name: &'a str,
 }
 
 /// A finished (or partially finished) experiment.
@@ -183,7 +177,7 @@ fn run_cell<B: AutodiffBackend>(
     if run_dir::state(&run_dir::last(&cell.dir)).exists() {
         if !run_dir::finished(&cell.dir) {
             eprintln!("resuming {}", cell.dir.display());
-            crate::trainer::resume::<B>(&cell.dir, engine.device, engine.name, true)?;
+            engine.resume(&cell.dir)?;
         }
     } else {
         set_aside_unresumable(&cell.dir)?;
@@ -196,15 +190,9 @@ fn run_cell<B: AutodiffBackend>(
             cfg.data.dataset = d.to_path_buf();
         }
         eprintln!("training {}", cell.dir.display());
-        crate::trainer::train::<B>(&cfg, &cell.dir, engine.device, engine.name, true)?;
+        engine.train(&cfg, &cell.dir)?;
     }
-    crate::tester::test_run::<B::InnerBackend>(
-        &cell.dir,
-        &Role::BOTH,
-        Split::Test,
-        None,
-        engine.device,
-    )?;
+    engine.test(&cell.dir, Split::Test, None)?;
     read()
 }
 
@@ -257,10 +245,10 @@ pub fn run_experiment<B: AutodiffBackend>(
             let dir = out.join("data").join(source);
             if !dir.join("dataset.json").exists() {
                 eprintln!("preparing {source} in {}", dir.display());
-                let src = ctrcl_data::fetch::source(source)?;
-                let fetched = ctrcl_data::fetch::fetch(src, None, &mut |m| eprintln!("{m}"))?;
-                ctrcl_data::prepare::prepare_source(source, &fetched, &dir)
-                    .with_context(|| format!("preparing {source}"))?;
+                ctrcl_data::prepare::fetch_and_prepare(source, &dir, None, &mut |m| {
+                    eprintln!("{m}")
+                })
+                .with_context(|| format!("preparing {source}"))?;
             }
             Some(dir)
         }
