@@ -5,7 +5,7 @@ use anyhow::Result;
 use burn::backend::Autodiff;
 use ctrcl_data::geometry::Upsample;
 use ctrcl_data::split::Split;
-use ctrcl_train::predictor::PredictOptions;
+use ctrcl_train::predictor::{PredictEvent, PredictOptions};
 use ctrcl_train::role::Role;
 use ctrcl_train::tester::{test_run, TestReport};
 use ctrcl_train::trainer::{train as train_run, TrainSummary};
@@ -58,27 +58,30 @@ pub fn predict(
     options: PredictOptions,
 ) -> Result<usize> {
     let device = Default::default();
-    let (cfg, _) = ctrcl_train::run_dir::open_run(run)?;
-    let files = ctrcl_train::predictor::inputs(input, cfg.data.channels)?;
-    ctrcl_train::predictor::check_outputs(&files, input, output, options.probabilities)?;
-    let predictor = ctrcl_train::predictor::Predictor::<Inner>::load(run, role, options, &device)?;
-    for note in &predictor.notes {
-        eprintln!("predict: {note}");
-    }
-    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "predict [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
         )
         .expect("valid template"),
     );
-    for file in &files {
-        bar.set_message(file.display().to_string());
-        predictor.predict_file(file, output, &device)?;
-        bar.inc(1);
-    }
+    let written = ctrcl_train::predictor::predict_all::<Inner>(
+        run,
+        role,
+        (input, output),
+        options,
+        &device,
+        &mut |event| match event {
+            PredictEvent::Note(note) => eprintln!("predict: {note}"),
+            PredictEvent::Case { done, total, file } => {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(file.display().to_string());
+            }
+        },
+    )?;
     bar.finish_and_clear();
-    Ok(files.len())
+    Ok(written)
 }
 
 /// Writes the Markdown report of `runs` into `out`; returns its path.

@@ -164,6 +164,48 @@ pub struct PredictOptions {
     pub probabilities: bool,
 }
 
+/// What [`predict_all`] tells its caller as it goes.
+pub enum PredictEvent<'a> {
+    /// Something the user should know once (an ambiguous inverse label map, recomputed
+    /// statistics).
+    Note(&'a str),
+    /// Case `done + 1` of `total` starts.
+    Case {
+        done: usize,
+        total: usize,
+        file: &'a Path,
+    },
+}
+
+/// `ctrcl predict`: segments every volume or image of `input` (a file or a folder) with the
+/// student of `role` in `run` into `output`, never over an input or an earlier output, telling
+/// `events` as it goes. Returns the number of cases written.
+pub fn predict_all<B: Backend>(
+    run: &Path,
+    role: Role,
+    (input, output): (&Path, &Path),
+    options: PredictOptions,
+    device: &B::Device,
+    events: &mut dyn FnMut(PredictEvent),
+) -> Result<usize> {
+    let (cfg, _) = open_run(run)?;
+    let files = inputs(input, cfg.data.channels)?;
+    check_outputs(&files, input, output, options.probabilities)?;
+    let predictor = Predictor::<B>::load(run, role, options, device)?;
+    for note in &predictor.notes {
+        events(PredictEvent::Note(note));
+    }
+    for (done, file) in files.iter().enumerate() {
+        events(PredictEvent::Case {
+            done,
+            total: files.len(),
+            file,
+        });
+        predictor.predict_file(file, output, device)?;
+    }
+    Ok(files.len())
+}
+
 /// A loaded student ready to segment volumes and images.
 pub struct Predictor<B: Backend> {
     net: ctrcl_models::Student<B>,

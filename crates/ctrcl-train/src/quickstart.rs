@@ -172,7 +172,12 @@ mod tests {
     fn report(method: Method, means: [f64; 2]) -> TestReport {
         let student = |role: Role, mean: f64| StudentResult {
             role,
-            architecture: if role == Role::Cnn { "unet" } else { "swin-unet" }.into(),
+            architecture: if role == Role::Cnn {
+                "unet"
+            } else {
+                "swin-unet"
+            }
+            .into(),
             checkpoint: PathBuf::new(),
             checkpoint_step: None,
             scores: DiceScores {
@@ -209,11 +214,20 @@ mod tests {
         );
         let text = difference_text(&[ind.clone(), ctrcl]).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[1].contains("cnn") && lines[1].contains("no difference shown"), "{text}");
-        assert!(lines[2].contains("transformer") && lines[2].contains("CTRCL ahead"), "{text}");
+        assert!(
+            lines[1].contains("cnn") && lines[1].contains("no difference shown"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("transformer") && lines[2].contains("CTRCL ahead"),
+            "{text}"
+        );
         let behind = report(Method::Ctrcl, [0.80 - 1.5 * noise(0), 0.75]);
         let text = difference_text(&[behind, ind.clone()]).unwrap();
-        assert!(text.lines().nth(1).unwrap().contains("independent ahead"), "{text}");
+        assert!(
+            text.lines().nth(1).unwrap().contains("independent ahead"),
+            "{text}"
+        );
         assert!(difference_text(&[ind]).is_none());
     }
 }
