@@ -97,7 +97,8 @@ pub struct Batch {
     /// Image channels C.
     pub channels: usize,
     pub labels: Vec<i64>,
-    pub batch: usize,
+    /// Samples in the batch (N of the `[N, C, size, size]` images).
+    pub batch_size: usize,
     pub size: usize,
 }
 
@@ -271,7 +272,7 @@ pub fn make_batch(
         channels: images.len() / (batch * size * size).max(1),
         images,
         labels,
-        batch,
+        batch_size: batch,
         size,
     }
 }

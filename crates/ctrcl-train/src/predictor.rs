@@ -3,7 +3,7 @@
 //! header (dims, pixdim, qform/sform) so that they overlay the input in any viewer; PNG/JPEG inputs
 //! give PNG label maps of the input's size.
 
-use crate::evaluate::{predict_native, NativePrediction};
+use crate::inference::{predict_native, NativePrediction};
 use crate::role::Role;
 use crate::run_dir::open_run;
 use crate::tester::load_student;

@@ -165,7 +165,7 @@ pub fn difference_text(reports: &[TestReport]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evaluate::DiceScores;
+    use crate::inference::DiceScores;
     use crate::role::Role;
     use crate::tester::StudentResult;
 

@@ -22,7 +22,7 @@
 
 use crate::checkpoint::write_text_atomic;
 use crate::config::TrainConfig;
-use crate::evaluate::DiceScores;
+use crate::inference::DiceScores;
 use crate::role::Role;
 use anyhow::{bail, Context, Result};
 use ctrcl_data::dataset::Dataset;

@@ -133,7 +133,7 @@ pub(crate) fn onehot_tensor<B: Backend>(
     k: usize,
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let (b, s) = (batch.batch, batch.size);
+    let (b, s) = (batch.batch_size, batch.size);
     let mut data = vec![0f32; b * k * s * s];
     for (i, &label) in batch.labels.iter().enumerate() {
         let (n, p) = (i / (s * s), i % (s * s));

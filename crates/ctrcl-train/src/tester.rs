@@ -3,7 +3,7 @@
 
 use crate::checkpoint::write_text_atomic;
 use crate::config::TrainConfig;
-use crate::evaluate::{predict_split, DiceScores};
+use crate::inference::{predict_split, DiceScores};
 use crate::role::Role;
 use crate::run_dir;
 use crate::run_dir::{checkpoint_dir, checkpoint_step, open_run};

@@ -7,7 +7,7 @@
 use crate::checkpoint::{recover_checkpoint, write_checkpoint, write_text_atomic};
 use crate::config::TrainConfig;
 use crate::distributed::DataParallel;
-use crate::evaluate::{dice_on_samples, DiceScores};
+use crate::inference::{dice_on_samples, DiceScores};
 use crate::role::Role;
 use crate::run_dir::{self, lock_run, prepare_run_dir, write_split_lists, RunInfo};
 use crate::run_log::{truncate_log, RunLog};
@@ -385,7 +385,7 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
             let x = Tensor::<B, 4>::from_data(
                 TensorData::new(
                     std::mem::take(&mut batch.images),
-                    [batch.batch, batch.channels, size, size],
+                    [batch.batch_size, batch.channels, size, size],
                 ),
                 device,
             );

@@ -5,7 +5,7 @@
 pub mod overlay;
 pub mod plot;
 
-use crate::evaluate::predict_native;
+use crate::inference::predict_native;
 use crate::role::Role;
 use crate::run_dir::open_run;
 use crate::tester::{load_student, metrics_are_current, test_run};
