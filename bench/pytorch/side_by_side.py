@@ -1,6 +1,6 @@
 """ctrcl's independently trained U-Net beside its PyTorch twin, same data, same protocol (#20 item 0).
 
-Both train the U-Net of configs/quickstart.toml (or --config) on the same prepared dataset and
+Both train the U-Net of configs/icbm152_small.toml (or --config) on the same prepared dataset and
 split: slices of the train slabs, z-scored per volume (or min-max, per the config), padded to a
 square with the volume minimum and resized bilinearly to data.image_size (labels nearest), rot90 +
 flip with probability 0.5, batch 8, SGD (momentum 0.9, weight decay 1e-4) with the poly schedule,
@@ -141,7 +141,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ctrcl", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "quickstart.toml"))
+    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "icbm152_small.toml"))
     ap.add_argument("--set", action="append", default=[], help="extra ctrcl --set for both (KEY=VALUE)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="/tmp/side_by_side")

@@ -66,7 +66,7 @@ def main():
     checked = 0
     for name, (cnn, transformer) in PAIRS.items():
         out = os.path.join(work, name)
-        run([args.ctrcl, "train", "--config", os.path.join(ROOT, "configs", "quickstart.toml"),
+        run([args.ctrcl, "train", "--config", os.path.join(ROOT, "configs", "icbm152_small.toml"),
              "--set", f"data.dataset={args.data}", "--set", f"students.cnn={cnn}",
              "--set", f"students.transformer={transformer}", "--set", "schedule.iterations=6",
              "--set", "schedule.validate_every=3", "--set", "schedule.log_every=3", "--out", out])

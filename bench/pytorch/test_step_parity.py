@@ -66,7 +66,7 @@ def main():
     weights = {}
     for name, lr in (("w0", "1e-30"), ("w1", "0.01")):
         out = os.path.join(work, name)
-        cmd = [args.ctrcl, "train", "--config", os.path.join(ROOT, "configs", "quickstart.toml"), "--out", out]
+        cmd = [args.ctrcl, "train", "--config", os.path.join(ROOT, "configs", "icbm152_small.toml"), "--out", out]
         for s in sets + [f"optim.cnn.lr={lr}"]:
             cmd += ["--set", s]
         run(cmd)

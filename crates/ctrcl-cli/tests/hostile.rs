@@ -375,7 +375,7 @@ fn report_retests_a_run_resumed_after_it_was_tested() {
 }
 
 /// README's determinism promise: one seed gives bit-identical logs (losses, both transfer terms,
-/// validation Dice) on 1, 2 and 3 threads. The quickstart's sizes (64², batch 8), not the tiny
+/// validation Dice) on 1, 2 and 3 threads. The quickstart's sizes (96², batch 8), not the tiny
 /// ones: the parallel kernels must split their work into several chunks for the thread count to
 /// matter (at 32², batch 2 every LayerNorm fits one chunk). Before the LayerNorm backward summed
 /// its per-chunk partials in a fixed order, the 2-thread run's `cfcl` terms differed from step 3.
@@ -426,7 +426,7 @@ fn an_image_size_too_large_for_memory_is_refused_before_training() {
         "ulimit -v 4000000 && exec '{}' train --config '{}' --set data.dataset='{}' \
          --set data.image_size=1024 --set schedule.iterations=2 --out '{}'",
         env!("CARGO_BIN_EXE_ctrcl"),
-        config_file("quickstart"),
+        config_file("icbm152_small"),
         prepared().display(),
         out.display()
     );

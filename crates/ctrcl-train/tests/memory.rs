@@ -8,7 +8,10 @@ use ctrcl_train::TrainConfig;
 static ALLOCATOR: Counting = Counting;
 
 fn config(extra: &[&str]) -> TrainConfig {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/quickstart.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../configs/icbm152_small.toml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     TrainConfig::from_toml(&text, &sets).unwrap()
