@@ -149,7 +149,8 @@ enum Command {
     Experiment(experiment::Args),
     /// Time training steps and inference of the students and the pair (synthetic batches).
     Bench(bench::Args),
-    /// Fetch ICBM152, train with `independent` and `ctrcl`, test both students, print the table.
+    /// Fetch ICBM152, train with `independent` and `ctrcl`, test both students, print the table
+    /// (CPU build: sized for 2 cores, under 5 minutes; GPU build: the full 128² protocol).
     Quickstart(quickstart::Args),
 }
 

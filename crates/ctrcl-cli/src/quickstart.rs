@@ -5,7 +5,14 @@ use crate::{backend, table};
 use anyhow::Result;
 use ctrcl_train::engine::Engine;
 use ctrcl_train::quickstart::{
-    difference_text, parse_method, run_quickstart, settings_line, QuickstartOptions,
+    difference_text, parse_method, run_quickstart, settings_line, QuickstartOptions, QuickstartSize,
+};
+
+/// A GPU build trains the full protocol; the CPU build the quickstart's 2-core size.
+const SIZE: QuickstartSize = if cfg!(any(feature = "cuda", feature = "vulkan")) {
+    QuickstartSize::FullProtocol
+} else {
+    QuickstartSize::Cpu
 };
 use std::path::PathBuf;
 
@@ -18,8 +25,8 @@ pub struct Args {
     /// Methods to compare, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "independent,ctrcl")]
     methods: Vec<String>,
-    /// Override a configuration key of configs/quickstart.toml (repeatable), e.g.
-    /// --set schedule.iterations=600.
+    /// Override a configuration key of configs/quickstart.toml (a GPU build: of the full protocol,
+    /// configs/icbm152_ctrcl.toml) (repeatable), e.g. --set schedule.iterations=600.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Cache directory for downloads (as for `data fetch --dest`).
@@ -59,6 +66,7 @@ pub fn run(args: Args) -> Result<()> {
             .iter()
             .map(|m| parse_method(m))
             .collect::<Result<_>>()?,
+        size: SIZE,
         overrides: args.set,
         cache: args.cache,
     };
@@ -71,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
     println!();
     println!("ICBM152 test slab (axial z 90–105, native 197×233 resolution), Dice per class:");
     print!("{}", table::report_table(&done.reports));
-    if let Some(text) = difference_text(&done.reports) {
+    if let Some(text) = difference_text(&done.reports, SIZE) {
         println!();
         println!("{text}");
     }
