@@ -353,3 +353,92 @@ fn case_spacing(file: &LabelFile, given: Option<&[f64]>, mode: Mode) -> Vec<f64>
         (None, Mode::Strict) => file.spacing.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctrcl_data::nifti::{write_nifti, IDENTITY};
+
+    /// A 4×4×1 label map with label 1 on `voxels` (x + 4·y).
+    fn write_case(dir: &Path, id: &str, voxels: &[usize]) {
+        let mut data = vec![0.0f32; 16];
+        for &v in voxels {
+            data[v] = 1.0;
+        }
+        let path = dir.join(format!("{id}.nii.gz"));
+        write_nifti(&path, [4, 4, 1], &data, true, None, [1.0; 3], IDENTITY).unwrap();
+    }
+
+    fn options() -> ScoreOptions {
+        ScoreOptions {
+            mode: Mode::TransUnet,
+            hd95: Hd95Mode::Pooled,
+            spacing: None,
+            labels: None,
+            ignore_geometry: false,
+            allow_missing: false,
+        }
+    }
+
+    /// By hand: case `a` predicted exactly (Dice 1, HD95 0); case `b`'s 2×2 square predicted as
+    /// its upper half — Dice 2·2/(4 + 2) = 2/3, Jaccard 2/4, and every border voxel of each side:
+    /// distances 0, 0 (prediction → reference) and 0, 0, 1, 1 (reference → prediction), whose
+    /// pooled 95th percentile (numpy's linear interpolation, medpy's hd95) is 1. Means over the
+    /// two cases: Dice 5/6, HD95 0.5. The CSV has a row per case and class.
+    #[test]
+    fn a_folder_is_scored_case_by_case_as_worked_out_by_hand() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (pred, truth) = (tmp.path().join("pred"), tmp.path().join("truth"));
+        std::fs::create_dir_all(&pred).unwrap();
+        std::fs::create_dir_all(&truth).unwrap();
+        let square = [5, 6, 9, 10];
+        write_case(&truth, "a", &square);
+        write_case(&pred, "a", &square);
+        write_case(&truth, "b", &square);
+        write_case(&pred, "b", &[5, 6]);
+        let s = score_folders(&pred, &truth, &options()).unwrap();
+        assert_eq!(s.ids, ["a", "b"]);
+        assert_eq!(s.label_values, [1]);
+        let (a, b) = (s.per_case[0][0], s.per_case[1][0]);
+        assert_eq!((a.dice, a.hd95), (1.0, 0.0));
+        assert!((b.dice - 2.0 / 3.0).abs() < 1e-12 && (b.jaccard - 0.5).abs() < 1e-12);
+        assert!((b.hd95 - 1.0).abs() < 1e-12, "{}", b.hd95);
+        assert!((s.means[0].dice - 5.0 / 6.0).abs() < 1e-12);
+        assert!((s.means[0].hd95 - 0.5).abs() < 1e-12);
+        assert_eq!(s.csv().lines().count(), 3);
+        assert!(s.csv().lines().nth(1).unwrap().starts_with("a,1,1,1,0,"));
+
+        // A case on one side only is an error naming it, or skipped with a warning if allowed.
+        write_case(&truth, "c", &square);
+        let err = format!(
+            "{:#}",
+            score_folders(&pred, &truth, &options()).unwrap_err()
+        );
+        assert!(err.contains("no prediction for case c"), "{err}");
+        let lenient = ScoreOptions {
+            allow_missing: true,
+            ..options()
+        };
+        let s = score_folders(&pred, &truth, &lenient).unwrap();
+        assert_eq!(s.ids, ["a", "b"]);
+        assert!(
+            s.warnings.iter().any(|w| w.contains("c.nii.gz")),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn spacings_must_be_positive_and_finite() {
+        assert!(check_spacing(None).is_ok());
+        assert!(check_spacing(Some(&[1.0, 0.7, 0.7])).is_ok());
+        for bad in [
+            vec![0.0, 1.0, 1.0],
+            vec![f64::NAN, 1.0, 1.0],
+            vec![1.0, f64::INFINITY, 1.0],
+            vec![1.0, 1.0],
+        ] {
+            assert!(check_spacing(Some(&bad)).is_err(), "{bad:?}");
+        }
+    }
+}
