@@ -29,6 +29,43 @@ pub const NAME: &str = "flex CPU (burn 0.21.0)";
 
 pub type Train = Autodiff<Inner>;
 
+/// Where the GPU backends' compiled kernels and autotune results are kept: cubecl compiles every
+/// kernel on first use and, left alone, keeps nothing, so each run paid minutes of compilation
+/// (issue #17). `CTRCL_KERNEL_CACHE=DIR` chooses the folder (default: ctrcl's cache directory,
+/// `kernels/`), `CTRCL_KERNEL_CACHE=off` keeps cubecl's defaults (a cold-start measurement).
+/// A `cubecl.toml` that sets its own compilation cache is respected. Must run before any device
+/// client exists (cubecl's config can be set once); returns the folder in use.
+#[cfg(any(feature = "cuda", feature = "vulkan"))]
+pub fn install_kernel_cache() -> Option<std::path::PathBuf> {
+    use burn::cubecl::config::cache::CacheConfig;
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let dir = match std::env::var_os("CTRCL_KERNEL_CACHE") {
+        Some(v) if v == "off" => return None,
+        Some(v) => std::path::PathBuf::from(v),
+        None => ctrcl_data::fetch::cache_dir().join("kernels"),
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!(
+            "kernel cache: cannot create {} ({e}); kernels are compiled again on every run",
+            dir.display()
+        );
+        return None;
+    }
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if config.compilation.cache.is_none() {
+        config.compilation.cache = Some(CacheConfig::File(dir.join("compilation")));
+    }
+    config.autotune.cache = CacheConfig::File(dir.join("autotune"));
+    CubeClRuntimeConfig::set(config);
+    Some(dir)
+}
+
+/// The CPU build compiles nothing at run time.
+#[cfg(not(any(feature = "cuda", feature = "vulkan")))]
+pub fn install_kernel_cache() -> Option<std::path::PathBuf> {
+    None
+}
+
 pub fn train(cfg: &TrainConfig, out: &Path, progress: bool) -> Result<TrainSummary> {
     let device = Default::default();
     train_run::<Train>(cfg, out, &device, NAME, progress)

@@ -257,6 +257,9 @@ static ALLOCATOR: ctrcl_train::memory::Counting = ctrcl_train::memory::Counting;
 fn main() {
     allocator::keep_freed_memory();
     let cli = Cli::parse();
+    if let Some(dir) = backend::install_kernel_cache() {
+        eprintln!("kernel cache: {} (CTRCL_KERNEL_CACHE=DIR|off)", dir.display());
+    }
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
