@@ -59,6 +59,9 @@ def main():
     if a.threads:
         theirs_sizes += ["--threads", str(a.threads)]
         ours_env["RAYON_NUM_THREADS"] = str(a.threads)
+    # Each model's line is printed (and flushed) as soon as it is measured: a run cut off by a
+    # time limit (bench/gpu/check.sh on a short GPU slot) still leaves the models it finished.
+    print(f"size {a.size}, batch {a.batch}, {a.classes} classes, {a.optimizer}, {a.precision}, {a.steps} steps x {a.rounds} rounds", flush=True)
     rows = []
     for model in a.models:
         ours, theirs = [], []
@@ -74,14 +77,15 @@ def main():
             "ctrcl_gflop": ours[0]["forward_gflop_per_image"], "pytorch_gflop": theirs[0]["forward_gflop_per_image"],
             "ctrcl_peak_mb": max(r["peak_rss_mb"] for r in ours), "pytorch_peak_mb": max(r["peak_rss_mb"] for r in theirs),
         })
-    print(f"size {a.size}, batch {a.batch}, {a.classes} classes, {a.optimizer}, {a.precision}, {a.steps} steps x {a.rounds} rounds")
-    print(f"ctrcl: {rows[0]['ctrcl_backend']}; PyTorch: {rows[0]['pytorch_backend']}")
-    print(f"{'model':<10} {'ctrcl ms/step':>14} {'torch ms/step':>14} {'ratio':>6} {'ctrcl inf ms':>13} {'torch inf ms':>13} {'ratio':>6} {'GFLOP fwd (ours/torch)':>24} {'peak MiB (ours/torch)':>22}")
-    for r in rows:
+        if len(rows) == 1:
+            print(f"ctrcl: {rows[0]['ctrcl_backend']}; PyTorch: {rows[0]['pytorch_backend']}")
+            print(f"{'model':<10} {'ctrcl ms/step':>14} {'torch ms/step':>14} {'ratio':>6} {'ctrcl inf ms':>13} {'torch inf ms':>13} {'ratio':>6} {'GFLOP fwd (ours/torch)':>24} {'peak MiB (ours/torch)':>22}")
+        r = rows[-1]
         print(f"{r['model']:<10} {r['ctrcl_ms_per_step']:>14.1f} {r['pytorch_ms_per_step']:>14.1f} "
               f"{r['ctrcl_ms_per_step'] / r['pytorch_ms_per_step']:>6.2f} {r['ctrcl_infer_ms']:>13.2f} "
               f"{r['pytorch_infer_ms']:>13.2f} {r['ctrcl_infer_ms'] / r['pytorch_infer_ms']:>6.2f} "
-              f"{r['ctrcl_gflop']:>11.3f} / {r['pytorch_gflop']:<10.3f} {r['ctrcl_peak_mb']:>10.0f} / {r['pytorch_peak_mb']:<9.0f}")
+              f"{r['ctrcl_gflop']:>11.3f} / {r['pytorch_gflop']:<10.3f} {r['ctrcl_peak_mb']:>10.0f} / {r['pytorch_peak_mb']:<9.0f}",
+              flush=True)
     print(json.dumps(rows))
 
 
