@@ -5,6 +5,7 @@ use anyhow::Result;
 use burn::backend::Autodiff;
 use ctrcl_data::geometry::Upsample;
 use ctrcl_data::split::Split;
+use ctrcl_train::engine::Engine;
 use ctrcl_train::predictor::{PredictEvent, PredictOptions};
 use ctrcl_train::role::Role;
 use ctrcl_train::tester::{test_run, TestReport};
@@ -64,6 +65,13 @@ pub fn install_kernel_cache() -> Option<std::path::PathBuf> {
 #[cfg(not(any(feature = "cuda", feature = "vulkan")))]
 pub fn install_kernel_cache() -> Option<std::path::PathBuf> {
     None
+}
+
+/// This build's backend on `device`, as the multi-run jobs (quickstart, experiment) take it.
+pub fn engine(
+    device: &<Train as burn::tensor::backend::BackendTypes>::Device,
+) -> Engine<'_, Train> {
+    Engine { device, name: NAME }
 }
 
 pub fn train(cfg: &TrainConfig, out: &Path, progress: bool) -> Result<TrainSummary> {

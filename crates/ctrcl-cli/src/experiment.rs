@@ -3,7 +3,7 @@
 
 use crate::backend;
 use anyhow::Result;
-use ctrcl_train::experiment::{run_experiment, Engine, ExperimentOptions};
+use ctrcl_train::experiment::{run_experiment, ExperimentOptions};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -26,10 +26,7 @@ pub fn run(args: Args) -> Result<()> {
         results: args.results,
     };
     let device = Default::default();
-    let engine = Engine::<backend::Train> {
-        device: &device,
-        name: backend::NAME,
-    };
+    let engine = backend::engine(&device);
     let outcome = run_experiment(&options, &engine)?;
     print!("{}", outcome.markdown);
     println!("written: {}", outcome.results.display());

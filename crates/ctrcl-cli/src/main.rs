@@ -258,7 +258,10 @@ fn main() {
     allocator::keep_freed_memory();
     let cli = Cli::parse();
     if let Some(dir) = backend::install_kernel_cache() {
-        eprintln!("kernel cache: {} (CTRCL_KERNEL_CACHE=DIR|off)", dir.display());
+        eprintln!(
+            "kernel cache: {} (CTRCL_KERNEL_CACHE=DIR|off)",
+            dir.display()
+        );
     }
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

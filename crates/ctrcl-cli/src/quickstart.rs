@@ -3,7 +3,6 @@
 
 use crate::{backend, table};
 use anyhow::Result;
-use ctrcl_train::engine::Engine;
 use ctrcl_train::quickstart::{
     difference_text, parse_method, run_quickstart, settings_line, QuickstartOptions, QuickstartSize,
 };
@@ -71,10 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         cache: args.cache,
     };
     let device = Default::default();
-    let engine = Engine::<backend::Train> {
-        device: &device,
-        name: backend::NAME,
-    };
+    let engine = backend::engine(&device);
     let done = run_quickstart(&options, &engine)?;
     println!();
     println!("ICBM152 test slab (axial z 90–105, native 197×233 resolution), Dice per class:");

@@ -264,6 +264,7 @@ pub fn run_experiment<B: AutodiffBackend>(
     let started = std::time::Instant::now();
     let commit = git_commit();
     let mut metrics = Vec::with_capacity(all.len());
+    let mut markdown = String::new();
     for (i, cell) in all.iter().enumerate() {
         eprintln!(
             "[{}/{}] {} seed {}",
@@ -279,40 +280,22 @@ pub fn run_experiment<B: AutodiffBackend>(
             here,
             dataset.as_deref(),
         )?);
-        if metrics.len() < all.len() {
-            // A partial table after every cell: hours of runs are readable (and committable,
-            // marked partial) before the matrix ends.
-            let md = results_markdown(
-                &exp,
-                args,
-                engine.name,
-                &all,
-                &metrics,
-                &class_names_of(&metrics[0]),
-                &base,
-                &commit,
-                started.elapsed().as_secs_f64(),
-            );
-            write_results(&results, &md)?;
-        }
+        // The table after every cell: hours of runs are readable (and committable, marked
+        // partial) before the matrix ends; the last one is the result.
+        markdown = results_markdown(
+            &exp,
+            args,
+            engine.name,
+            &all,
+            &metrics,
+            &class_names_of(&metrics[0]),
+            &base,
+            &commit,
+            started.elapsed().as_secs_f64(),
+        );
+        write_results(&results, &markdown)?;
     }
-    let class_names = class_names_of(&metrics[0]);
-    let md = results_markdown(
-        &exp,
-        args,
-        engine.name,
-        &all,
-        &metrics,
-        &class_names,
-        &base,
-        &commit,
-        started.elapsed().as_secs_f64(),
-    );
-    write_results(&results, &md)?;
-    Ok(ExperimentOutcome {
-        markdown: md,
-        results,
-    })
+    Ok(ExperimentOutcome { markdown, results })
 }
 
 #[cfg(test)]
