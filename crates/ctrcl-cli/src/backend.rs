@@ -3,13 +3,9 @@
 
 use anyhow::Result;
 use burn::backend::Autodiff;
-use ctrcl_data::geometry::Upsample;
-use ctrcl_data::split::Split;
 use ctrcl_train::engine::Engine;
 use ctrcl_train::predictor::{PredictEvent, PredictOptions};
 use ctrcl_train::role::Role;
-use ctrcl_train::tester::{test_run, TestReport};
-use ctrcl_train::trainer::{train as train_run, TrainSummary};
 use ctrcl_train::TrainConfig;
 use std::path::Path;
 
@@ -72,26 +68,6 @@ pub fn engine(
     device: &<Train as burn::tensor::backend::BackendTypes>::Device,
 ) -> Engine<'_, Train> {
     Engine { device, name: NAME }
-}
-
-pub fn train(cfg: &TrainConfig, out: &Path, progress: bool) -> Result<TrainSummary> {
-    let device = Default::default();
-    train_run::<Train>(cfg, out, &device, NAME, progress)
-}
-
-pub fn resume(run: &Path, progress: bool) -> Result<TrainSummary> {
-    let device = Default::default();
-    ctrcl_train::trainer::resume::<Train>(run, &device, NAME, progress)
-}
-
-pub fn test(
-    run: &Path,
-    roles: &[Role],
-    split: Split,
-    upsample: Option<Upsample>,
-) -> Result<TestReport> {
-    let device = Default::default();
-    test_run::<Inner>(run, roles, split, upsample, &device)
 }
 
 /// Segments every volume or image of `input` into `output`, with a progress bar per case.

@@ -323,12 +323,12 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(run), _, _) => {
                     let cfg = TrainConfig::load(&ctrcl_train::run_dir::config(&run), &[])?;
                     let _coordinator = coordinator::host_if_rank_zero(&cfg)?;
-                    backend::resume(&run, true)?
+                    backend::engine(&Default::default()).resume(&run)?
                 }
                 (None, Some(config), Some(out)) => {
                     let cfg = TrainConfig::load(&config, &set)?;
                     let _coordinator = coordinator::host_if_rank_zero(&cfg)?;
-                    backend::train(&cfg, &out, true)?
+                    backend::engine(&Default::default()).train(&cfg, &out)?
                 }
                 _ => anyhow::bail!("give --config and --out, or --resume RUN_DIR"),
             };
@@ -355,7 +355,13 @@ fn run(cli: Cli) -> Result<()> {
                 StudentChoice::Transformer => vec![Role::Transformer],
                 StudentChoice::Both => Role::BOTH.to_vec(),
             };
-            let report = backend::test(&run, &roles, split.split(), upsample.map(Upsample::from))?;
+            let device = Default::default();
+            let report = backend::engine(&device).test(
+                &run,
+                &roles,
+                split.split(),
+                upsample.map(Upsample::from),
+            )?;
             print!("{}", table::report_table(std::slice::from_ref(&report)));
             println!(
                 "backend: {}; written: {}",

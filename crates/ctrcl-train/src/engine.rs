@@ -29,8 +29,15 @@ impl<B: AutodiffBackend> Engine<'_, B> {
         crate::trainer::resume::<B>(run, self.device, self.name, true)
     }
 
-    /// Tests both students of `run` on `split` (the run's own upsampling unless given).
-    pub fn test(&self, run: &Path, split: Split, upsample: Option<Upsample>) -> Result<TestReport> {
-        test_run::<B::InnerBackend>(run, &Role::BOTH, split, upsample, self.device)
+    /// Tests the students of `roles` in `run` on `split` (the run's own upsampling unless
+    /// given).
+    pub fn test(
+        &self,
+        run: &Path,
+        roles: &[Role],
+        split: Split,
+        upsample: Option<Upsample>,
+    ) -> Result<TestReport> {
+        test_run::<B::InnerBackend>(run, roles, split, upsample, self.device)
     }
 }

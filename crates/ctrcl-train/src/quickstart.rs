@@ -4,6 +4,7 @@
 
 use crate::config::{Method, TrainConfig};
 use crate::engine::Engine;
+use crate::role::Role;
 use crate::tester::{student_json, TestReport};
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
@@ -105,7 +106,7 @@ pub fn run_quickstart<B: AutodiffBackend>(
         cfg.data.dataset = data_dir.clone();
         let run_dir = out.join(method.name());
         engine.train(&cfg, &run_dir)?;
-        let report = engine.test(&run_dir, Split::Test, None)?;
+        let report = engine.test(&run_dir, &Role::BOTH, Split::Test, None)?;
         let mut entry = serde_json::Map::new();
         for s in &report.students {
             let mut v = student_json(s);
@@ -207,7 +208,6 @@ pub fn difference_text(reports: &[TestReport], size: QuickstartSize) -> Option<S
 mod tests {
     use super::*;
     use crate::inference::DiceScores;
-    use crate::role::Role;
     use crate::tester::StudentResult;
 
     fn report(method: Method, means: [f64; 2]) -> TestReport {

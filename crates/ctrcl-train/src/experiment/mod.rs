@@ -192,7 +192,7 @@ fn run_cell<B: AutodiffBackend>(
         eprintln!("training {}", cell.dir.display());
         engine.train(&cfg, &cell.dir)?;
     }
-    engine.test(&cell.dir, Split::Test, None)?;
+    engine.test(&cell.dir, &Role::BOTH, Split::Test, None)?;
     read()
 }
 
