@@ -70,6 +70,16 @@ def js(p, q):
 
 # ---- RLCL (METHOD.md §4), direction A -> B, written per pixel with explicit loops.
 def rlcl(z_teacher, z_student, labels, tau=1.0, delta=0.05, w=(1 / 3, 1 / 3, 1 / 3), mode="adaptive", pixel_weight="none"):
+    per_pixel, q, lam = rlcl_pixels(z_teacher, z_student, labels, tau, delta, w, mode)
+    if pixel_weight == "certainty":
+        wgt = 1 + plogp(q).sum(axis=1) / math.log(K)
+        wgt = wgt / wgt.mean()
+        per_pixel = per_pixel * wgt
+    return float(tau * tau * per_pixel.mean()), lam
+
+
+def rlcl_pixels(z_teacher, z_student, labels, tau, delta, w, mode):
+    """Per-pixel KL(q_A || p_B), the rectified labels q_A and the lambda map."""
     pa = softmax(z_teacher / tau)
     pb = softmax(z_student / tau)
     q = pa.copy()
@@ -98,12 +108,7 @@ def rlcl(z_teacher, z_student, labels, tau=1.0, delta=0.05, w=(1 / 3, 1 / 3, 1 /
                 e = np.zeros(K)
                 e[c] = 1
                 q[b, :, i, j] = (1 - l) * p + l * e
-    per_pixel = kl(q, pb)
-    if pixel_weight == "certainty":
-        wgt = 1 + plogp(q).sum(axis=1) / math.log(K)
-        wgt = wgt / wgt.mean()
-        per_pixel = per_pixel * wgt
-    return float(tau * tau * per_pixel.mean()), lam
+    return kl(q, pb), q, lam
 
 
 def dml(z_peer, z_own):
@@ -163,6 +168,41 @@ lp_a, m = perceive(f_a, frac)
 lp_b, _ = perceive(f_b, frac)
 
 rl_adaptive, lam = rlcl(z_a, z_b, y)
+
+
+# ---- Semi-supervised CTRCL (METHOD.md §9) on the same logits, taken as an unlabelled batch.
+TAU_U = 0.45
+pbar = (softmax(z_a) + softmax(z_b)) / 2
+y_hat = pbar.argmax(axis=1)  # [B, H, W]
+trusted = (pbar.max(axis=1) >= TAU_U).astype(float)  # [B, H, W]
+
+
+def rlcl_trusted(z_teacher, z_student, pseudo, mask, pixel_weight="none", tau=1.0):
+    """RLCL with the pseudo-label for the ground truth; untrusted pixels contribute 0 and the
+    mean is over all pixels; certainty weights normalised to mean 1 over the trusted pixels."""
+    per_pixel, q, _ = rlcl_pixels(z_teacher, z_student, pseudo, tau, 0.05, (1 / 3, 1 / 3, 1 / 3), "adaptive")
+    per_pixel = per_pixel * mask
+    if pixel_weight == "certainty":
+        wgt = 1 + plogp(q).sum(axis=1) / math.log(K)
+        wgt = wgt / ((wgt * mask).sum() / max(mask.sum(), 1.0))
+        per_pixel = per_pixel * wgt
+    return float(tau * tau * per_pixel.mean())
+
+
+frac_u = (onehot(y_hat, K) * trusted[:, None]).reshape(B, K, h, STRIDE, w_, STRIDE).mean(axis=(3, 5))
+lp_a_u, m_u = perceive(f_a, frac_u)
+lp_b_u, _ = perceive(f_b, frac_u)
+cell_w = m_u.sum(axis=1)  # trusted share of each cell, pixel order b, y, x
+
+
+def cp_loss_weighted(logp, m, wgt):
+    target = m.argmax(axis=1)
+    return float(-(wgt * logp[np.arange(len(target)), target]).sum() / len(target))
+
+
+def al_loss_weighted(logp_teacher, logp_student, wgt):
+    p = np.exp(logp_teacher)
+    return float((wgt * (p * (logp_teacher - logp_student)).sum(axis=1)).sum() / len(wgt))
 out = {
     "shape": [B, K, H, W],
     "z_a": z_a.ravel().tolist(),
@@ -192,6 +232,18 @@ out = {
         "cp_b": cp_loss(lp_b, m),
         "al_a_to_b": al_loss(lp_a, lp_b),
     },
+    "semi": {
+        "threshold": TAU_U,
+        "pseudo_labels": y_hat.ravel().tolist(),
+        "trusted": trusted.ravel().tolist(),
+        "rlcl_b_from_a": rlcl_trusted(z_a, z_b, y_hat, trusted),
+        "rlcl_b_from_a_certainty": rlcl_trusted(z_a, z_b, y_hat, trusted, pixel_weight="certainty"),
+        "rlcl_b_from_a_tau2": rlcl_trusted(z_a, z_b, y_hat, trusted, tau=2.0),
+        "cp_a": cp_loss_weighted(lp_a_u, m_u, cell_w),
+        "cp_b": cp_loss_weighted(lp_b_u, m_u, cell_w),
+        "al_a_to_b": al_loss_weighted(lp_a_u, lp_b_u, cell_w),
+        "cell_weights": cell_w.tolist(),
+    },
 }
 path = os.path.join(os.path.dirname(__file__), "../../crates/ctrcl-train/tests/data/loss_reference.json")
 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -203,3 +255,5 @@ for k, v in out.items():
         print(f"  {k} = {v:.6f}")
 print("  cfcl:", {k: round(v, 6) for k, v in out["cfcl"].items() if isinstance(v, float)})
 print("  wrong pixels:", int((lam > 0).sum()), "of", lam.size)
+print("  semi:", {k: round(v, 6) for k, v in out["semi"].items() if isinstance(v, float)})
+print("  trusted pixels:", int(trusted.sum()), "of", trusted.size, "; cell weights:", sorted(set(cell_w.round(3).tolist())))

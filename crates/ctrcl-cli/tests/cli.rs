@@ -2222,3 +2222,120 @@ fn a_baselines_transfer_weight_is_baseline_weight() {
     let on = totals("on", &[]);
     assert!(on[3].0 > on[3].1, "{on:?}");
 }
+
+/// Semi-supervised training on the real data (METHOD.md §9): the run records which slices keep
+/// their labels (10% of ICBM152's 114 training slices, evenly spaced), ctrcl and cross-teaching
+/// log their unlabelled term with total = labelled objective + β_u·unlabelled, ctrcl the share
+/// of trusted pixels, the same seed gives the same run with 1 or 3 loader workers, and bad
+/// settings are clear errors.
+#[test]
+fn semi_supervised_runs_record_their_labelled_part_and_log_the_unlabelled_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let semi = |method: &str, extra: &[&str]| {
+        let mut sets = tiny_settings(prepared());
+        sets.extend(
+            [
+                "data.labelled=0.1",
+                "semi.threshold=0.3",
+                "semi.rampup_fraction=0",
+            ]
+            .map(String::from),
+        );
+        sets.push(format!("method={method}"));
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        sets
+    };
+    let log = |run: &Path| -> Vec<Value> {
+        std::fs::read_to_string(run.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for (method, key) in [("ctrcl", "rlcl"), ("cross-teaching", "cross_teaching")] {
+        let out = dir.path().join(method);
+        ok(&train_args(
+            &config_path(),
+            out.to_str().unwrap(),
+            &semi(method, &[]),
+        ));
+        let lines = log(&out);
+        let event = lines.iter().find(|v| v["event"] == "semi").unwrap();
+        assert_eq!(event["labelled_slices"], 11, "{event}");
+        assert_eq!(event["unlabelled_slices"], 103, "{event}");
+        assert_eq!(
+            (
+                event["labelled_batch"].as_u64(),
+                event["unlabelled_batch"].as_u64()
+            ),
+            (Some(1), Some(1))
+        );
+        // Evenly spaced through the training slabs (z 0–69, then 111–154).
+        assert_eq!(event["labelled"][0], "icbm152:5", "{event}");
+        assert_eq!(event["labelled"].as_array().unwrap().len(), 11);
+        let steps: Vec<&Value> = lines.iter().filter(|v| v.get("cnn").is_some()).collect();
+        assert_eq!(steps.len(), 4);
+        for line in steps {
+            let beta = |k: &str| line[k].as_f64().unwrap();
+            assert_eq!(beta("beta_u"), 0.1, "no ramp-up: {line}");
+            for role in ["cnn", "transformer"] {
+                let t = &line[role];
+                let v = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k}: {t}"));
+                let unlabelled = v("unlabelled");
+                assert!(unlabelled.is_finite() && unlabelled > 0.0, "{method}: {t}");
+                let want = if method == "ctrcl" {
+                    let trusted = v("trusted");
+                    assert!(trusted > 0.0 && trusted <= 1.0, "{t}");
+                    v("seg")
+                        + beta("beta_r") * v(key)
+                        + beta("beta_f") * v("cfcl")
+                        + beta("beta_u") * unlabelled
+                } else {
+                    // SSL4MIS CTCT: L_seg on the labelled part, its Dice term on the rest.
+                    assert!(t.get(key).is_none_or(|x| x == 0.0), "{t}");
+                    v("seg") + beta("beta_u") * unlabelled
+                };
+                assert!((v("total") - want).abs() < 1e-5, "{method}: {t}");
+            }
+        }
+    }
+    // The seed promise holds for both batch streams, whatever the loader's worker count.
+    let again = dir.path().join("again");
+    ok(&train_args(
+        &config_path(),
+        again.to_str().unwrap(),
+        &semi("ctrcl", &["data.workers=3"]),
+    ));
+    assert_eq!(step_lines(&again), step_lines(&dir.path().join("ctrcl")));
+    // independent trains on the labelled batches alone: no unlabelled term.
+    let ind = dir.path().join("independent");
+    ok(&train_args(
+        &config_path(),
+        ind.to_str().unwrap(),
+        &semi("independent", &[]),
+    ));
+    let lines = log(&ind);
+    let event = lines.iter().find(|v| v["event"] == "semi").unwrap();
+    assert_eq!(event["unlabelled_batch"], 0, "{event}");
+    assert!(lines
+        .iter()
+        .filter(|v| v.get("cnn").is_some())
+        .all(|v| v["cnn"].get("unlabelled").is_none()));
+
+    for (extra, says) in [
+        (
+            vec!["data.labelled=[\"nope\"]"],
+            "\"nope\", which is not in the training split",
+        ),
+        (vec!["data.labelled=1.0"], "nothing is left"),
+        (vec!["method=dml"], "data.labelled"),
+    ] {
+        let out = dir.path().join("bad");
+        let mut sets = semi("ctrcl", &[]);
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let config = config_path();
+        let err = fails(&train_args(&config, out.to_str().unwrap(), &sets));
+        assert!(err.contains(says), "{extra:?}: {err}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}

@@ -15,6 +15,7 @@ pub mod geometry;
 pub mod hdf5;
 pub mod image2d;
 pub mod inspect;
+pub mod labelled;
 pub mod labels;
 pub mod layouts;
 pub mod loader;

@@ -232,6 +232,7 @@ pub fn run_bench<B: AutodiffBackend>(
                         lrs: lr,
                         beta_r: cfg.transfer_weight(),
                         beta_f: cfg.cfcl.weight,
+                        beta_u: cfg.semi.weight,
                     },
                     None,
                 )?;

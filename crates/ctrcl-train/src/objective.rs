@@ -30,6 +30,10 @@ pub(crate) struct Terms {
     pub(crate) seg: f64,
     pub(crate) transfer_logit: f64,
     pub(crate) transfer_feature: f64,
+    /// The unlabelled term of a semi-supervised run before β_u (METHOD.md §9; 0 otherwise).
+    pub(crate) unlabelled: f64,
+    /// The share of unlabelled pixels whose pseudo-label is trusted (semi-supervised ctrcl).
+    pub(crate) trusted: f64,
     pub(crate) total: f64,
 }
 
@@ -41,11 +45,13 @@ impl Terms {
         self.seg += other.seg * w;
         self.transfer_logit += other.transfer_logit * w;
         self.transfer_feature += other.transfer_feature * w;
+        self.unlabelled += other.unlabelled * w;
+        self.trusted += other.trusted * w;
         self.total += other.total * w;
     }
 
     /// The fields in declaration order (for the cross-peer all-reduce).
-    pub(crate) fn to_array(self) -> [f64; 6] {
+    pub(crate) fn to_array(self) -> [f64; 8] {
         [
             self.ce,
             self.dice,
@@ -53,10 +59,12 @@ impl Terms {
             self.transfer_logit,
             self.transfer_feature,
             self.total,
+            self.unlabelled,
+            self.trusted,
         ]
     }
 
-    /// Inverse of [`Terms::to_array`]; `v` holds at least 6 values.
+    /// Inverse of [`Terms::to_array`]; `v` holds at least 8 values.
     pub(crate) fn from_slice(v: &[f32]) -> Terms {
         let f = |i: usize| f64::from(v[i]);
         Terms {
@@ -66,11 +74,15 @@ impl Terms {
             transfer_logit: f(3),
             transfer_feature: f(4),
             total: f(5),
+            unlabelled: f(6),
+            trusted: f(7),
         }
     }
 
-    /// The terms as `log.jsonl` records them, under the method's keys.
-    pub(crate) fn json(&self, method: Method) -> serde_json::Value {
+    /// The terms as `log.jsonl` records them, under the method's keys (and, in a semi-supervised
+    /// run, `unlabelled` and, for ctrcl, `trusted`).
+    pub(crate) fn json(&self, cfg: &TrainConfig) -> serde_json::Value {
+        let method = cfg.method;
         let mut v = json!({"ce": self.ce, "dice": self.dice, "seg": self.seg, "total": self.total});
         let (logit, feature) = method.transfer_log_keys();
         if let Some(key) = logit {
@@ -79,25 +91,31 @@ impl Terms {
         if let Some(key) = feature {
             v[key] = json!(self.transfer_feature);
         }
+        if cfg.is_semi() && method != Method::Independent {
+            v["unlabelled"] = json!(self.unlabelled);
+            if method == Method::Ctrcl {
+                v["trusted"] = json!(self.trusted);
+            }
+        }
         v
     }
 }
 
 /// One student's loss and its terms, given both outputs.
-struct StudentLoss<B: Backend> {
-    total: Tensor<B, 1>,
-    terms: Terms,
+pub(crate) struct StudentLoss<B: Backend> {
+    pub(crate) total: Tensor<B, 1>,
+    pub(crate) terms: Terms,
 }
 
 /// One student's side of a loss: its outputs and its CPM heads (empty without CFCL).
-struct Side<'a, B: Backend> {
-    out: &'a SegOutput<B>,
-    cpm: &'a [ProjectionHead<B>],
+pub(crate) struct Side<'a, B: Backend> {
+    pub(crate) out: &'a SegOutput<B>,
+    pub(crate) cpm: &'a [ProjectionHead<B>],
 }
 
 impl<B: Backend> Side<'_, B> {
     /// The CFCL view of this side: its heads and its features at `taps`.
-    fn taps(&self, taps: &[usize]) -> Taps<'_, B> {
+    pub(crate) fn taps(&self, taps: &[usize]) -> Taps<'_, B> {
         Taps {
             heads: self.cpm,
             features: taps
@@ -110,8 +128,8 @@ impl<B: Backend> Side<'_, B> {
 
 /// What every student's loss at one step shares: the configuration, the targets and the ramped
 /// transfer weights.
-struct Objective<'a, B: Backend> {
-    cfg: &'a TrainConfig,
+pub(crate) struct Objective<'a, B: Backend> {
+    pub(crate) cfg: &'a TrainConfig,
     /// `[B, K, S, S]`.
     onehot: Tensor<B, 4>,
     /// The class fractions at each CFCL tap, `[B, K, S/s, S/s]` (empty unless CTRCL with CFCL).
@@ -123,7 +141,12 @@ struct Objective<'a, B: Backend> {
 }
 
 impl<'a, B: AutodiffBackend> Objective<'a, B> {
-    fn new(cfg: &'a TrainConfig, onehot: Tensor<B, 4>, beta_r: f64, beta_f: f64) -> Self {
+    pub(crate) fn new(
+        cfg: &'a TrainConfig,
+        onehot: Tensor<B, 4>,
+        beta_r: f64,
+        beta_f: f64,
+    ) -> Self {
         let fractions = if cfg.method.is_ctrcl() && cfg.cfcl.enabled {
             cfg.cfcl
                 .taps
@@ -143,7 +166,7 @@ impl<'a, B: AutodiffBackend> Objective<'a, B> {
     }
 
     /// L_seg of `logits` and its logged terms (the total so far is L_seg).
-    fn seg(&self, logits: Tensor<B, 4>) -> (Tensor<B, 1>, Terms) {
+    pub(crate) fn seg(&self, logits: Tensor<B, 4>) -> (Tensor<B, 1>, Terms) {
         let seg = seg_loss(
             logits,
             self.onehot.clone(),
@@ -160,7 +183,7 @@ impl<'a, B: AutodiffBackend> Objective<'a, B> {
     }
 
     /// `own`'s loss: L_seg plus its method's transfer terms from `peer`.
-    fn student_loss(&self, own: Side<B>, peer: Side<B>) -> StudentLoss<B> {
+    pub(crate) fn student_loss(&self, own: Side<B>, peer: Side<B>) -> StudentLoss<B> {
         let cfg = self.cfg;
         let (mut total, mut terms) = self.seg(own.out.logits.clone());
         match cfg.method {

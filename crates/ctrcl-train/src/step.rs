@@ -6,7 +6,8 @@
 //! (`crate::memory`) and `ctrcl bench` all call this one function.
 
 use crate::config::TrainConfig;
-use crate::objective::{pair_loss, Terms};
+use crate::objective::{pair_loss, PairLoss, Terms};
+use crate::semi::semi_pair_loss;
 use crate::student::{StudentOptimizer, TrainStudent};
 use anyhow::{bail, Result};
 use burn::collective::PeerId;
@@ -15,13 +16,41 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use ctrcl_data::loader::Batch;
 
-/// The schedule's values for one step: each student's learning rate and the transfer weights
-/// β_r (logit) and β_f (feature).
+/// The schedule's values for one step: each student's learning rate, the transfer weights
+/// β_r (logit) and β_f (feature), and β_u(t), the unlabelled terms' weight of a semi-supervised
+/// run (METHOD.md §9; unused otherwise).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StepRates {
     pub(crate) lrs: [f64; 2],
     pub(crate) beta_r: f64,
     pub(crate) beta_f: f64,
+    pub(crate) beta_u: f64,
+}
+
+/// The pair's losses on one batch: semi-supervised (`crate::semi`) when the one-hot labels
+/// cover only the first images of `x`, else the supervised objective.
+///
+/// # Shapes
+/// `x`: `[B, C, S, S]`; `onehot`: `[B, K, S, S]`, or `[B_l, K, S, S]` with B_l < B.
+fn batch_loss<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    students: &[TrainStudent<B>; 2],
+    x: Tensor<B, 4>,
+    onehot: Tensor<B, 4>,
+    rates: StepRates,
+) -> PairLoss<B> {
+    if onehot.dims()[0] < x.dims()[0] {
+        semi_pair_loss(
+            cfg,
+            students,
+            x,
+            onehot,
+            [rates.beta_r, rates.beta_f],
+            rates.beta_u,
+        )
+    } else {
+        pair_loss(cfg, students, x, onehot, rates.beta_r, rates.beta_f)
+    }
 }
 
 /// One optimizer step of both students over `batches` (gradient accumulation when there are
@@ -40,11 +69,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
     rates: StepRates,
     sync: Option<PeerId>,
 ) -> Result<[Terms; 2]> {
-    let StepRates {
-        lrs,
-        beta_r,
-        beta_f,
-    } = rates;
+    let lrs = rates.lrs;
     let n = batches.len();
     if n == 0 {
         bail!("a step needs at least one batch");
@@ -70,7 +95,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
     if n == 1 {
         // The plain path, without scaling or accumulation (bit-identical to a single batch).
         let (x, onehot) = batches.into_iter().next().expect("one batch");
-        let loss = pair_loss(cfg, students, x, onehot, beta_r, beta_f);
+        let loss = batch_loss(cfg, students, x, onehot, rates);
         let mut grads = loss.total.backward();
         crate::memory::counter::optimizer_phase();
         for i in 0..2 {
@@ -87,7 +112,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
     let mut terms = [Terms::default(); 2];
     let mut learns = [false; 2];
     for (x, onehot) in batches {
-        let loss = pair_loss(cfg, students, x, onehot, beta_r, beta_f);
+        let loss = batch_loss(cfg, students, x, onehot, rates);
         let mut grads = (loss.total / n as f64).backward();
         for i in 0..2 {
             if loss.learns[i] {

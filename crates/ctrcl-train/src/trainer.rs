@@ -7,11 +7,12 @@
 use crate::checkpoint::{recover_checkpoint, write_checkpoint, write_text_atomic};
 use crate::config::TrainConfig;
 use crate::distributed::DataParallel;
+use crate::feed::Feed;
 use crate::inference::{dice_on_samples, DiceScores};
 use crate::role::Role;
 use crate::run_dir::{self, lock_run, prepare_run_dir, write_split_lists, RunInfo};
 use crate::run_log::{truncate_log, RunLog};
-use crate::step::{check_precision, onehot_tensor, StepRates};
+use crate::step::{check_precision, StepRates};
 use crate::student::{
     build_student, import_pretrained, materialize_params, recorder, save_module, StudentOptimizer,
     TrainStudent,
@@ -23,12 +24,10 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use ctrcl_data::dataset::Dataset;
-use ctrcl_data::loader::BatchLoader;
 use ctrcl_data::split::Split;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// What a finished training run reports.
@@ -332,26 +331,16 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
     let k = dataset.num_classes();
     let size = cfg.data.image_size;
     let base_lr = [cfg.optim.cnn.lr, cfg.optim.transformer.lr];
-    let train_samples = Arc::new(dataset.samples(Split::Train, size));
     let val_samples = dataset.samples(Split::Val, size);
     let total = cfg.schedule.iterations;
     let rampup_steps = cfg.schedule.rampup_fraction * total as f64;
-    // With accumulation, step t consumes batches t·N .. t·N + N − 1 of the loader's stream.
+    let semi_rampup_steps = cfg.semi.rampup_fraction * total as f64;
+    // With accumulation, step t consumes batches t·N .. t·N + N − 1 of the loaders' streams.
     let accumulate = cfg.optim.accumulate;
-    let mut loader = BatchLoader::start(
-        train_samples,
-        size,
-        cfg.data.batch_size,
-        cfg.seed,
-        ctrcl_data::loader::Plan {
-            geometric: cfg.data.augment,
-            extra: cfg.augmentation,
-            foreground: cfg.data.foreground_oversample,
-        },
-        first_step * accumulate,
-        total * accumulate,
-        cfg.data.workers,
-    );
+    let mut feed = Feed::start(cfg, dataset, first_step, total)?;
+    if let (Some(event), 0) = (&feed.semi_event, first_step) {
+        log.line(event.clone())?;
+    }
 
     let bar = if progress {
         ProgressBar::new(total as u64).with_position(first_step as u64)
@@ -377,24 +366,16 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
         let beta_r = ramp_up(cfg.transfer_weight(), step, rampup_steps);
         let beta_f = ramp_up(cfg.cfcl.weight, step, rampup_steps);
         let lrs = base_lr.map(|lr| poly_lr(lr, step, total, cfg.optim.poly_power));
+        let beta_u = ramp_up(cfg.semi.weight, step, semi_rampup_steps);
         let mut batches = Vec::with_capacity(accumulate);
         for _ in 0..accumulate {
-            let mut batch = loader
-                .next()
-                .context("the batch loader stopped early (a worker thread failed)")?;
-            let x = Tensor::<B, 4>::from_data(
-                TensorData::new(
-                    std::mem::take(&mut batch.images),
-                    [batch.batch_size, batch.channels, size, size],
-                ),
-                device,
-            );
-            batches.push((x, onehot_tensor::<B>(&batch, k, device)));
+            batches.push(feed.next::<B>(k, device)?);
         }
         let rates = StepRates {
             lrs,
             beta_r,
             beta_f,
+            beta_u,
         };
         let [terms_c, terms_t] = parallel.step(cfg, &mut students, &mut optims, batches, rates)?;
         for (role, t) in Role::BOTH.iter().zip([&terms_c, &terms_t]) {
@@ -402,7 +383,7 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
                 // Recorded in the log too, so the run directory says why it stopped.
                 log.line(
                     json!({"event": "stop", "reason": "diverged", "step": step + 1,
-                    "role": role.name(), "terms": t.json(cfg.method)}),
+                    "role": role.name(), "terms": t.json(cfg)}),
                 )?;
                 bail!(
                     "step {}: the {} student's loss is not finite (ce {}, dice {}, logit transfer {}, feature transfer {}); \
@@ -424,14 +405,18 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
         ));
         let done = step + 1;
         if done % cfg.schedule.log_every == 0 || done == total {
-            log.line(json!({
+            let mut line = json!({
                 "step": done,
                 "lr": {"cnn": lrs[0], "transformer": lrs[1]},
                 "beta_r": beta_r, "beta_f": beta_f,
-                "cnn": terms_c.json(cfg.method),
-                "transformer": terms_t.json(cfg.method),
+                "cnn": terms_c.json(cfg),
+                "transformer": terms_t.json(cfg),
                 "elapsed_s": started.elapsed().as_secs_f64(),
-            }))?;
+            });
+            if cfg.is_semi() {
+                line["beta_u"] = json!(beta_u);
+            }
+            log.line(line)?;
         }
         if done % cfg.schedule.validate_every == 0 || done == total {
             let mut val = serde_json::Map::new();

@@ -1,4 +1,4 @@
-//! Every loss against independent NumPy float64 values from `scripts/reference/losses.py`
+//! Every loss (the semi-supervised ones of METHOD.md §9 too) against independent NumPy float64 values from `scripts/reference/losses.py`
 //! (inputs and expected outputs in `tests/data/loss_reference.json`).
 //!
 //! Tolerance: 1e-4 absolute. Burn computes in float32; with logits of magnitude ≲ 8 the log-sum-exp
@@ -10,8 +10,12 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use ctrcl_train::config::{PixelWeight, Rectify, RlclConfig};
 use ctrcl_train::losses::baselines::{cross_teaching_loss, kd_loss, kdcl_loss};
-use ctrcl_train::losses::cfcl::{alignment_loss, area_downsample, perceive, perception_loss};
-use ctrcl_train::losses::rlcl::{dml_loss, rectify, rlcl_loss};
+use ctrcl_train::losses::cfcl::{
+    alignment_loss, alignment_loss_weighted, area_downsample, cell_weights, perceive,
+    perception_loss, perception_loss_weighted,
+};
+use ctrcl_train::losses::pseudo::{pseudo_labels, PseudoLabels};
+use ctrcl_train::losses::rlcl::{dml_loss, rectify, rlcl_loss, rlcl_loss_masked};
 use ctrcl_train::losses::seg::{cross_entropy, dice_loss, seg_loss};
 use serde_json::Value;
 
@@ -70,6 +74,22 @@ impl Fixture {
             data[(n * k + c) * h * w + p] = 1.0;
         }
         Tensor::from_data(TensorData::new(data, self.shape), &Default::default())
+    }
+
+    /// A projected feature map of the CFCL fixture, `[B, d, H/stride, W/stride]`.
+    fn cfcl_features<BB: Backend>(&self, key: &str) -> Tensor<BB, 4> {
+        let c = &self.json["cfcl"];
+        let d = c["dim"].as_u64().unwrap() as usize;
+        let stride = self.cfcl_stride();
+        let [b, _, h, w] = self.shape;
+        Tensor::from_data(
+            TensorData::new(self.floats(&c[key]), [b, d, h / stride, w / stride]),
+            &Default::default(),
+        )
+    }
+
+    fn cfcl_stride(&self) -> usize {
+        self.json["cfcl"]["stride"].as_u64().unwrap() as usize
     }
 
     fn expect(&self, key: &str) -> f64 {
@@ -268,15 +288,8 @@ fn arm_lambda_map_matches_reference() {
 fn cfcl_matches_reference() {
     let f = Fixture::load();
     let c = &f.json["cfcl"];
-    let d = c["dim"].as_u64().unwrap() as usize;
-    let stride = c["stride"].as_u64().unwrap() as usize;
-    let [b, _, h, w] = f.shape;
-    let feat = |key: &str| -> Tensor<B, 4> {
-        Tensor::from_data(
-            TensorData::new(f.floats(&c[key]), [b, d, h / stride, w / stride]),
-            &Default::default(),
-        )
-    };
+    let stride = f.cfcl_stride();
+    let feat = |key: &str| f.cfcl_features::<B>(key);
     let fractions = area_downsample(f.onehot::<B>(), stride);
     let pa = perceive(feat("f_a"), fractions.clone(), 0.1);
     let pb = perceive(feat("f_b"), fractions.clone(), 0.1);
@@ -302,17 +315,8 @@ fn cfcl_gradients_are_finite_with_an_absent_class() {
     // The fixture's batch has no pixel of class 3, so its prototype is an all-zero vector.
     type AD = Autodiff<Flex>;
     let f = Fixture::load();
-    let c = &f.json["cfcl"];
-    let d = c["dim"].as_u64().unwrap() as usize;
-    let stride = c["stride"].as_u64().unwrap() as usize;
-    let [b, _, h, w] = f.shape;
-    let feat = |key: &str| -> Tensor<AD, 4> {
-        Tensor::from_data(
-            TensorData::new(f.floats(&c[key]), [b, d, h / stride, w / stride]),
-            &Default::default(),
-        )
-        .require_grad()
-    };
+    let stride = f.cfcl_stride();
+    let feat = |key: &str| f.cfcl_features::<AD>(key).require_grad();
     let (fa, fb) = (feat("f_a"), feat("f_b"));
     let fractions = area_downsample(f.onehot::<AD>(), stride);
     let pa = perceive(fa.clone(), fractions.clone(), 0.1);
@@ -344,4 +348,155 @@ fn transfer_terms_send_no_gradient_to_the_teacher() {
     let student_grad = student.grad(&grads).unwrap().abs().sum().into_scalar();
     assert_eq!(teacher_grad, 0.0);
     assert!(student_grad > 0.0);
+}
+
+/// The fixture's logits read as an unlabelled batch (METHOD.md §9): the pair's pseudo-labels
+/// and trust mask at τ_u = 0.45 (17 of 32 pixels trusted in the fixture).
+fn pseudo<BB: Backend>(f: &Fixture) -> PseudoLabels<BB> {
+    let threshold = f.json["semi"]["threshold"].as_f64().unwrap();
+    pseudo_labels(f.logits::<BB>("z_a"), f.logits::<BB>("z_b"), threshold)
+}
+
+#[test]
+fn pseudo_labels_and_trust_match_reference() {
+    let f = Fixture::load();
+    let s = &f.json["semi"];
+    let p = pseudo::<B>(&f);
+    // Compared as exact 0/1 values: the fixture's mean probabilities are at least 8.8e-4 from
+    // τ_u (scripts/reference/losses.py), far beyond float32 rounding (~1e-7).
+    let labels: Vec<i64> = p
+        .onehot
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .to_vec()
+        .unwrap();
+    let want: Vec<i64> = s["pseudo_labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(labels, want);
+    let mask: Vec<f32> = p.mask.into_data().to_vec().unwrap();
+    assert_eq!(mask, f.floats(&s["trusted"]));
+    assert!(mask.contains(&0.0) && mask.contains(&1.0), "both kinds");
+}
+
+#[test]
+fn trusted_rlcl_matches_reference() {
+    let f = Fixture::load();
+    let s = &f.json["semi"];
+    let p = pseudo::<B>(&f);
+    let run = |cfg: &RlclConfig| {
+        value(rlcl_loss_masked(
+            f.logits::<B>("z_a"),
+            f.logits::<B>("z_b"),
+            p.onehot.clone(),
+            p.mask.clone(),
+            cfg,
+        ))
+    };
+    let base = RlclConfig::default();
+    close(
+        run(&base),
+        s["rlcl_b_from_a"].as_f64().unwrap(),
+        "trusted RLCL",
+    );
+    close(
+        run(&RlclConfig {
+            pixel_weight: PixelWeight::Certainty,
+            ..base.clone()
+        }),
+        s["rlcl_b_from_a_certainty"].as_f64().unwrap(),
+        "trusted RLCL, certainty weights",
+    );
+    close(
+        run(&RlclConfig {
+            temperature: 2.0,
+            ..base.clone()
+        }),
+        s["rlcl_b_from_a_tau2"].as_f64().unwrap(),
+        "trusted RLCL, τ = 2",
+    );
+    // With every pixel trusted and the ground truth for pseudo-label it is supervised RLCL.
+    let ones = Tensor::<B, 4>::ones([2, 1, 4, 4], &Default::default());
+    let all = rlcl_loss_masked(f.logits("z_a"), f.logits("z_b"), f.onehot(), ones, &base);
+    close(value(all), f.expect("rlcl_adaptive"), "mask of ones");
+}
+
+#[test]
+fn trusted_cfcl_matches_reference() {
+    let f = Fixture::load();
+    let s = &f.json["semi"];
+    let stride = f.cfcl_stride();
+    let feat = |key: &str| f.cfcl_features::<B>(key);
+    let p = pseudo::<B>(&f);
+    let fractions = area_downsample(p.onehot * p.mask, stride);
+    let weights = cell_weights(fractions.clone());
+    let got: Vec<f32> = weights.clone().into_data().to_vec().unwrap();
+    let want = f.floats(&s["cell_weights"]);
+    assert!(
+        got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
+        "{got:?} vs {want:?}"
+    );
+    let pa = perceive(feat("f_a"), fractions.clone(), 0.1);
+    let pb = perceive(feat("f_b"), fractions.clone(), 0.1);
+    close(
+        value(perception_loss_weighted(
+            &pa,
+            fractions.clone(),
+            weights.clone(),
+        )),
+        s["cp_a"].as_f64().unwrap(),
+        "trusted L_cp(A)",
+    );
+    close(
+        value(perception_loss_weighted(&pb, fractions, weights.clone())),
+        s["cp_b"].as_f64().unwrap(),
+        "trusted L_cp(B)",
+    );
+    close(
+        value(alignment_loss_weighted(&pa, &pb, weights)),
+        s["al_a_to_b"].as_f64().unwrap(),
+        "trusted L_al(A→B)",
+    );
+}
+
+/// Gradient isolation of the unlabelled terms: the pseudo-labels carry no gradient to either
+/// student, the teacher side of trusted RLCL none to the teacher, and the student receives
+/// gradient on trusted pixels only.
+#[test]
+fn trusted_rlcl_teaches_only_the_student_on_trusted_pixels() {
+    type AD = Autodiff<Flex>;
+    let f = Fixture::load();
+    let teacher = f.logits::<AD>("z_a").require_grad();
+    let student = f.logits::<AD>("z_b").require_grad();
+    let p = pseudo_labels(teacher.clone(), student.clone(), 0.45);
+    let mask: Vec<f32> = p.mask.clone().into_data().to_vec().unwrap();
+    let loss = rlcl_loss_masked(
+        teacher.clone(),
+        student.clone(),
+        p.onehot,
+        p.mask,
+        &RlclConfig::default(),
+    );
+    let grads = loss.backward();
+    assert!(
+        teacher
+            .grad(&grads)
+            .is_none_or(|g| g.abs().sum().into_scalar() == 0.0),
+        "the teacher and the pseudo-labels are detached"
+    );
+    let g: Vec<f32> = student.grad(&grads).unwrap().into_data().to_vec().unwrap();
+    let [b, k, h, w] = f.shape;
+    for n in 0..b {
+        for px in 0..h * w {
+            let g_px: f32 = (0..k).map(|c| g[(n * k + c) * h * w + px].abs()).sum();
+            if mask[n * h * w + px] == 0.0 {
+                assert_eq!(g_px, 0.0, "untrusted pixel {n}/{px} got gradient");
+            }
+        }
+    }
+    assert!(g.iter().any(|v| v.abs() > 0.0));
 }

@@ -161,6 +161,11 @@ pub struct DataConfig {
     /// uniformly among those present in the training slices (nnU-Net's
     /// `oversample_foreground_percent`, 0.33 there); 0 = off (`ctrcl_data::loader`).
     pub foreground_oversample: f64,
+    /// Semi-supervised training (METHOD.md §9): a fraction in (0, 1] of the training slices
+    /// (evenly spaced), or a list of training case ids, keep their labels; the other training
+    /// slices are used without them (`ctrcl_data::labelled`, `[semi]`). Absent: all labelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labelled: Option<ctrcl_data::labelled::Labelled>,
     pub augment: Augment,
     pub batch_size: usize,
     /// Threads preparing batches.
@@ -220,6 +225,7 @@ impl Default for DataConfig {
             label_map: Default::default(),
             fold: 0,
             foreground_oversample: 0.0,
+            labelled: None,
             augment: Augment::Rot90Flip,
             batch_size: 8,
             workers: 2,
@@ -421,6 +427,44 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// Semi-supervised training (METHOD.md §9), in effect when `data.labelled` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SemiConfig {
+    /// B_l: labelled samples of each batch of `data.batch_size`; the rest (B_u) are unlabelled.
+    /// 0 = half, rounded up. `independent` trains on the B_l labelled samples alone.
+    pub labelled_batch: usize,
+    /// τ_u: a pixel's pseudo-label (arg-max of the pair's mean probabilities) is trusted when
+    /// that mean probability is at least τ_u.
+    pub threshold: f64,
+    /// β_u: weight of the unlabelled terms after their ramp-up (SSL4MIS's consistency 0.1).
+    pub weight: f64,
+    /// t_u as a share of the iterations: β_u(t) = β_u·exp(−5(1 − t/t_u)²) before it.
+    pub rampup_fraction: f64,
+}
+
+impl Default for SemiConfig {
+    fn default() -> Self {
+        SemiConfig {
+            labelled_batch: 0,
+            threshold: 0.8,
+            weight: 0.1,
+            rampup_fraction: 0.4,
+        }
+    }
+}
+
+impl SemiConfig {
+    /// B_l of a batch of `batch_size`.
+    pub fn labelled_batch(&self, batch_size: usize) -> usize {
+        if self.labelled_batch == 0 {
+            batch_size.div_ceil(2)
+        } else {
+            self.labelled_batch
+        }
+    }
+}
+
 /// Data-parallel training (crate::distributed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -506,6 +550,7 @@ pub struct TrainConfig {
     pub rlcl: RlclConfig,
     pub cfcl: CfclConfig,
     pub baseline: BaselineConfig,
+    pub semi: SemiConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
     pub parallel: ParallelConfig,
@@ -529,6 +574,11 @@ impl TrainConfig {
         } else {
             self.rlcl.weight
         }
+    }
+
+    /// Whether this is a semi-supervised run (`data.labelled` set).
+    pub fn is_semi(&self) -> bool {
+        self.data.labelled.is_some()
     }
 
     /// The resolved configuration as TOML (written into every run directory).

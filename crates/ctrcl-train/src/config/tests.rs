@@ -34,6 +34,62 @@ fn foreground_oversample_is_a_share_of_the_batch() {
 }
 
 #[test]
+fn semi_supervised_keys_are_typed_and_checked() {
+    let cfg = TrainConfig::from_toml("", &["data.labelled=0.1".into()]).unwrap();
+    assert!(cfg.is_semi());
+    assert_eq!(
+        cfg.data.labelled,
+        Some(ctrcl_data::labelled::Labelled::Fraction(0.1))
+    );
+    assert_eq!(cfg.semi.labelled_batch(8), 4);
+    assert_eq!(cfg.semi.labelled_batch(5), 3);
+    let cfg = TrainConfig::from_toml("[data]\nlabelled = [\"a\", \"b\"]\n", &[]).unwrap();
+    assert_eq!(
+        cfg.data.labelled,
+        Some(ctrcl_data::labelled::Labelled::Cases(vec![
+            "a".into(),
+            "b".into()
+        ]))
+    );
+    // Written into the run directory and read back the same.
+    assert_eq!(TrainConfig::from_toml(&cfg.to_toml(), &[]).unwrap(), cfg);
+    assert!(!TrainConfig::default().is_semi());
+    assert!(!TrainConfig::default().to_toml().contains("labelled ="));
+    let refused = |sets: &[&str], key: &str| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let err = TrainConfig::from_toml("", &sets).unwrap_err();
+        assert!(format!("{err:#}").contains(key), "{sets:?}: {err:#}");
+    };
+    refused(&["data.labelled=0.0"], "data.labelled");
+    refused(&["data.labelled=1.5"], "data.labelled");
+    refused(&["data.labelled=[]"], "data.labelled");
+    refused(&["data.labelled=0.1", "method=dml"], "data.labelled");
+    refused(
+        &["data.labelled=0.1", "semi.labelled_batch=8"],
+        "semi.labelled_batch",
+    );
+    refused(
+        &["data.labelled=0.1", "semi.threshold=1.5"],
+        "semi.threshold",
+    );
+    refused(&["data.labelled=0.1", "semi.weight=-1"], "semi.weight");
+    refused(
+        &["data.labelled=0.1", "parallel.devices=2"],
+        "data.labelled",
+    );
+    // independent may train on a whole batch of labelled samples.
+    TrainConfig::from_toml(
+        "",
+        &[
+            "data.labelled=0.1".into(),
+            "method=independent".into(),
+            "semi.labelled_batch=8".into(),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
 fn baselines_have_their_own_transfer_keys() {
     let dml = |sets: &[&str]| {
         let mut all = vec!["method=dml".to_string()];

@@ -159,6 +159,53 @@ impl TrainConfig {
                 }
             }
         }
+        self.validate_semi()
+    }
+
+    /// `data.labelled` and `[semi]` (METHOD.md §9).
+    fn validate_semi(&self) -> Result<()> {
+        let Some(labelled) = &self.data.labelled else {
+            return Ok(());
+        };
+        labelled.validate().map_err(|m| anyhow::anyhow!(m))?;
+        use super::Method;
+        if !matches!(
+            self.method,
+            Method::Ctrcl | Method::CrossTeaching | Method::Independent
+        ) {
+            bail!(
+                "data.labelled: semi-supervised training is defined for method = \"ctrcl\",                  \"cross-teaching\" and \"independent\" (METHOD.md §9), not \"{}\"",
+                self.method.name()
+            );
+        }
+        if self.parallel.peers() > 1 {
+            bail!(
+                "data.labelled: semi-supervised training runs on one device \
+                 (parallel.devices = 1, parallel.nodes = 1); data-parallel semi-supervised \
+                 batches are not implemented"
+            );
+        }
+        let (b, s) = (self.data.batch_size, &self.semi);
+        let b_l = s.labelled_batch(b);
+        if self.method != Method::Independent && b_l >= b {
+            bail!(
+                "semi.labelled_batch = {b_l}: must leave unlabelled samples in each batch of \
+                 data.batch_size = {b} (0 = half)"
+            );
+        }
+        if b_l > b {
+            bail!("semi.labelled_batch = {b_l}: more than data.batch_size = {b}");
+        }
+        if !(0.0..=1.0).contains(&s.threshold) {
+            bail!("semi.threshold = {}: a probability in [0, 1]", s.threshold);
+        }
+        non_negative("semi.weight", s.weight)?;
+        if !(0.0..=1.0).contains(&s.rampup_fraction) {
+            bail!(
+                "semi.rampup_fraction = {}: must be in [0, 1]",
+                s.rampup_fraction
+            );
+        }
         Ok(())
     }
 }

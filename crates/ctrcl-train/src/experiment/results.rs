@@ -1,6 +1,7 @@
 //! The experiment's results Markdown: one table of mean ± sample std over seeds per method (and
-//! one for the CTRCL ablations), marked partial while cells are missing, rewritten after every
-//! cell while the people's `## Notes` section of the file is kept.
+//! one for the CTRCL ablations), each method's paired difference to `independent` with its 95%
+//! confidence interval, marked partial while cells are missing, rewritten after every cell
+//! while the people's `## Notes` section of the file is kept.
 
 use super::{Cell, ExperimentFile, ExperimentOptions};
 use crate::config::TrainConfig;
@@ -19,6 +20,41 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     }
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
     (mean, var.sqrt())
+}
+
+/// t_{0.975, df}, the two-sided 95% quantile of Student's t (scipy.stats.t.ppf(0.975, df)) for
+/// df = 1 … 30; beyond 30 the value at 30 (2.042), slightly wider than the true one (→ 1.960).
+fn t_975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    T[df.clamp(1, 30) - 1]
+}
+
+/// Mean of paired differences and the half-width of its 95% confidence interval
+/// (t·s/√n, n − 1 degrees of freedom); the half-width is NaN below two pairs.
+pub fn paired_ci(diffs: &[f64]) -> (f64, f64) {
+    let (mean, std) = mean_std(diffs);
+    let n = diffs.len();
+    if n < 2 {
+        return (mean, f64::NAN);
+    }
+    (mean, t_975(n - 1) * std / (n as f64).sqrt())
+}
+
+/// What a paired interval says: beyond noise when it excludes zero.
+fn verdict(mean: f64, half: f64) -> &'static str {
+    if half.is_nan() {
+        "one seed: no interval"
+    } else if mean - half > 0.0 {
+        "**better, beyond noise**"
+    } else if mean + half < 0.0 {
+        "**worse, beyond noise**"
+    } else {
+        "within noise"
+    }
 }
 
 fn cell_text(values: &[f64], digits: usize) -> String {
@@ -191,6 +227,7 @@ pub(super) fn results_markdown(
         md.push('\n');
         table(&mut md, true);
     }
+    paired_section(&mut md, finished, metrics);
     md.push_str("\n## Runs\n\n");
     for c in cells {
         let _ = writeln!(md, "- `{}`", c.dir.display());
@@ -198,10 +235,100 @@ pub(super) fn results_markdown(
     md
 }
 
+/// Mean test Dice of `role` in one run's metrics.
+fn mean_dice(metrics: &Value, role: Role) -> Option<f64> {
+    metrics[role.name()]["transunet"]["mean"]["dice"].as_f64()
+}
+
+/// Every variant's mean Dice minus `independent`'s on the same pair and seed (same initial
+/// weights and batches), per student: the per-seed differences, their mean with its 95%
+/// confidence interval, and whether that interval excludes zero. Absent without `independent`.
+fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value]) {
+    let runs: Vec<(&Cell, &Value)> = finished.iter().zip(metrics).collect();
+    let baseline = |pair: &[String; 2], seed: u64| {
+        runs.iter()
+            .find(|(c, _)| &c.pair == pair && c.variant == "independent" && c.seed == seed)
+            .map(|(_, m)| *m)
+    };
+    let mut groups: Vec<(&[String; 2], &str)> = Vec::new();
+    for (c, _) in &runs {
+        if c.variant != "independent"
+            && !groups.iter().any(|(p, v)| *p == &c.pair && *v == c.variant)
+        {
+            groups.push((&c.pair, &c.variant));
+        }
+    }
+    let mut rows = String::new();
+    for (pair, variant) in groups {
+        for role in Role::BOTH {
+            let mut diffs = Vec::new();
+            for (c, m) in runs
+                .iter()
+                .filter(|(c, _)| &c.pair == pair && c.variant == variant)
+            {
+                let base = baseline(pair, c.seed).and_then(|b| mean_dice(b, role));
+                if let (Some(v), Some(b)) = (mean_dice(m, role), base) {
+                    diffs.push(v - b);
+                }
+            }
+            if diffs.is_empty() {
+                continue;
+            }
+            let (mean, half) = paired_ci(&diffs);
+            let per_seed: Vec<String> = diffs.iter().map(|d| format!("{d:+.4}")).collect();
+            let interval = if half.is_nan() {
+                format!("{mean:+.4}")
+            } else {
+                format!("{mean:+.4} ± {half:.4}")
+            };
+            let _ = writeln!(
+                rows,
+                "| {}+{} | {variant} | {} ({}) | {} | {} | **{interval}** | {} |",
+                pair[0],
+                pair[1],
+                role.name(),
+                pair[role as usize],
+                diffs.len(),
+                per_seed.join(", "),
+                verdict(mean, half)
+            );
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    md.push_str(
+        "\n## Paired against independent\n\nTest mean Dice of each method minus `independent`'s \
+         with the same seed (the same initial weights and batches), per student: mean ± the \
+         half-width of its 95% confidence interval (Student's t, n − 1 degrees of freedom). \
+         Beyond noise when the interval excludes zero.\n\n\
+         | pair | method | student | seeds | per seed | mean Δ ± 95% CI | verdict |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    md.push_str(&rows);
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::cells;
     use super::*;
+
+    /// A test metrics file of one class, with each student's mean (and class) Dice.
+    fn metrics_of(cnn: f64, transformer: f64) -> Value {
+        let student = |dice: f64| {
+            serde_json::json!({"transunet": {"mean": {"dice": dice, "jaccard": 0.5, "hd95": 1.0},
+                                             "per_class": {"1": {"dice": dice}}}})
+        };
+        serde_json::json!({"classes": {"1": "a"}, "cnn": student(cnn), "transformer": student(transformer)})
+    }
+
+    fn options() -> ExperimentOptions {
+        ExperimentOptions {
+            config: "t.toml".into(),
+            out: None,
+            results: None,
+        }
+    }
 
     /// With 3 of 4 runs finished the table says so, averages what exists, and marks the row
     /// that holds one seed of two; the finished matrix carries no such marks.
@@ -228,20 +355,8 @@ mod tests {
         let base = TrainConfig::default();
         let all = cells(&exp, &base, Path::new("out"));
         assert_eq!(all.len(), 4);
-        let args = ExperimentOptions {
-            config: "t.toml".into(),
-            out: None,
-            results: None,
-        };
-        let run = |dice: f64| {
-            serde_json::json!({
-                "classes": {"1": "a"},
-                "cnn": {"transunet": {"mean": {"dice": dice, "jaccard": 0.5, "hd95": 1.0},
-                                      "per_class": {"1": {"dice": dice}}}},
-                "transformer": {"transunet": {"mean": {"dice": dice, "jaccard": 0.5, "hd95": 1.0},
-                                              "per_class": {"1": {"dice": dice}}}},
-            })
-        };
+        let args = options();
+        let run = |dice: f64| metrics_of(dice, dice);
         let metrics = [run(0.6), run(0.8), run(0.7)];
         let names = class_names_of(&metrics[0]);
         let md = results_markdown(&exp, &args, "b", &all, &metrics, &names, &base, "c", 1.0);
@@ -257,6 +372,50 @@ mod tests {
         let full = [run(0.6), run(0.8), run(0.7), run(0.9)];
         let md = results_markdown(&exp, &args, "b", &all, &full, &names, &base, "c", 1.0);
         assert!(!md.contains("Partial") && !md.contains("seeds)"), "{md}");
+    }
+
+    /// The paired interval against numbers worked out with scipy: diffs [0.01, 0.03, 0.02]
+    /// have mean 0.02, s = 0.01, half-width t_{0.975,2}·s/√3 = 4.303·0.01/1.7321 = 0.024843.
+    #[test]
+    fn paired_differences_and_their_interval() {
+        let (m, h) = paired_ci(&[0.01, 0.03, 0.02]);
+        assert!(
+            (m - 0.02).abs() < 1e-12 && (h - 0.024843).abs() < 1e-6,
+            "{m} {h}"
+        );
+        assert_eq!(verdict(m, h), "within noise");
+        // Five seeds all ahead by ~0.01: t_{0.975,4} = 2.776, s = 0.001581 → 0.001963.
+        let (m, h) = paired_ci(&[0.010, 0.012, 0.009, 0.011, 0.008]);
+        assert!((h - 2.776 * 0.0015811 / 5f64.sqrt()).abs() < 1e-6, "{h}");
+        assert_eq!(verdict(m, h), "**better, beyond noise**");
+        assert_eq!(verdict(-m, h), "**worse, beyond noise**");
+        assert!(paired_ci(&[0.1]).1.is_nan());
+        assert_eq!(t_975(100), 2.042);
+
+        // In the table: ctrcl paired with independent seed by seed.
+        let exp: ExperimentFile = toml::from_str(
+            "name = \"t\"\nconfig = \"c.toml\"\nmethods = [\"independent\", \"ctrcl\"]\nseeds = [0, 1, 2]\n",
+        )
+        .unwrap();
+        let base = TrainConfig::default();
+        let all = cells(&exp, &base, Path::new("out"));
+        let args = options();
+        let run = |dice: f64| metrics_of(dice, dice + 0.1);
+        let order: Vec<(&str, u64)> = all.iter().map(|c| (c.variant.as_str(), c.seed)).collect();
+        let dice = |variant: &str, seed: u64| match (variant, seed) {
+            ("independent", s) => 0.70 + 0.05 * s as f64,
+            (_, s) => 0.72 + 0.05 * s as f64 + 0.01 * (s as f64 - 1.0),
+        };
+        let metrics: Vec<Value> = order.iter().map(|(v, s)| run(dice(v, *s))).collect();
+        let names = class_names_of(&metrics[0]);
+        let md = results_markdown(&exp, &args, "b", &all, &metrics, &names, &base, "c", 1.0);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| unet+swin-unet | ctrcl | cnn (unet) | 3 |"))
+            .unwrap_or_else(|| panic!("{md}"));
+        assert!(row.contains("+0.0100, +0.0200, +0.0300"), "{row}");
+        assert!(row.contains("**+0.0200 ± 0.0248**"), "{row}");
+        assert!(row.contains("within noise"), "{row}");
     }
 
     #[test]

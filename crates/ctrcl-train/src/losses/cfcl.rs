@@ -103,6 +103,16 @@ pub fn perception_loss<B: Backend>(
     perception: &Perception<B>,
     fractions: Tensor<B, 4>,
 ) -> Tensor<B, 1> {
+    let onehot = dominant_onehot(fractions);
+    let n = onehot.dims()[0];
+    total(perception.log_probs.clone() * onehot).neg() / n as f64
+}
+
+/// One-hot of each cell's dominant class (arg-max of its fractions; the lowest index on ties).
+///
+/// # Shapes
+/// `[B, K, h, w]` → `[N, K]` in [`perceive`]'s pixel order.
+fn dominant_onehot<B: Backend>(fractions: Tensor<B, 4>) -> Tensor<B, 2> {
     let [b, k, h, w] = fractions.dims();
     let n = b * h * w;
     let dominant = fractions
@@ -110,8 +120,17 @@ pub fn perception_loss<B: Backend>(
         .reshape([k, n])
         .argmax(0)
         .reshape([n]);
-    let onehot: Tensor<B, 2> = dominant.one_hot::<2>(k).float();
-    total(perception.log_probs.clone() * onehot).neg() / n as f64
+    dominant.one_hot::<2>(k).float()
+}
+
+/// KL(sg[P_A] ‖ P_B) per cell and class, before summing.
+///
+/// # Shapes
+/// `[N, K]` log-probabilities twice → `[N, K]`.
+fn alignment_terms<B: Backend>(teacher: &Perception<B>, student: &Perception<B>) -> Tensor<B, 2> {
+    let log_p = teacher.log_probs.clone().detach();
+    let p = log_p.clone().exp();
+    p * (log_p - student.log_probs.clone())
 }
 
 /// L_al^{A→B} = KL(sg[P_A] ‖ P_B), mean over pixels.
@@ -123,9 +142,7 @@ pub fn alignment_loss<B: Backend>(
     student: &Perception<B>,
 ) -> Tensor<B, 1> {
     let n = teacher.log_probs.dims()[0];
-    let log_p = teacher.log_probs.clone().detach();
-    let p = log_p.clone().exp();
-    total(p * (log_p - student.log_probs.clone())) / n as f64
+    total(alignment_terms(teacher, student)) / n as f64
 }
 
 /// One student's side of CFCL: its CPM heads and its features at the taps, both in tap order.
@@ -146,21 +163,104 @@ pub fn cfcl_loss<B: Backend>(
     temperature: f64,
     device: &B::Device,
 ) -> Tensor<B, 1> {
+    sum_over_taps(
+        own,
+        peer,
+        fractions,
+        temperature,
+        device,
+        |p_own, p_peer, frac| (perception_loss(p_own, frac), alignment_loss(p_peer, p_own)),
+    )
+}
+
+/// Σ over the taps of the perception and alignment terms that `terms(own perception, peer
+/// perception, fractions)` returns, each student's perception from its CPM head at that tap
+/// (added as `l + L_cp + L_al`, tap by tap, the order the supervised loss always had).
+fn sum_over_taps<B: Backend>(
+    own: Taps<B>,
+    peer: Taps<B>,
+    fractions: &[Tensor<B, 4>],
+    temperature: f64,
+    device: &B::Device,
+    terms: impl Fn(&Perception<B>, &Perception<B>, Tensor<B, 4>) -> (Tensor<B, 1>, Tensor<B, 1>),
+) -> Tensor<B, 1> {
     let mut l = Tensor::<B, 1>::zeros([1], device);
     for (i, (f_own, f_peer)) in own.features.into_iter().zip(peer.features).enumerate() {
-        let p_own = perceive(
-            own.heads[i].forward(f_own),
-            fractions[i].clone(),
-            temperature,
-        );
-        let p_peer = perceive(
-            peer.heads[i].forward(f_peer),
-            fractions[i].clone(),
-            temperature,
-        );
-        l = l + perception_loss(&p_own, fractions[i].clone()) + alignment_loss(&p_peer, &p_own);
+        let frac = fractions[i].clone();
+        let p_own = perceive(own.heads[i].forward(f_own), frac.clone(), temperature);
+        let p_peer = perceive(peer.heads[i].forward(f_peer), frac.clone(), temperature);
+        let (cp, al) = terms(&p_own, &p_peer, frac);
+        l = l + cp + al;
     }
     l
+}
+
+/// The trusted share of each cell of `fractions` (Σ_k of its class fractions), in [`perceive`]'s
+/// pixel order: 1 where every pixel of the cell is labelled, less where pseudo-labels were
+/// untrusted (METHOD.md §9).
+///
+/// # Shapes
+/// `[B, K, h, w]` → `[N, 1]` with N = B·h·w.
+pub fn cell_weights<B: Backend>(fractions: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [b, _, h, w] = fractions.dims();
+    fractions.sum_dim(1).reshape([b * h * w, 1])
+}
+
+/// [`perception_loss`] with each cell's term multiplied by its weight, mean over all cells.
+///
+/// # Shapes
+/// `perception.log_probs`: `[N, K]`, `fractions`: `[B, K, h, w]`, `weights`: `[N, 1]` → `[1]`.
+pub fn perception_loss_weighted<B: Backend>(
+    perception: &Perception<B>,
+    fractions: Tensor<B, 4>,
+    weights: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let onehot = dominant_onehot(fractions);
+    let n = onehot.dims()[0];
+    total(perception.log_probs.clone() * onehot * weights).neg() / n as f64
+}
+
+/// [`alignment_loss`] with each cell's term multiplied by its weight, mean over all cells.
+///
+/// # Shapes
+/// `[N, K]` log-probabilities twice, `weights`: `[N, 1]` → `[1]`.
+pub fn alignment_loss_weighted<B: Backend>(
+    teacher: &Perception<B>,
+    student: &Perception<B>,
+    weights: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let n = teacher.log_probs.dims()[0];
+    total(alignment_terms(teacher, student) * weights) / n as f64
+}
+
+/// [`cfcl_loss`] on pseudo-labelled pixels (METHOD.md §9): `fractions` are the area-downsampled
+/// one-hot pseudo-labels times the trust mask, so untrusted pixels add nothing to the
+/// prototypes, and each cell's perception and alignment terms are weighted by its trusted share
+/// ([`cell_weights`]).
+///
+/// # Shapes
+/// As [`cfcl_loss`].
+pub fn cfcl_loss_trusted<B: Backend>(
+    own: Taps<B>,
+    peer: Taps<B>,
+    fractions: &[Tensor<B, 4>],
+    temperature: f64,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    sum_over_taps(
+        own,
+        peer,
+        fractions,
+        temperature,
+        device,
+        |p_own, p_peer, frac| {
+            let weights = cell_weights(frac.clone());
+            (
+                perception_loss_weighted(p_own, frac, weights.clone()),
+                alignment_loss_weighted(p_peer, p_own, weights),
+            )
+        },
+    )
 }
 
 /// The perception loss alone, summed over the taps: a frozen teacher's CPM heads learning to

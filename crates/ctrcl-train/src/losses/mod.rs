@@ -1,7 +1,8 @@
-//! The loss terms of METHOD.md §3–§7.
+//! The loss terms of METHOD.md §3–§7 and §9 (pseudo-labels, RLCL and CFCL on trusted pixels).
 
 pub mod baselines;
 pub mod cfcl;
+pub mod pseudo;
 pub mod rlcl;
 mod rlcl_cpu;
 pub mod seg;

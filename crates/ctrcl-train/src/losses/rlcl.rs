@@ -6,7 +6,7 @@
 //! from the truth, agrees with B, or is confidently wrong; the result is distilled into B.
 
 use crate::config::{PixelWeight, Rectify, RlclConfig};
-use crate::losses::average;
+use crate::losses::{average, total};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 
@@ -119,6 +119,24 @@ pub fn rlcl_loss<B: Backend>(
     }
 }
 
+/// Per pixel KL(q_A ‖ softmax(z_B/τ)) and the ARM's output q_A (teacher side detached).
+///
+/// # Shapes
+/// `[B, K, H, W]` three times → `[B, 1, H, W]`.
+fn rectified_kl<B: Backend>(
+    teacher_logits: Tensor<B, 4>,
+    student_logits: Tensor<B, 4>,
+    onehot: Tensor<B, 4>,
+    cfg: &RlclConfig,
+) -> (Tensor<B, 4>, Rectified<B>) {
+    let tau = cfg.temperature;
+    let p_teacher = softmax(teacher_logits.detach() / tau, 1);
+    let p_student = softmax(student_logits.clone().detach() / tau, 1);
+    let rectified = rectify(p_teacher, p_student, onehot, cfg);
+    let kl = kl_to_logits(rectified.target.clone(), student_logits, tau);
+    (kl, rectified)
+}
+
 /// [`rlcl_loss`] from Burn ops (every backend; the CPU training backend runs the fused op).
 fn rlcl_loss_composed<B: Backend>(
     teacher_logits: Tensor<B, 4>,
@@ -127,10 +145,7 @@ fn rlcl_loss_composed<B: Backend>(
     cfg: &RlclConfig,
 ) -> Tensor<B, 1> {
     let tau = cfg.temperature;
-    let p_teacher = softmax(teacher_logits.detach() / tau, 1);
-    let p_student = softmax(student_logits.clone().detach() / tau, 1);
-    let rectified = rectify(p_teacher, p_student, onehot, cfg);
-    let kl = kl_to_logits(rectified.target.clone(), student_logits, tau);
+    let (kl, rectified) = rectified_kl(teacher_logits, student_logits, onehot, cfg);
     let kl = match cfg.pixel_weight {
         PixelWeight::None => kl,
         PixelWeight::Certainty => {
@@ -138,6 +153,37 @@ fn rlcl_loss_composed<B: Backend>(
             let w = neg_entropy(rectified.target) / k.ln() + 1.0;
             let w = w.clone() / average(w).clamp_min(LOG_EPS).unsqueeze::<4>();
             kl * w
+        }
+    };
+    average(kl) * (tau * tau)
+}
+
+/// RLCL on the trusted pixels of an unlabelled batch (METHOD.md §9): [`rlcl_loss`] with the
+/// pseudo-label's one-hot in place of the ground truth, each pixel's divergence multiplied by its
+/// trust `mask` (1 trusted, 0 not), and the mean taken over all pixels — FixMatch's convention,
+/// so the term grows as the pair's agreement spreads. Certainty pixel weights are normalised to
+/// mean 1 over the trusted pixels. With a mask of ones this is [`rlcl_loss`].
+///
+/// # Shapes
+/// `teacher_logits` (detached inside), `student_logits`, `onehot`: `[B, K, H, W]`;
+/// `mask`: `[B, 1, H, W]` → scalar `[1]`.
+pub fn rlcl_loss_masked<B: Backend>(
+    teacher_logits: Tensor<B, 4>,
+    student_logits: Tensor<B, 4>,
+    onehot: Tensor<B, 4>,
+    mask: Tensor<B, 4>,
+    cfg: &RlclConfig,
+) -> Tensor<B, 1> {
+    let tau = cfg.temperature;
+    let (kl, rectified) = rectified_kl(teacher_logits, student_logits, onehot, cfg);
+    let kl = kl * mask.clone();
+    let kl = match cfg.pixel_weight {
+        PixelWeight::None => kl,
+        PixelWeight::Certainty => {
+            let k = rectified.target.dims()[1] as f64;
+            let w = neg_entropy(rectified.target) / k.ln() + 1.0;
+            let trusted_mean = total(w.clone() * mask.clone()) / total(mask).clamp_min(1.0);
+            kl * (w / trusted_mean.clamp_min(LOG_EPS).unsqueeze::<4>())
         }
     };
     average(kl) * (tau * tau)

@@ -164,6 +164,7 @@ pub fn measure_step<B: AutodiffBackend>(
         lrs: [1e-6, 1e-6],
         beta_r: 1.0,
         beta_f: 1.0,
+        beta_u: 1.0,
     };
     let start = LIVE.load(Relaxed);
     PEAK.store(start, Relaxed);
