@@ -18,7 +18,8 @@ use burn::tensor::backend::AutodiffBackend;
 use ctrcl_models::SegOutput;
 use serde_json::json;
 
-fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
+/// A one-element tensor's value, for the log.
+pub(crate) fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
     t.clone().into_scalar().elem::<f64>()
 }
 

@@ -19,15 +19,11 @@ use crate::losses::baselines::cross_teaching_loss;
 use crate::losses::cfcl::{area_downsample, cfcl_loss_trusted};
 use crate::losses::pseudo::pseudo_labels;
 use crate::losses::rlcl::rlcl_loss_masked;
-use crate::objective::{Objective, PairLoss, Side, Terms};
+use crate::objective::{scalar, Objective, PairLoss, Side, Terms};
 use crate::student::TrainStudent;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use ctrcl_models::SegOutput;
-
-fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
-    t.clone().into_scalar().elem::<f64>()
-}
 
 /// Images `start .. start + len` of a student's output (logits and every feature tap).
 fn narrow<B: Backend>(out: &SegOutput<B>, start: usize, len: usize) -> SegOutput<B> {

@@ -1,9 +1,9 @@
 //! Transfer terms of the online baselines of METHOD.md §7 that share the pair loop with CTRCL
 //! (DML lives beside RLCL, whose KL it reuses).
 
-use crate::losses::average;
 use crate::losses::rlcl::kl_to_logits;
 use crate::losses::seg::dice_loss;
+use crate::losses::{average, onehot_of};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
@@ -51,12 +51,8 @@ pub fn cross_teaching_loss<B: Backend>(
     own_logits: Tensor<B, 4>,
     peer_logits: Tensor<B, 4>,
 ) -> Tensor<B, 1> {
-    let [b, k, h, w] = peer_logits.dims();
-    let labels = peer_logits.detach().argmax(1); // [B, 1, H, W]
-    let classes = Tensor::<B, 1, Int>::arange(0..k as i64, &labels.device())
-        .reshape([1, k, 1, 1])
-        .expand([b, k, h, w]);
-    let pseudo = labels.expand([b, k, h, w]).equal(classes).float();
+    let k = peer_logits.dims()[1];
+    let pseudo = onehot_of(peer_logits.detach().argmax(1), k);
     dice_loss(softmax(own_logits, 1), pseudo)
 }
 

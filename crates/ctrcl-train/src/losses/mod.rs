@@ -13,6 +13,18 @@ use burn::prelude::*;
 /// Smoothing of the Dice ratio (SSL4MIS `DiceLoss`).
 pub const DICE_EPS: f64 = 1e-5;
 
+/// One-hot maps of class labels (0 … K − 1) along the class axis.
+///
+/// # Shapes
+/// `labels`: `[B, 1, H, W]` → `[B, K, H, W]`.
+pub(crate) fn onehot_of<B: Backend>(labels: Tensor<B, 4, Int>, k: usize) -> Tensor<B, 4> {
+    let [b, _, h, w] = labels.dims();
+    let classes = Tensor::<B, 1, Int>::arange(0..k as i64, &labels.device())
+        .reshape([1, k, 1, 1])
+        .expand([b, k, h, w]);
+    labels.expand([b, k, h, w]).equal(classes).float()
+}
+
 /// The sum of every element, added in one fixed order whatever the thread count.
 ///
 /// Burn's flex `sum()` and `mean()` of 4 Mi elements or more add 64 Ki-element chunk sums with a

@@ -3,6 +3,7 @@
 //! set M = {max p̄ ≥ τ_u}. RLCL and CFCL then act on M with ŷ in place of the ground truth
 //! (`rlcl::rlcl_loss_masked`, `cfcl::cfcl_loss_trusted`).
 
+use crate::losses::onehot_of;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
@@ -24,17 +25,13 @@ pub fn pseudo_labels<B: Backend>(
     logits_b: Tensor<B, 4>,
     threshold: f64,
 ) -> PseudoLabels<B> {
-    let [b, k, h, w] = logits_a.dims();
+    let k = logits_a.dims()[1];
     let mean = (softmax(logits_a.detach(), 1) + softmax(logits_b.detach(), 1)) / 2.0;
     let mask = mean
         .clone()
         .max_dim(1)
         .greater_equal_elem(threshold)
         .float();
-    let labels = mean.argmax(1); // [B, 1, H, W]
-    let classes = Tensor::<B, 1, Int>::arange(0..k as i64, &labels.device())
-        .reshape([1, k, 1, 1])
-        .expand([b, k, h, w]);
-    let onehot = labels.expand([b, k, h, w]).equal(classes).float();
+    let onehot = onehot_of(mean.argmax(1), k);
     PseudoLabels { onehot, mask }
 }
