@@ -11,7 +11,8 @@
 # default-build binary and small SIZE/BATCH). DATASET_DIR: a prepared ICBM152 dataset
 # (`ctrcl data prepare --source icbm152 --out DIR`, ~5 MB) for the training stage; skipped if
 # absent. Environment: PYTHON (default python3, needs torch), SIZE (224), BATCH (8), STEPS (5),
-# ITERATIONS (200), STAGE_TIMEOUT (seconds per stage, 150).
+# ITERATIONS (200), STAGE_TIMEOUT (seconds per stage, 150), LEAN (a second binary built with
+# `--no-default-features --features cuda`: no autotune, no fusion; its cold start is measured too).
 # On the lent machine, with the binary (gzipped: the carry limit is 64 MiB) and the dataset
 # carried in an ignored folder (see docs/gpu.md):
 #   gunzip -c gpu_carry/ctrcl.gz > /tmp/ctrcl && chmod +x /tmp/ctrcl &&
@@ -29,6 +30,8 @@ iterations=${ITERATIONS:-200}
 limit=${STAGE_TIMEOUT:-150}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
+# Scratch outside $OUT: only 8 files come back from a lent machine, so nothing else may be left there.
+scratch=$(mktemp -d)
 summary="$out/summary.txt"
 # cudarc opens libnvrtc/libcuda by name (libnvrtc.so.13 for a CUDARC_CUDA_VERSION=13000 build):
 # add the toolkit's and PyTorch's wheel copies to the search path.
@@ -38,10 +41,37 @@ note() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$summary"; }
 
 note "ctrcl $("$ctrcl" --version 2>&1 | head -1), device $device, size $size, batch $batch"
 if [ "$device" = cuda ]; then
-    nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || note "nvidia-smi failed"
+    # Into the summary: only 8 files come back from a lent machine.
+    nvidia-smi >>"$summary" 2>&1 || note "nvidia-smi failed"
 fi
 "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' \
     >>"$summary" 2>&1 || note "no usable torch in $python"
+
+# 0. Cold and warm start (issue #17 item 1), first because it is the question a fresh card asks:
+# a 20-iteration CTRCL pair at the full protocol's size with an empty kernel cache, then again
+# with the cache it filled; each run's log.jsonl says when its first step ended and how many
+# kernels it compiled or loaded (`first_step` and `end` events) -> coldstart.jsonl. The filled
+# cache comes back as kernels.tar.gz for the next session to start warm.
+if [ -n "$dataset" ] && [ -d "$dataset" ]; then
+    kernels="$scratch/kernels"
+    for binary in "$ctrcl" ${LEAN:-}; do
+        for start in cold warm; do
+            note "start $start: $binary"
+            [ "$start" = cold ] && rm -rf "$kernels"
+            rm -rf "$scratch/start"
+            CTRCL_KERNEL_CACHE="$kernels" timeout "$limit" "$binary" train \
+                --config "$here/configs/icbm152_ctrcl.toml" --set "data.dataset=$dataset" \
+                --set schedule.iterations=20 --set schedule.validate_every=20 \
+                --out "$scratch/start" >/dev/null 2>>"$summary"
+            note "start $start: exit $?"
+            grep -h '"event":"\(first_step\|end\)"' "$scratch/start/log.jsonl" 2>/dev/null |
+                sed "s|^{|{\"binary\":\"$(basename "$binary")\",\"start\":\"$start\",|" \
+                    >>"$out/coldstart.jsonl"
+        done
+        [ "$binary" = "$ctrcl" ] && tar czf "$out/kernels.tar.gz" -C "$kernels" . 2>/dev/null
+    done
+    rm -rf "$scratch/start" "$kernels"
+fi
 
 # 1–2. Every student, ctrcl vs PyTorch alternately, f32 then bf16 (torch.autocast beside it).
 # Swin-UNet at its default (paper) size: embed 96, heads 3-6-12-24, window 7.
@@ -68,12 +98,14 @@ if [ -n "$dataset" ] && [ -d "$dataset" ]; then
     note "train $iterations iterations on $dataset"
     timeout "$limit" "$ctrcl" train --config "$here/configs/icbm152_ctrcl.toml" \
         --set "data.dataset=$dataset" --set "schedule.iterations=$iterations" \
-        --out "$out/run" >"$out/train.log" 2>&1
+        --out "$scratch/run" >"$scratch/train.log" 2>&1
     note "train: exit $?"
-    timeout 60 "$ctrcl" test --run "$out/run" >"$out/test.txt" 2>&1
+    tail -n 20 "$scratch/train.log" >>"$summary"
+    timeout 60 "$ctrcl" test --run "$scratch/run" >"$out/test.txt" 2>&1
     note "test: exit $?"
-    cp "$out/run/log.jsonl" "$out/train_log.jsonl" 2>/dev/null
-    rm -rf "$out/run" # checkpoints are large and would not come back; the log and scores do
+    cp "$scratch/run/log.jsonl" "$out/train_log.jsonl" 2>/dev/null
+    # Checkpoints are large and would not come back; the log and scores do.
+    rm -rf "$scratch/run" "$scratch/train.log"
 else
     note "no dataset given: training stage skipped"
 fi

@@ -63,6 +63,13 @@ pub fn install_kernel_cache() -> Option<std::path::PathBuf> {
     None
 }
 
+/// GPU builds count the kernels cubecl compiles and loads from its cache, for every run's
+/// `log.jsonl` (`ctrcl_train::kernels`). The CPU build compiles none and logs no count.
+pub fn count_kernels() {
+    #[cfg(any(feature = "cuda", feature = "vulkan"))]
+    ctrcl_train::kernels::install();
+}
+
 /// This build's backend on `device`, as the multi-run jobs (quickstart, experiment) take it.
 pub fn engine(
     device: &<Train as burn::tensor::backend::BackendTypes>::Device,

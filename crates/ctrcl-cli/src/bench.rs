@@ -185,12 +185,13 @@ fn print_header(peak: Option<&(f64, String)>) {
         println!("machine: {machine}; nominal f32 peak {gflops:.0} GFLOP/s");
     }
     println!(
-        "{:<10} {:>5} {:>5} {:>12} {:>10} {:>9} {:>13} {:>10} {:>9}",
+        "{:<10} {:>5} {:>5} {:>12} {:>10} {:>11} {:>9} {:>13} {:>10} {:>9}",
         "model",
         "size",
         "batch",
         "ms/step",
         "min ms",
+        "1st step ms",
         "img/s",
         "infer ms/img",
         "GFLOP/s",
@@ -201,17 +202,25 @@ fn print_header(peak: Option<&(f64, String)>) {
 fn print_row(v: &serde_json::Value) {
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     println!(
-        "{:<10} {:>5} {:>5} {:>12.1} {:>10.1} {:>9.2} {:>13.2} {:>10.2} {:>9.0}",
+        "{:<10} {:>5} {:>5} {:>12.1} {:>10.1} {:>11.0} {:>9.2} {:>13.2} {:>10.2} {:>9.0}",
         v["model"].as_str().unwrap_or("?"),
         v["size"],
         v["batch"],
         f("ms_per_step"),
         f("ms_per_step_min"),
+        f("first_step_ms"),
         f("images_per_s"),
         f("infer_ms_per_image"),
         f("train_gflop_per_s"),
         f("peak_rss_mb")
     );
+    // GPU builds: what the first step's time went on.
+    if let Some(k) = v.get("kernels") {
+        println!(
+            "{:<10} kernels compiled {}, loaded from the cache {}",
+            "", k["compiled"], k["from_cache"]
+        );
+    }
 }
 
 /// `--model all`: each model in a child process (same arguments, `--json`), then one table.

@@ -257,6 +257,7 @@ static ALLOCATOR: ctrcl_train::memory::Counting = ctrcl_train::memory::Counting;
 fn main() {
     allocator::keep_freed_memory();
     let cli = Cli::parse();
+    backend::count_kernels();
     if let Some(dir) = backend::install_kernel_cache() {
         eprintln!(
             "kernel cache: {} (CTRCL_KERNEL_CACHE=DIR|off)",

@@ -67,6 +67,11 @@ pub struct BenchResult {
     pub train_gflop_per_s: f64,
     /// The process's peak resident memory so far (`VmHWM`), MiB.
     pub peak_rss_mb: f64,
+    /// The first (untimed) step: on a GPU build, mostly kernel compilation (issue #17).
+    pub first_step_ms: f64,
+    /// GPU builds: the kernels compiled and loaded from the cache during this benchmark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<crate::kernels::KernelCounts>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -164,7 +169,9 @@ pub fn run_bench<B: AutodiffBackend>(
     check_precision::<B>(cfg, device, backend)?;
     let (s, b, k) = (cfg.data.image_size, cfg.data.batch_size, classes);
     let (x, onehot) = batch::<B>(b, s, k, cfg.seed, device);
+    let kernels_at_start = crate::kernels::counts();
     let mut times = Vec::with_capacity(spec.steps);
+    let mut first_step_ms = f64::NAN;
     let lr = [cfg.optim.cnn.lr, cfg.optim.transformer.lr];
     let (forward_flop, infer_ms, optimizer, method) = match spec.target {
         BenchTarget::Student(arch) => {
@@ -201,8 +208,12 @@ pub fn run_bench<B: AutodiffBackend>(
                 let g = GradientsParams::from_module(&mut grads, &student);
                 student = optim.step(lr[role as usize], student, g);
                 B::sync(device)?;
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                if i == 0 {
+                    first_step_ms = ms;
+                }
                 if i >= spec.warmup {
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                    times.push(ms);
                 }
             }
             let infer = time_inference::<B>(cfg, &student, &x, spec, device)?;
@@ -237,8 +248,12 @@ pub fn run_bench<B: AutodiffBackend>(
                     None,
                 )?;
                 B::sync(device)?;
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                if i == 0 {
+                    first_step_ms = ms;
+                }
                 if i >= spec.warmup {
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                    times.push(ms);
                 }
             }
             let infer = time_inference::<B>(cfg, &students[0], &x, spec, device)?
@@ -272,6 +287,8 @@ pub fn run_bench<B: AutodiffBackend>(
         forward_gflop_per_image: forward_flop / 1e9,
         train_gflop_per_s: 3.0 * forward_flop * b as f64 / 1e9 / (ms / 1e3),
         peak_rss_mb: peak_rss_mb(),
+        first_step_ms,
+        kernels: kernels_at_start.and_then(|start| Some(crate::kernels::counts()?.since(start))),
     })
 }
 

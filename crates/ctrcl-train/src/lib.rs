@@ -11,6 +11,7 @@ pub mod experiment;
 pub mod export;
 mod feed;
 pub mod inference;
+pub mod kernels;
 pub mod losses;
 pub mod memory;
 mod objective;

@@ -9,6 +9,7 @@ use crate::config::TrainConfig;
 use crate::distributed::DataParallel;
 use crate::feed::Feed;
 use crate::inference::{dice_on_samples, DiceScores};
+use crate::kernels;
 use crate::role::Role;
 use crate::run_dir::{self, lock_run, prepare_run_dir, write_split_lists, RunInfo};
 use crate::run_log::{truncate_log, RunLog};
@@ -69,6 +70,7 @@ pub fn train<B: AutodiffBackend>(
     backend: &str,
     progress: bool,
 ) -> Result<TrainSummary> {
+    let kernels_at_start = kernels::counts();
     cfg.validate()?;
     let dataset = Dataset::open(&cfg.data.dataset, cfg.data.open_options())
         .with_context(|| format!("opening dataset {}", cfg.data.dataset.display()))?;
@@ -165,6 +167,7 @@ pub fn train<B: AutodiffBackend>(
         dataset: &dataset,
         device,
         progress,
+        kernels_at_start,
     };
     run_loop(
         ctx,
@@ -197,6 +200,7 @@ pub fn resume<B: AutodiffBackend>(
     backend: &str,
     progress: bool,
 ) -> Result<TrainSummary> {
+    let kernels_at_start = kernels::counts();
     let (cfg, info) = run_dir::open_run(run)?;
     check_precision::<B>(&cfg, device, backend)?;
     let _lock = lock_run(run)?;
@@ -282,6 +286,7 @@ pub fn resume<B: AutodiffBackend>(
         dataset: &dataset,
         device,
         progress,
+        kernels_at_start,
     };
     run_loop(
         ctx,
@@ -302,6 +307,9 @@ struct RunContext<'a, B: AutodiffBackend> {
     dataset: &'a Dataset,
     device: &'a B::Device,
     progress: bool,
+    /// GPU builds: the process's kernel counts when this run began (before its students were
+    /// built), so the run logs what it compiled itself.
+    kernels_at_start: Option<kernels::KernelCounts>,
 }
 
 /// What the loop starts from (a new run: step 0; `--resume`: the `last/` checkpoint's).
@@ -320,6 +328,7 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
         dataset,
         device,
         progress,
+        kernels_at_start,
     } = ctx;
     let RunState {
         mut students,
@@ -361,6 +370,8 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
     ));
     let parallel = DataParallel::start(cfg, &students, &optims, device)?;
     let started = Instant::now();
+    // GPU builds: the kernels this run compiles (issue #17) are logged after its first step,
+    // which is where a cold start spends them, and at the end (validation compiles a few more).
     for step in first_step..total {
         B::seed(device, step_seed(cfg.seed, step));
         let beta_r = ramp_up(cfg.transfer_weight(), step, rampup_steps);
@@ -397,6 +408,13 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
                     last_checkpoint_note(out)
                 );
             }
+        }
+        if let (Some(start), true) = (kernels_at_start, step == first_step) {
+            let compiled = kernels::counts().unwrap_or(start).since(start);
+            log.line(
+                json!({"event": "first_step", "seconds": started.elapsed().as_secs_f64(),
+                "kernels": compiled.json()}),
+            )?;
         }
         bar.inc(1);
         bar.set_message(format!(
@@ -464,7 +482,11 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
     bar.finish_and_clear();
     parallel.finish::<B>(device)?;
     let seconds = started.elapsed().as_secs_f64();
-    log.line(json!({"event": "end", "seconds": seconds}))?;
+    let mut end = json!({"event": "end", "seconds": seconds});
+    if let (Some(start), Some(now)) = (kernels_at_start, kernels::counts()) {
+        end["kernels"] = now.since(start).json();
+    }
+    log.line(end)?;
     let [c, t] = best;
     Ok(TrainSummary {
         run_dir: out.to_path_buf(),
