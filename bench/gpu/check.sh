@@ -32,6 +32,7 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
 # Scratch outside $OUT: only 8 files come back from a lent machine, so nothing else may be left there.
 scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 summary="$out/summary.txt"
 # cudarc opens libnvrtc/libcuda by name (libnvrtc.so.13 for a CUDARC_CUDA_VERSION=13000 build):
 # add the toolkit's and PyTorch's wheel copies to the search path.
