@@ -288,7 +288,7 @@ pub fn run_bench<B: AutodiffBackend>(
         train_gflop_per_s: 3.0 * forward_flop * b as f64 / 1e9 / (ms / 1e3),
         peak_rss_mb: peak_rss_mb(),
         first_step_ms,
-        kernels: kernels_at_start.and_then(|start| Some(crate::kernels::counts()?.since(start))),
+        kernels: crate::kernels::since(kernels_at_start),
     })
 }
 

@@ -409,11 +409,10 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
                 );
             }
         }
-        if let (Some(start), true) = (kernels_at_start, step == first_step) {
-            let compiled = kernels::counts().unwrap_or(start).since(start);
+        if let (Some(compiled), true) = (kernels::since(kernels_at_start), step == first_step) {
             log.line(
                 json!({"event": "first_step", "seconds": started.elapsed().as_secs_f64(),
-                "kernels": compiled.json()}),
+                "kernels": compiled}),
             )?;
         }
         bar.inc(1);
@@ -483,8 +482,8 @@ fn run_loop<B: AutodiffBackend>(ctx: RunContext<B>, state: RunState<B>) -> Resul
     parallel.finish::<B>(device)?;
     let seconds = started.elapsed().as_secs_f64();
     let mut end = json!({"event": "end", "seconds": seconds});
-    if let (Some(start), Some(now)) = (kernels_at_start, kernels::counts()) {
-        end["kernels"] = now.since(start).json();
+    if let Some(compiled) = kernels::since(kernels_at_start) {
+        end["kernels"] = json!(compiled);
     }
     log.line(end)?;
     let [c, t] = best;
