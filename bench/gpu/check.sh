@@ -12,7 +12,8 @@
 # (`ctrcl data prepare --source icbm152 --out DIR`, ~5 MB) for the training stage; skipped if
 # absent. Environment: PYTHON (default python3, needs torch), SIZE (224), BATCH (8), STEPS (5),
 # ITERATIONS (200), STAGE_TIMEOUT (seconds per stage, 150), LEAN (a second binary built with
-# `--no-default-features --features cuda`: no autotune, no fusion; its cold start is measured too).
+# `--no-default-features --features cuda`: no autotune, no fusion; its cold start is measured too),
+# COMPILE_THREADS (8: CTRCL_COMPILE_THREADS of the parallel-compilation starts).
 # On the lent machine, with the binary (gzipped: the carry limit is 64 MiB) and the dataset
 # carried in an ignored folder (see docs/gpu.md):
 #   gunzip -c gpu_carry/ctrcl.gz > /tmp/ctrcl && chmod +x /tmp/ctrcl &&
@@ -49,27 +50,35 @@ fi
     >>"$summary" 2>&1 || note "no usable torch in $python"
 
 # 0. Cold and warm start (issue #17 item 1), first because it is the question a fresh card asks:
-# a 20-iteration CTRCL pair at the full protocol's size with an empty kernel cache, then again
-# with the cache it filled; each run's log.jsonl says when its first step ended and how many
-# kernels it compiled or loaded (`first_step` and `end` events) -> coldstart.jsonl. The filled
-# cache comes back as kernels.tar.gz for the next session to start warm.
+# a 20-iteration CTRCL pair at the full protocol's size, each variant from an empty kernel cache
+# (cold) or from the cache the variant before it filled (warm). Each run's log.jsonl says when its
+# first step ended and how many kernels it compiled or loaded (`first_step`/`end`); its step-20
+# losses go along so that serial and parallel compilation can be seen to train alike -> coldstart.jsonl.
+# Variants, in order of what they answer: kernels compiled on COMPILE_THREADS threads (ctrcl's
+# patched cubecl, CTRCL_COMPILE_THREADS) cold, then warm; the upstream serial path cold; the LEAN
+# binary (no autotune/fusion) parallel cold and warm. The first variant's filled cache comes back as
+# kernels.tar.gz for the next session to start warm.
+threads=${COMPILE_THREADS:-8}
 if [ -n "$dataset" ] && [ -d "$dataset" ]; then
     kernels="$scratch/kernels"
-    for binary in "$ctrcl" ${LEAN:-}; do
-        for start in cold warm; do
-            note "start $start: $binary"
-            [ "$start" = cold ] && rm -rf "$kernels"
-            rm -rf "$scratch/start"
-            CTRCL_KERNEL_CACHE="$kernels" timeout "$limit" "$binary" train \
-                --config "$here/configs/icbm152_ctrcl.toml" --set "data.dataset=$dataset" \
-                --set schedule.iterations=20 --set schedule.validate_every=20 \
-                --out "$scratch/start" >/dev/null 2>>"$summary"
-            note "start $start: exit $?"
-            grep -h '"event":"\(first_step\|end\)"' "$scratch/start/log.jsonl" 2>/dev/null |
-                sed "s|^{|{\"binary\":\"$(basename "$binary")\",\"start\":\"$start\",|" \
-                    >>"$out/coldstart.jsonl"
-        done
-        [ "$binary" = "$ctrcl" ] && tar czf "$out/kernels.tar.gz" -C "$kernels" . 2>/dev/null
+    variants="$ctrcl:$threads:cold $ctrcl:$threads:warm $ctrcl:1:cold"
+    [ -n "${LEAN:-}" ] && variants="$variants $LEAN:$threads:cold $LEAN:$threads:warm"
+    for variant in $variants; do
+        IFS=: read -r binary compile start <<<"$variant"
+        note "start $start, $compile compile threads: $binary"
+        [ "$start" = cold ] && rm -rf "$kernels"
+        rm -rf "$scratch/start"
+        CTRCL_COMPILE_THREADS="$compile" CTRCL_KERNEL_CACHE="$kernels" timeout "$limit" "$binary" train \
+            --config "$here/configs/icbm152_ctrcl.toml" --set "data.dataset=$dataset" \
+            --set schedule.iterations=20 --set schedule.validate_every=20 \
+            --out "$scratch/start" >/dev/null 2>>"$summary"
+        note "start $start, $compile compile threads: exit $?"
+        grep -h '"event":"\(first_step\|end\)"\|"step":20,' "$scratch/start/log.jsonl" 2>/dev/null |
+            sed "s|^{|{\"binary\":\"$(basename "$binary")\",\"compile_threads\":$compile,\"start\":\"$start\",|" \
+                >>"$out/coldstart.jsonl"
+        if [ "$binary" = "$ctrcl" ] && [ "$start" = warm ] && [ ! -e "$out/kernels.tar.gz" ]; then
+            tar czf "$out/kernels.tar.gz" -C "$kernels" . 2>/dev/null
+        fi
     done
     rm -rf "$scratch/start" "$kernels"
 fi
