@@ -152,6 +152,8 @@ impl CudaContext {
         };
 
         log::trace!("Compiling kernel");
+        // ctrcl patch: how long the compilation takes (ctrcl's kernel counter sums these).
+        let started = std::time::Instant::now();
 
         validate_cube_dim(&self.properties, kernel_id)?;
         validate_units(&self.properties, kernel_id)?;
@@ -240,6 +242,7 @@ impl CudaContext {
             })?
         };
 
+        log::trace!("Compiled kernel in {} us", started.elapsed().as_micros());
         let repr = kernel_compiled.repr.unwrap();
 
         if let Some(cache) = self.ptx_cache.lock().unwrap().as_mut() {

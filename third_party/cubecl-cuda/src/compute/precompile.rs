@@ -253,6 +253,7 @@ fn worker(shared: Arc<Shared>) {
 
 /// The server's `compile_kernel` minus the debug logging: IR → C++ → NVRTC → PTX.
 fn compile(shared: &Shared, kernel: &dyn CubeTask<CudaCompiler>, mode: ExecutionMode) -> Outcome {
+    let started = std::time::Instant::now();
     let compiled = kernel
         .compile(
             &mut Default::default(),
@@ -267,6 +268,12 @@ fn compile(shared: &Shared, kernel: &dyn CubeTask<CudaCompiler>, mode: Execution
         return Err("shared memory over the device's limit".into());
     }
     let ptx = nvrtc(&compiled.source, &shared.arch)?;
+    // Same timing record as the server's serial path (ctrcl sums these).
+    log::trace!(
+        target: "cubecl_cuda::compute::context",
+        "Compiled kernel in {} us",
+        started.elapsed().as_micros()
+    );
     Ok(Precompiled {
         entry: PtxCacheEntry {
             entrypoint_name: compiled.entrypoint_name.clone(),
