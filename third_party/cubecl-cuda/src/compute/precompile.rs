@@ -18,13 +18,14 @@
 //! where and when NVRTC runs changes. NVRTC compiles independent programs concurrently; each
 //! compilation holds a few hundred MB of host memory, hence a bounded pool.
 //!
-//! Deadlock-free by construction: pool threads never wait on the server or the client.
+//! The pool itself (threads, run-once per kernel id, waiting, panics) is ctrcl's
+//! `ctrcl-compile-pool` crate, tested there without a GPU; this file says what a job does.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{CStr, CString, c_char};
 use std::str::FromStr;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
+use ctrcl_compile_pool::CompilePool;
 use cubecl_core::{
     compilation_cache::CompilationCache, hash::StableHash, ir::DeviceProperties, prelude::*,
 };
@@ -56,51 +57,17 @@ pub(crate) struct Precompiled {
 
 type Outcome = Result<Precompiled, String>;
 
-/// One job's result, waited for by the server.
-struct Slot {
-    outcome: Mutex<Option<Outcome>>,
-    done: Condvar,
-}
-
-impl Slot {
-    fn wait(&self) -> Outcome {
-        let mut guard = self.outcome.lock().unwrap();
-        loop {
-            if let Some(outcome) = guard.take() {
-                return outcome;
-            }
-            guard = self.done.wait(guard).unwrap();
-        }
-    }
-
-    fn fill(&self, outcome: Outcome) {
-        *self.outcome.lock().unwrap() = Some(outcome);
-        self.done.notify_all();
-    }
-}
-
-struct Job {
-    kernel: Arc<dyn CubeTask<CudaCompiler>>,
-    mode: ExecutionMode,
-    slot: Arc<Slot>,
-}
-
-#[derive(Default)]
-struct Registry {
-    /// Every kernel id handed to [`Precompiler::prepare`] so far (compiled, queued or cached).
-    seen: HashSet<KernelId>,
-    /// Jobs queued or finished whose PTX the server has not taken yet.
-    pending: HashMap<KernelId, Arc<Slot>>,
-}
-
-struct Shared {
+/// What every job needs to know about the device.
+struct Target {
     options: CompilationOptions,
     arch: CudaArchitecture,
     properties: DeviceProperties,
+}
+
+struct Shared {
+    target: Arc<Target>,
     cache: SharedPtxCache,
-    registry: Mutex<Registry>,
-    queue: Mutex<VecDeque<Job>>,
-    work: Condvar,
+    pool: CompilePool<KernelId, Outcome>,
 }
 
 /// The pool of one device (`ServerUtilities::info` of the CUDA server); off unless
@@ -146,34 +113,27 @@ impl Precompiler {
         cache: SharedPtxCache,
     ) -> Self {
         let Some(threads) = threads_from_env() else {
-            return Self { shared: None };
+            return Self::off();
         };
-        let shared = Arc::new(Shared {
-            options,
-            arch,
-            properties,
-            cache,
-            registry: Mutex::new(Registry::default()),
-            queue: Mutex::new(VecDeque::new()),
-            work: Condvar::new(),
-        });
-        for i in 0..threads {
-            let shared = shared.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("cubecl-cuda-compile-{i}"))
-                // NVRTC (LLVM) recurses deeply on large kernels; reserve room (virtual memory).
-                .stack_size(16 << 20)
-                .spawn(move || worker(shared));
-            if let Err(err) = spawned {
-                log::warn!("could not start compile thread {i}: {err}");
-                if i == 0 {
-                    return Self { shared: None };
-                }
-                break;
+        let pool = match CompilePool::new(threads, "cubecl-cuda-compile") {
+            Ok(pool) => pool,
+            Err(err) => {
+                log::warn!(
+                    "could not start compile threads ({err}); compiling on the server thread"
+                );
+                return Self::off();
             }
-        }
+        };
         Self {
-            shared: Some(shared),
+            shared: Some(Arc::new(Shared {
+                target: Arc::new(Target {
+                    options,
+                    arch,
+                    properties,
+                }),
+                cache,
+                pool,
+            })),
         }
     }
 
@@ -189,85 +149,60 @@ impl Precompiler {
         };
         let mut kernel_id = kernel.id();
         kernel_id.mode(mode);
-        {
-            let mut registry = shared.registry.lock().unwrap();
-            if !registry.seen.insert(kernel_id.clone()) {
-                return kernel;
-            }
-            // Kernels the server would reject are left to it (it reports the error).
-            if validate_cube_dim(&shared.properties, &kernel_id).is_err()
-                || validate_units(&shared.properties, &kernel_id).is_err()
+        let kernel: Arc<dyn CubeTask<CudaCompiler>> = Arc::from(kernel);
+        let target = shared.target.clone();
+        let job_kernel = kernel.clone();
+        let queued = shared.pool.submit_once(
+            kernel_id,
+            |id| {
+                // Kernels the server would reject are left to it (it reports the error), and
+                // cached ones to its cache.
+                validate_cube_dim(&target.properties, id).is_err()
+                    || validate_units(&target.properties, id).is_err()
+                    || shared
+                        .cache
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .is_some_and(|cache| cache.get(&id.stable_hash()).is_some())
+            },
             {
-                return kernel;
-            }
-            if let Some(cache) = shared.cache.lock().unwrap().as_ref()
-                && cache.get(&kernel_id.stable_hash()).is_some()
-            {
-                return kernel;
-            }
-            let slot = Arc::new(Slot {
-                outcome: Mutex::new(None),
-                done: Condvar::new(),
-            });
-            registry.pending.insert(kernel_id, slot.clone());
-            let kernel: Arc<dyn CubeTask<CudaCompiler>> = Arc::from(kernel);
-            shared.queue.lock().unwrap().push_back(Job {
-                kernel: kernel.clone(),
-                mode,
-                slot,
-            });
-            shared.work.notify_one();
+                let target = target.clone();
+                move || compile(&target, job_kernel.as_ref(), mode)
+            },
+        );
+        if queued {
             // Same compile-count record as the server's serial path (ctrcl counts these).
             log::trace!(target: "cubecl_cuda::compute::context", "Compiling kernel");
-            Box::new(SharedTask(kernel))
         }
+        Box::new(SharedTask(kernel))
     }
 
     /// Server thread: the pool's result for `kernel_id`, waiting for it if still compiling;
     /// `None` when the pool was not asked (or is off).
     pub(crate) fn take(&self, kernel_id: &KernelId) -> Option<Outcome> {
-        let shared = self.shared.as_ref()?;
-        let slot = shared.registry.lock().unwrap().pending.remove(kernel_id)?;
-        Some(slot.wait())
-    }
-}
-
-fn worker(shared: Arc<Shared>) {
-    loop {
-        let job = {
-            let mut queue = shared.queue.lock().unwrap();
-            loop {
-                if let Some(job) = queue.pop_front() {
-                    break job;
-                }
-                queue = shared.work.wait(queue).unwrap();
-            }
-        };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            compile(&shared, job.kernel.as_ref(), job.mode)
-        }))
-        .unwrap_or_else(|_| Err("the compile thread panicked".to_string()));
-        job.slot.fill(outcome);
+        let outcome = self.shared.as_ref()?.pool.take(kernel_id)?;
+        Some(outcome.unwrap_or_else(|panicked| Err(format!("panicked: {}", panicked.0))))
     }
 }
 
 /// The server's `compile_kernel` minus the debug logging: IR → C++ → NVRTC → PTX.
-fn compile(shared: &Shared, kernel: &dyn CubeTask<CudaCompiler>, mode: ExecutionMode) -> Outcome {
+fn compile(target: &Target, kernel: &dyn CubeTask<CudaCompiler>, mode: ExecutionMode) -> Outcome {
     let started = std::time::Instant::now();
     let compiled = kernel
         .compile(
             &mut Default::default(),
-            &shared.options,
+            &target.options,
             mode,
             kernel.address_type(),
         )
         .map_err(|err| format!("{err:?}"))?;
     let repr = compiled.repr.as_ref().ok_or("no kernel representation")?;
     let shared_mem_bytes = repr.shared_memory_size();
-    if shared_mem_bytes > shared.properties.hardware.max_shared_memory_size {
+    if shared_mem_bytes > target.properties.hardware.max_shared_memory_size {
         return Err("shared memory over the device's limit".into());
     }
-    let ptx = nvrtc(&compiled.source, &shared.arch)?;
+    let ptx = nvrtc(&compiled.source, &target.arch)?;
     // Same timing record as the server's serial path (ctrcl sums these).
     log::trace!(
         target: "cubecl_cuda::compute::context",
