@@ -102,10 +102,65 @@ impl Terms {
     }
 }
 
+/// Loss terms of one student at one step, still on the device (one-element tensors, detached
+/// from the graph). Reading a value waits for every kernel queued before it — on a GPU the
+/// queue drains and Burn's fusion is cut there — so the terms are not read where they are
+/// computed (that was a dozen syncs in the middle of every step, before the backward was even
+/// queued) but once, by [`DeviceTerms::read`], after the step's backward and optimizer updates
+/// are queued. The values are the same; only when they are read changes.
+#[derive(Clone)]
+pub(crate) struct DeviceTerms<B: Backend> {
+    pub(crate) ce: Option<Tensor<B, 1>>,
+    pub(crate) dice: Option<Tensor<B, 1>>,
+    pub(crate) seg: Option<Tensor<B, 1>>,
+    pub(crate) transfer_logit: Option<Tensor<B, 1>>,
+    pub(crate) transfer_feature: Option<Tensor<B, 1>>,
+    pub(crate) unlabelled: Option<Tensor<B, 1>>,
+    pub(crate) trusted: Option<Tensor<B, 1>>,
+    pub(crate) total: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Default for DeviceTerms<B> {
+    fn default() -> Self {
+        DeviceTerms {
+            ce: None,
+            dice: None,
+            seg: None,
+            transfer_logit: None,
+            transfer_feature: None,
+            unlabelled: None,
+            trusted: None,
+            total: None,
+        }
+    }
+}
+
+/// `t` detached, to be read later: keeps the value, not the autodiff graph.
+pub(crate) fn keep<B: Backend>(t: &Tensor<B, 1>) -> Option<Tensor<B, 1>> {
+    Some(t.clone().detach())
+}
+
+impl<B: Backend> DeviceTerms<B> {
+    /// The values (0 for a term the method does not have).
+    pub(crate) fn read(&self) -> Terms {
+        let v = |t: &Option<Tensor<B, 1>>| t.as_ref().map_or(0.0, scalar);
+        Terms {
+            ce: v(&self.ce),
+            dice: v(&self.dice),
+            seg: v(&self.seg),
+            transfer_logit: v(&self.transfer_logit),
+            transfer_feature: v(&self.transfer_feature),
+            unlabelled: v(&self.unlabelled),
+            trusted: v(&self.trusted),
+            total: v(&self.total),
+        }
+    }
+}
+
 /// One student's loss and its terms, given both outputs.
 pub(crate) struct StudentLoss<B: Backend> {
     pub(crate) total: Tensor<B, 1>,
-    pub(crate) terms: Terms,
+    pub(crate) terms: DeviceTerms<B>,
 }
 
 /// One student's side of a loss: its outputs and its CPM heads (empty without CFCL).
@@ -167,17 +222,17 @@ impl<'a, B: AutodiffBackend> Objective<'a, B> {
     }
 
     /// L_seg of `logits` and its logged terms (the total so far is L_seg).
-    pub(crate) fn seg(&self, logits: Tensor<B, 4>) -> (Tensor<B, 1>, Terms) {
+    pub(crate) fn seg(&self, logits: Tensor<B, 4>) -> (Tensor<B, 1>, DeviceTerms<B>) {
         let seg = seg_loss(
             logits,
             self.onehot.clone(),
             self.cfg.seg.ce_weight,
             self.cfg.seg.dice_weight,
         );
-        let terms = Terms {
-            ce: scalar(&seg.ce),
-            dice: scalar(&seg.dice),
-            seg: scalar(&seg.total),
+        let terms = DeviceTerms {
+            ce: keep(&seg.ce),
+            dice: keep(&seg.dice),
+            seg: keep(&seg.total),
             ..Default::default()
         };
         (seg.total, terms)
@@ -200,7 +255,7 @@ impl<'a, B: AutodiffBackend> Objective<'a, B> {
                     Method::CrossTeaching => cross_teaching_loss(z_own, z_peer),
                     _ => kd_loss(z_peer, z_own, tau),
                 };
-                terms.transfer_logit = scalar(&l);
+                terms.transfer_logit = keep(&l);
                 total = total + l * self.beta_r;
             }
             Method::Ctrcl | Method::CtrclOffline => {
@@ -211,7 +266,7 @@ impl<'a, B: AutodiffBackend> Objective<'a, B> {
                         self.onehot.clone(),
                         &cfg.rlcl,
                     );
-                    terms.transfer_logit = scalar(&l);
+                    terms.transfer_logit = keep(&l);
                     total = total + l * self.beta_r;
                 }
                 if cfg.cfcl.enabled {
@@ -223,12 +278,12 @@ impl<'a, B: AutodiffBackend> Objective<'a, B> {
                         cfg.cfcl.temperature,
                         &self.onehot.device(),
                     );
-                    terms.transfer_feature = scalar(&l);
+                    terms.transfer_feature = keep(&l);
                     total = total + l * self.beta_f;
                 }
             }
         }
-        terms.total = scalar(&total);
+        terms.total = keep(&total);
         StudentLoss { total, terms }
     }
 }
@@ -236,7 +291,8 @@ impl<'a, B: AutodiffBackend> Objective<'a, B> {
 /// The losses of one batch: each student's terms, the sum to differentiate, and which slots
 /// learn (a frozen teacher without CPM heads does not).
 pub(crate) struct PairLoss<B: Backend> {
-    pub(crate) terms: [Terms; 2],
+    /// Read them after the step is queued ([`DeviceTerms::read`]).
+    pub(crate) terms: [DeviceTerms<B>; 2],
     pub(crate) total: Tensor<B, 1>,
     pub(crate) learns: [bool; 2],
 }
@@ -300,7 +356,7 @@ fn offline_loss<B: AutodiffBackend>(
     let loss_s = objective.student_loss(student, teacher);
     // The frozen teacher's L_seg is logged, not learned from.
     let (_, mut terms_t) = objective.seg(out_t.logits.clone());
-    terms_t.total = terms_t.seg;
+    terms_t.total = terms_t.seg.clone();
     let mut total = loss_s.total;
     let teacher_cpm = !students[t].cpm.is_empty();
     if teacher_cpm {
@@ -314,7 +370,7 @@ fn offline_loss<B: AutodiffBackend>(
             cfg.cfcl.temperature,
             &total.device(),
         );
-        terms_t.transfer_feature = scalar(&cp);
+        terms_t.transfer_feature = keep(&cp);
         total = total + cp * objective.beta_f;
     }
     let mut terms = [loss_s.terms, terms_t];

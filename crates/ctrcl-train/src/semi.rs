@@ -19,7 +19,7 @@ use crate::losses::baselines::cross_teaching_loss;
 use crate::losses::cfcl::{area_downsample, cfcl_loss_trusted};
 use crate::losses::pseudo::pseudo_labels;
 use crate::losses::rlcl::rlcl_loss_masked;
-use crate::objective::{scalar, Objective, PairLoss, Side, Terms};
+use crate::objective::{keep, DeviceTerms, Objective, PairLoss, Side};
 use crate::student::TrainStudent;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -80,10 +80,10 @@ pub(crate) fn semi_pair_loss<B: AutodiffBackend>(
         } else {
             Vec::new()
         };
-        let share = scalar(&p.mask.clone().mean().reshape([1]));
+        let share = keep(&p.mask.clone().mean().reshape([1]));
         (p, fractions, share)
     });
-    let mut terms = [Terms::default(); 2];
+    let mut terms = [DeviceTerms::default(), DeviceTerms::default()];
     let mut total = None;
     for i in 0..2 {
         let j = 1 - i;
@@ -98,7 +98,7 @@ pub(crate) fn semi_pair_loss<B: AutodiffBackend>(
         let unsup = match &pseudo {
             None => cross_teaching_loss(own.logits.clone(), peer.logits.clone()),
             Some((p, fractions, share)) => {
-                t.trusted = *share;
+                t.trusted = share.clone();
                 let device = own.logits.device();
                 let mut l = Tensor::<B, 1>::zeros([1], &device);
                 if cfg.rlcl.enabled {
@@ -124,9 +124,9 @@ pub(crate) fn semi_pair_loss<B: AutodiffBackend>(
                 l
             }
         };
-        t.unlabelled = scalar(&unsup);
+        t.unlabelled = keep(&unsup);
         let student_total = sup + unsup * beta_u;
-        t.total = scalar(&student_total);
+        t.total = keep(&student_total);
         terms[i] = t;
         total = Some(match total {
             None => student_total,

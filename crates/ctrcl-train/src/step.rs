@@ -6,7 +6,7 @@
 //! (`crate::memory`) and `ctrcl bench` all call this one function.
 
 use crate::config::TrainConfig;
-use crate::objective::{pair_loss, PairLoss, Terms};
+use crate::objective::{pair_loss, DeviceTerms, PairLoss, Terms};
 use crate::semi::semi_pair_loss;
 use crate::student::{StudentOptimizer, TrainStudent};
 use anyhow::{bail, Result};
@@ -106,7 +106,8 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
                 students[i] = optims[i].step(lrs[i], module, g);
             }
         }
-        return synced_terms(loss.terms);
+        // Read only now, with the whole step queued: one device sync per step.
+        return synced_terms(loss.terms.each_ref().map(DeviceTerms::read));
     }
     let mut accumulators = [GradientsAccumulator::new(), GradientsAccumulator::new()];
     let mut terms = [Terms::default(); 2];
@@ -119,7 +120,7 @@ pub(crate) fn pair_step<B: AutodiffBackend>(
                 let g = GradientsParams::from_module(&mut grads, &students[i]);
                 accumulators[i].accumulate(&students[i], g);
             }
-            terms[i].add_scaled(&loss.terms[i], 1.0 / n as f64);
+            terms[i].add_scaled(&loss.terms[i].read(), 1.0 / n as f64);
         }
         learns = loss.learns;
     }
@@ -165,4 +166,42 @@ pub(crate) fn onehot_tensor<B: Backend>(
         data[(n * k + label as usize) * s * s + p] = 1.0;
     }
     Tensor::from_data(TensorData::new(data, [b, k, s, s]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Reading a tensor's value waits for the device; a step reads its loss terms once, after
+    /// the backward and the optimizer updates are queued (`DeviceTerms::read` in `pair_step`),
+    /// never while the objective is being built. This fails if a read creeps back into the code
+    /// that builds a step's loss (each file's non-test part).
+    #[test]
+    fn the_objective_reads_no_value_from_the_device() {
+        let sources = [
+            ("objective.rs", include_str!("objective.rs")),
+            ("semi.rs", include_str!("semi.rs")),
+            ("teacher.rs", include_str!("teacher.rs")),
+            ("losses/mod.rs", include_str!("losses/mod.rs")),
+            ("losses/seg.rs", include_str!("losses/seg.rs")),
+            ("losses/rlcl.rs", include_str!("losses/rlcl.rs")),
+            ("losses/cfcl.rs", include_str!("losses/cfcl.rs")),
+            ("losses/baselines.rs", include_str!("losses/baselines.rs")),
+        ];
+        for (name, source) in sources {
+            let code = source.split("#[cfg(test)]").next().unwrap();
+            let reads = [
+                "into_scalar(",
+                "into_data(",
+                "to_data(",
+                "scalar)",
+                "scalar(&",
+            ]
+            .iter()
+            .map(|r| code.matches(r).count())
+            .sum::<usize>();
+            // objective.rs: `fn scalar` itself (one into_scalar) and its one use, in
+            // `DeviceTerms::read`.
+            let allowed = if name == "objective.rs" { 2 } else { 0 };
+            assert_eq!(reads, allowed, "{name} reads values from the device");
+        }
+    }
 }
