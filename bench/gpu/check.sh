@@ -11,7 +11,7 @@
 # default-build binary and small SIZE/BATCH). DATASET_DIR: a prepared ICBM152 dataset
 # (`ctrcl data prepare --source icbm152 --out DIR`, ~5 MB) for the training stage; skipped if
 # absent. Environment: PYTHON (default python3, needs torch), SIZE (224), BATCH (8), STEPS (5),
-# ITERATIONS (200), STAGE_TIMEOUT (seconds per stage, 150), BUDGET (seconds for the whole
+# ITERATIONS (200), START_ITERATIONS (20: each start's run), STAGE_TIMEOUT (seconds per stage, 150), BUDGET (seconds for the whole
 # script, 660: stages are cut or skipped to end by then), LEAN (a second binary built with
 # `--no-default-features --features cuda`: no autotune, no fusion; its cold start is measured too),
 # COMPILE_THREADS (8: CTRCL_COMPILE_THREADS of the parallel-compilation starts).
@@ -77,6 +77,7 @@ fi
 # it is slower matters); the LEAN binary (no autotune/fusion) parallel cold and warm. At most
 # 480 s in all.
 threads=${COMPILE_THREADS:-8}
+start_iterations=${START_ITERATIONS:-20}
 keep="$scratch/kernels-keep"
 if [ -n "$dataset" ] && [ -d "$dataset" ]; then
     kernels="$scratch/kernels"
@@ -89,11 +90,11 @@ if [ -n "$dataset" ] && [ -d "$dataset" ]; then
         rm -rf "$scratch/start"
         CTRCL_COMPILE_THREADS="$compile" CTRCL_KERNEL_CACHE="$kernels" bounded "$cap" "$binary" train \
             --config "$here/configs/icbm152_ctrcl.toml" --set "data.dataset=$dataset" \
-            --set schedule.iterations=20 --set schedule.validate_every=20 \
+            --set "schedule.iterations=$start_iterations" --set "schedule.validate_every=$start_iterations" \
             --out "$scratch/start" >/dev/null 2>>"$summary"
         status=$?
         note "start $start, $compile compile threads: exit $status"
-        grep -h '"event":"\(first_step\|end\)"\|"step":20,' "$scratch/start/log.jsonl" 2>/dev/null |
+        grep -h "\"event\":\"\\(first_step\\|end\\)\"\\|\"step\":$start_iterations," "$scratch/start/log.jsonl" 2>/dev/null |
             sed "s|^{|{\"binary\":\"$(basename "$binary")\",\"compile_threads\":$compile,\"start\":\"$start\",|" \
                 >>"$out/coldstart.jsonl"
         if [ "$binary" = "$ctrcl" ] && [ "$compile" != 1 ] && [ "$start" = cold ]; then
@@ -101,7 +102,8 @@ if [ -n "$dataset" ] && [ -d "$dataset" ]; then
         fi
         if [ "$binary" = "$ctrcl" ] && [ "$start" = warm ] && [ ! -d "$keep" ]; then
             # The main binary's full cache: the later stages start from it, and it comes back.
-            cp -r "$kernels" "$keep" && tar czf "$out/kernels.tar.gz" -C "$keep" . 2>/dev/null
+            mkdir -p "$keep" && cp -r "$kernels/." "$keep/" 2>/dev/null &&
+                tar czf "$out/kernels.tar.gz" -C "$keep" . 2>/dev/null
         fi
     done
     rm -rf "$scratch/start" "$kernels"
