@@ -159,6 +159,67 @@ pub(crate) fn class_names(meta: &DatasetJson, path: &Path) -> Result<Vec<String>
     Ok(by_value.into_values().collect())
 }
 
+/// The classes after `data.label_map`, from `dataset.json`'s names (`names[v]` = the name of
+/// label value `v`). Two readings of a `dataset.json` beside a label map exist, and the map
+/// tells them apart:
+/// - it describes the *stored* values (a dataset as it comes, e.g. eight chest structures whose
+///   three spine labels the map merges): every value it declares is a key of the map, or the map
+///   has `"*"`. The classes are then `0..=max(map values)`, class `c` named after the values
+///   mapped to it (`"a + b"`; class 0 is "background"; a class nothing maps to is "class c"),
+///   and a note says so. Before, the classes and names stayed the stored ones: a merge left empty
+///   classes that entered every mean Dice, and a swap kept the old names.
+/// - it describes the *classes* (stored values such as 5/10/20/30 that nnU-Net's consecutive
+///   `labels` cannot state): some declared value is no key and there is no `"*"`. Names as read.
+///
+/// An error naming `path` when the map leaves fewer than two classes.
+pub(crate) fn mapped_class_names(
+    names: Vec<String>,
+    map: &BTreeMap<String, u8>,
+    path: &Path,
+) -> Result<(Vec<String>, Option<String>)> {
+    if map.is_empty() {
+        return Ok((names, None));
+    }
+    let rest = map.get("*").copied();
+    let class_of = |v: usize| map.get(&v.to_string()).copied().or(rest);
+    if (0..names.len()).any(|v| class_of(v).is_none()) {
+        return Ok((names, None));
+    }
+    let k = map.values().copied().max().unwrap_or(0) as usize + 1;
+    if k < 2 {
+        return Err(DataError::invalid(
+            path,
+            "data.label_map maps every label to class 0: nothing is left to segment",
+        ));
+    }
+    let mapped: Vec<String> = (0..k)
+        .map(|c| {
+            let from: Vec<&str> = (0..names.len())
+                .filter(|&v| class_of(v) == Some(c as u8))
+                .map(|v| names[v].as_str())
+                .collect();
+            match (c, from.len()) {
+                (0, _) => "background".to_string(),
+                (_, 0) => format!("class {c}"),
+                (_, 1..=3) => from.join(" + "),
+                (_, n) => format!("{} + {} + … ({n} labels)", from[0], from[1]),
+            }
+        })
+        .collect();
+    let note = format!(
+        "classes after data.label_map ({} stored labels → {k} classes): {}",
+        names.len(),
+        mapped
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok((mapped, Some(note)))
+}
+
 /// Label values as classes `0..k`; anything else is an error naming the file and voxel.
 pub fn labels_as_classes(data: &[f32], k: usize, path: &Path) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len());
@@ -180,6 +241,82 @@ pub fn labels_as_classes(data: &[f32], k: usize, path: &Path) -> Result<Vec<u8>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn map(pairs: &[(&str, u8)]) -> BTreeMap<String, u8> {
+        pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// ctrcl's prepared chest CT (dataset.json names the stored labels 0..7): merging the three
+    /// spine labels gives 6 classes named after what they hold. Before, 8 classes stayed, two
+    /// of them empty, and class 2 kept the name "cervical".
+    #[test]
+    fn a_merging_label_map_gives_the_merged_classes_and_names() {
+        let names: Vec<String> = [
+            "background",
+            "ribs",
+            "cervical",
+            "thoracic",
+            "lumbar",
+            "right lung",
+            "left lung",
+            "tissue",
+        ]
+        .map(String::from)
+        .into();
+        let spine = map(&[
+            ("0", 0),
+            ("1", 1),
+            ("2", 2),
+            ("3", 2),
+            ("4", 2),
+            ("5", 3),
+            ("6", 4),
+            ("7", 5),
+        ]);
+        let (classes, note) = mapped_class_names(names.clone(), &spine, Path::new("d")).unwrap();
+        assert_eq!(
+            classes,
+            [
+                "background",
+                "ribs",
+                "cervical + thoracic + lumbar",
+                "right lung",
+                "left lung",
+                "tissue"
+            ]
+        );
+        assert!(note.unwrap().contains("8 stored labels → 6 classes"));
+        // A swap swaps the names; "*" covers the rest (class 0 stays "background").
+        let swap = map(&[("0", 0), ("1", 2), ("2", 1), ("*", 0)]);
+        let (classes, _) = mapped_class_names(names.clone(), &swap, Path::new("d")).unwrap();
+        assert_eq!(classes, ["background", "cervical", "ribs"]);
+        let many = map(&[("1", 1), ("2", 1), ("3", 1), ("4", 1), ("*", 0)]);
+        let (classes, _) = mapped_class_names(names.clone(), &many, Path::new("d")).unwrap();
+        assert_eq!(classes[1], "ribs + cervical + … (4 labels)");
+        let gap = map(&[("1", 2), ("*", 0)]);
+        let (classes, _) = mapped_class_names(names.clone(), &gap, Path::new("d")).unwrap();
+        assert_eq!(classes, ["background", "class 1", "ribs"]);
+        let none = map(&[("*", 0)]);
+        let e = mapped_class_names(names, &none, Path::new("d/dataset.json")).unwrap_err();
+        assert!(e.to_string().contains("d/dataset.json"), "{e}");
+    }
+
+    /// dataset.json naming the classes themselves (stored values 5/10/20/30 cannot be nnU-Net
+    /// labels): its names stand.
+    #[test]
+    fn a_label_map_onto_the_declared_classes_keeps_their_names() {
+        let names: Vec<String> = ["background", "CSF", "GM", "WM"].map(String::from).into();
+        let onto = map(&[("5", 0), ("10", 1), ("20", 2), ("30", 3)]);
+        let (classes, note) = mapped_class_names(names.clone(), &onto, Path::new("d")).unwrap();
+        assert_eq!(classes, names);
+        assert!(note.is_none());
+        assert_eq!(
+            mapped_class_names(names.clone(), &BTreeMap::new(), Path::new("d"))
+                .unwrap()
+                .0,
+            names
+        );
+    }
 
     #[test]
     fn stored_label_values_invert_the_label_map() {

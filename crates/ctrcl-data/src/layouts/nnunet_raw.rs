@@ -2,7 +2,9 @@
 //! channels `CASE_0001…`, `imagesTs`/`labelsTs`; Decathlon folders without the `_0000`), split
 //! by `ctrcl_split.json` or by nnU-Net's folds.
 
-use crate::classes::{class_names, labels_as_classes, remap_labels, DatasetJson};
+use crate::classes::{
+    class_names, labels_as_classes, mapped_class_names, remap_labels, DatasetJson,
+};
 use crate::dataset::{parse_split, Case, Dataset, DatasetSplit};
 use crate::error::{DataError, Result};
 use crate::geometry::ImageResize;
@@ -25,10 +27,11 @@ pub(crate) fn open_nnunet(
     if meta.channel_names.is_empty() {
         meta.channel_names = std::mem::take(&mut meta.modality);
     }
-    let class_names = class_names(&meta, &json_path)?;
+    let (class_names, classes_note) =
+        mapped_class_names(class_names(&meta, &json_path)?, label_map, &json_path)?;
     let ending = meta.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
     let split_path = root.join(SPLIT_FILE);
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = classes_note.into_iter().collect();
     let mut folds = None;
     let split = if split_path.exists() {
         let text =

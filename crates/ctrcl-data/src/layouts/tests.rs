@@ -173,6 +173,32 @@ fn nnunet_channels_are_normalised_by_their_names() {
     );
 }
 
+/// A `label_map` that merges organ and lesion of the nnU-Net fixture (whose dataset.json names
+/// the stored labels) opens as two classes named after what they hold — before, three classes
+/// stayed, the last one empty, so every mean Dice counted a phantom class.
+#[test]
+fn a_merging_label_map_leaves_only_the_merged_classes() {
+    let (dir, _) = fixtures();
+    let merge: BTreeMap<String, u8> = [("0", 0), ("1", 1), ("2", 1)]
+        .map(|(k, v)| (k.to_string(), v))
+        .into();
+    let options = OpenOptions {
+        label_map: merge,
+        ..OpenOptions::from(Normalize::None)
+    };
+    let ds = Dataset::open(&dir.join("nnunet"), options).unwrap();
+    assert_eq!(ds.num_classes(), 2);
+    assert_eq!(ds.class_names, ["background", "organ + lesion"]);
+    assert!(
+        ds.notes
+            .iter()
+            .any(|n| n.contains("3 stored labels → 2 classes")),
+        "{:?}",
+        ds.notes
+    );
+    assert!(ds.cases.iter().all(|c| c.label.iter().all(|&l| l < 2)));
+}
+
 /// `label_map` swaps organ (1) and lesion (2) of the nnU-Net fixture: every label voxel of
 /// the mapped dataset is the swap of the unmapped one; an unmapped value is a clear error.
 #[test]
@@ -198,6 +224,7 @@ fn nnunet_labels_are_remapped_before_the_class_check() {
         seen.iter().all(|&n| n > 0),
         "the fixture holds every class: {seen:?}"
     );
+    assert_eq!(mapped.class_names, ["background", "lesion", "organ"]);
     let only_one: BTreeMap<String, u8> = [("1".to_string(), 1)].into();
     let options = OpenOptions {
         label_map: only_one,
