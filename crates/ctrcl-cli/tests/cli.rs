@@ -1410,6 +1410,67 @@ fn experiment_runs_the_matrix_resumably_and_tables_mean_and_std() {
     assert!(err.contains("method"), "{err}");
 }
 
+/// An experiment's `variants` arm (here: independent training with foreground oversampling)
+/// beside `independent`, on a split file named by `data.split` relative to the experiment file:
+/// both runs train and test on that split's slabs (6 test slices, where the prepared folder's
+/// own split tests 16), record the file's absolute path, and the arm is paired per class.
+#[test]
+fn experiment_variants_run_on_a_split_file_named_by_data_split() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("splits")).unwrap();
+    std::fs::write(
+        dir.path().join("splits/narrow.json"),
+        r#"{"case": "icbm152", "axis": "z", "train": [[20, 60]], "val": [[75, 78]], "test": [[95, 100]]}"#,
+    )
+    .unwrap();
+    let mut sets: Vec<String> = tiny_settings(prepared())
+        .into_iter()
+        .map(|s| format!("{s:?}"))
+        .collect();
+    sets.push("\"data.split=splits/narrow.json\"".into());
+    let exp = dir.path().join("fg.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name = \"fg\"\nconfig = {:?}\nmethods = [\"independent\"]\nseeds = [0]\nset = [{}]\n\n\
+             [variants]\nfg50 = [\"method=independent\", \"data.foreground_oversample=0.5\"]\n",
+            config_path(),
+            sets.join(", ")
+        ),
+    )
+    .unwrap();
+    let (out, results) = (dir.path().join("runs"), dir.path().join("fg.md"));
+    ok(&[
+        "experiment",
+        "--config",
+        exp.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+    ]);
+    let split = std::fs::canonicalize(dir.path().join("splits/narrow.json")).unwrap();
+    for (arm, fg) in [("independent", 0.0), ("fg50", 0.5)] {
+        let cell = out.join(format!("unet+swin-unet/{arm}/seed0"));
+        let cfg: toml::Value =
+            toml::from_str(&std::fs::read_to_string(cell.join("config.toml")).unwrap()).unwrap();
+        assert_eq!(cfg["method"].as_str(), Some("independent"), "{arm}");
+        assert_eq!(cfg["data"]["split"].as_str(), split.to_str(), "{arm}");
+        assert_eq!(cfg["data"]["foreground_oversample"].as_float(), Some(fg));
+        let m: Value = serde_json::from_str(
+            &std::fs::read_to_string(cell.join("metrics/test-test.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["slices"].as_u64(), Some(6), "{arm}: {}", m["slices"]);
+    }
+    let md = std::fs::read_to_string(&results).unwrap();
+    assert!(md.contains("- `fg50`: `method=independent`"), "{md}");
+    assert!(
+        md.contains("### Per class") && md.contains("| unet+swin-unet | fg50 | cnn (unet) | 1 |"),
+        "{md}"
+    );
+}
+
 #[test]
 fn data_inspect_describes_the_prepared_dataset() {
     let labels = prepared().join("labelsTr/icbm152.nii.gz");

@@ -26,6 +26,10 @@ pub struct OpenOptions {
     /// The nnU-Net fold to train on when an nnU-Net raw folder has no `ctrcl_split.json`
     /// ([`crate::nnunet`]).
     pub fold: usize,
+    /// nnU-Net raw folders: read the split from this file (the `ctrcl_split.json` format)
+    /// instead of the folder's own, so another split needs no copy of the data; `None`: the
+    /// folder's `ctrcl_split.json`, else nnU-Net's folds.
+    pub split: Option<std::path::PathBuf>,
 }
 
 impl<T: Into<Intensity>> From<T> for OpenOptions {
@@ -36,6 +40,7 @@ impl<T: Into<Intensity>> From<T> for OpenOptions {
             image_resize: ImageResize::Bilinear,
             label_map: BTreeMap::new(),
             fold: 0,
+            split: None,
         }
     }
 }

@@ -82,6 +82,10 @@ pub fn train<B: AutodiffBackend>(
     // The input layer follows the data (3 channels for RGB datasets); recorded with the run.
     let mut with_channels = cfg.clone();
     with_channels.data.channels = dataset.channels();
+    // `test`, `predict` and `report` reopen the data from any working directory.
+    if let Some(split) = &cfg.data.split {
+        with_channels.data.split = Some(std::fs::canonicalize(split).unwrap_or(split.clone()));
+    }
     let cfg = &with_channels;
     let resolved;
     let cfg = if cfg.method.is_offline() {

@@ -1,6 +1,7 @@
 //! nnU-Net raw folders (`dataset.json`, `imagesTr/CASE_0000.ext`, `labelsTr/CASE.ext`, further
 //! channels `CASE_0001…`, `imagesTs`/`labelsTs`; Decathlon folders without the `_0000`), split
-//! by `ctrcl_split.json` or by nnU-Net's folds.
+//! by `ctrcl_split.json` (the folder's, or another file named by `data.split`) or by nnU-Net's
+//! folds.
 
 use crate::classes::{
     class_names, labels_as_classes, mapped_class_names, remap_labels, DatasetJson,
@@ -19,6 +20,7 @@ pub(crate) fn open_nnunet(
     intensity: Intensity,
     label_map: &BTreeMap<String, u8>,
     fold: usize,
+    split_file: Option<&Path>,
 ) -> Result<Dataset> {
     let json_path = root.join("dataset.json");
     let text = std::fs::read_to_string(&json_path).map_err(|e| DataError::io(&json_path, e))?;
@@ -30,10 +32,15 @@ pub(crate) fn open_nnunet(
     let (class_names, classes_note) =
         mapped_class_names(class_names(&meta, &json_path)?, label_map, &json_path)?;
     let ending = meta.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
-    let split_path = root.join(SPLIT_FILE);
+    let split_path = split_file.map_or_else(|| root.join(SPLIT_FILE), Path::to_path_buf);
     let mut notes: Vec<String> = classes_note.into_iter().collect();
     let mut folds = None;
-    let split = if split_path.exists() {
+    if split_file.is_some() {
+        notes.push(format!("split read from {}", split_path.display()));
+    }
+    // A split file named by the config must exist: falling back to the folder's own split or
+    // nnU-Net's folds would train and score on another split than the one asked for.
+    let split = if split_path.exists() || split_file.is_some() {
         let text =
             std::fs::read_to_string(&split_path).map_err(|e| DataError::io(&split_path, e))?;
         parse_split(&text, &split_path)?

@@ -294,3 +294,48 @@ fn broken_layouts_are_clear_errors() {
         "{msg}"
     );
 }
+
+/// `data.split` names a split file outside the nnU-Net folder: the folder is read with that
+/// split (here: both labelled cases for training, where the folder's own file trains on one),
+/// a named file that is missing is an error naming it rather than a silent fall back to the
+/// folder's split, and the layouts that split by their own lists refuse it.
+#[test]
+fn a_split_file_named_by_the_config_replaces_the_folders() {
+    let (dir, _) = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other_split.json");
+    std::fs::write(
+        &other,
+        r#"{"train": ["case_000", "case_001"], "val": [], "test": ["case_002"]}"#,
+    )
+    .unwrap();
+    let with = |split: &Path| OpenOptions {
+        split: Some(split.to_path_buf()),
+        ..OpenOptions::from(Normalize::None)
+    };
+    let own = Dataset::open(&dir.join("nnunet"), Normalize::None).unwrap();
+    assert_eq!(own.split_ids(Split::Train), ["case_000"]);
+    let ds = Dataset::open(&dir.join("nnunet"), with(&other)).unwrap();
+    assert_eq!(ds.split_ids(Split::Train), ["case_000", "case_001"]);
+    assert!(ds.split_ids(Split::Val).is_empty());
+    assert_eq!(ds.split_ids(Split::Test), ["case_002"]);
+    assert!(
+        ds.notes.iter().any(|n| n.contains("other_split.json")),
+        "{:?}",
+        ds.notes
+    );
+    let missing = tmp.path().join("missing.json");
+    let msg = match Dataset::open(&dir.join("nnunet"), with(&missing)) {
+        Ok(_) => panic!("a missing split file fell back to another split"),
+        Err(e) => e.to_string(),
+    };
+    assert!(msg.contains("missing.json"), "{msg}");
+    let msg = match Dataset::open(&dir.join("kvasir"), with(&other)) {
+        Ok(_) => panic!("a split file was accepted for a layout with list files"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        msg.contains("other_split.json") && msg.contains("nnU-Net raw"),
+        "{msg}"
+    );
+}

@@ -157,6 +157,11 @@ pub struct DataConfig {
     /// nnU-Net raw datasets without `ctrcl_split.json`: which of nnU-Net's folds to train on
     /// (`splits_final.json`, else nnU-Net's generated five; `ctrcl_data::nnunet`).
     pub fold: usize,
+    /// nnU-Net raw datasets: a split file (`ctrcl_split.json` format: slabs of the one case, or
+    /// case lists) used instead of the dataset's own, e.g. to evaluate on other slabs without a
+    /// copy of the data; recorded with the run as an absolute path. Absent: the dataset's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<PathBuf>,
     /// Share of each training batch forced to hold a slice containing a foreground class chosen
     /// uniformly among those present in the training slices (nnU-Net's
     /// `oversample_foreground_percent`, 0.33 there); 0 = off (`ctrcl_data::loader`).
@@ -196,6 +201,7 @@ impl DataConfig {
             image_resize: self.image_resize,
             label_map: self.label_map.clone(),
             fold: self.fold,
+            split: self.split.clone(),
         }
     }
 
@@ -224,6 +230,7 @@ impl Default for DataConfig {
             image_resize: Default::default(),
             label_map: Default::default(),
             fold: 0,
+            split: None,
             foreground_oversample: 0.0,
             labelled: None,
             augment: Augment::Rot90Flip,

@@ -58,6 +58,12 @@ pub struct ExperimentFile {
     /// Extra CTRCL cells: name → overrides (e.g. `no-rlcl = ["rlcl.enabled=false"]`).
     #[serde(default)]
     pub ablations: BTreeMap<String, Vec<String>>,
+    /// Further arms of any method: name → overrides on top of `set` (the method is the config's
+    /// unless they set one), e.g. `fg33 = ["method=independent",
+    /// "data.foreground_oversample=0.33"]`; listed with the methods and paired against
+    /// `independent` like them.
+    #[serde(default)]
+    pub variants: BTreeMap<String, Vec<String>>,
     /// Prepare this source (`icbm152`) into OUT/data/SOURCE and use it as the dataset.
     #[serde(default)]
     pub prepare: Option<String>,
@@ -93,6 +99,9 @@ fn cells(exp: &ExperimentFile, base: &TrainConfig, out: &Path) -> Vec<Cell> {
         .iter()
         .map(|m| (m.clone(), false, vec![format!("method={m}")]))
         .collect();
+    for (name, sets) in &exp.variants {
+        variants.push((name.clone(), false, sets.clone()));
+    }
     for (name, sets) in &exp.ablations {
         let mut o = vec!["method=ctrcl".to_string()];
         o.extend(sets.iter().cloned());
@@ -122,6 +131,17 @@ fn cells(exp: &ExperimentFile, base: &TrainConfig, out: &Path) -> Vec<Cell> {
         }
     }
     out_cells
+}
+
+/// A name given to two arms (a method, a variant, an ablation): their runs would share a folder.
+fn repeated_arm(exp: &ExperimentFile) -> Option<&str> {
+    let mut seen = std::collections::BTreeSet::new();
+    let names = exp
+        .methods
+        .iter()
+        .chain(exp.variants.keys())
+        .chain(exp.ablations.keys());
+    names.map(String::as_str).find(|n| !seen.insert(*n))
 }
 
 /// A cell interrupted before its first checkpoint cannot be resumed; its partial log is moved to
@@ -189,6 +209,9 @@ fn run_cell<B: AutodiffBackend>(
         if let Some(d) = dataset {
             cfg.data.dataset = d.to_path_buf();
         }
+        if let Some(split) = cfg.data.split.as_mut().filter(|s| s.is_relative()) {
+            *split = base_dir.join(&*split);
+        }
         eprintln!("training {}", cell.dir.display());
         engine.train(&cfg, &cell.dir)?;
     }
@@ -216,8 +239,14 @@ pub fn run_experiment<B: AutodiffBackend>(
         .with_context(|| format!("cannot read {}", args.config.display()))?;
     let exp: ExperimentFile = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", args.config.display(), e.message().trim()))?;
-    if exp.methods.is_empty() && exp.ablations.is_empty() {
+    if exp.methods.is_empty() && exp.ablations.is_empty() && exp.variants.is_empty() {
         bail!("{}: give at least one method", args.config.display());
+    }
+    if let Some(name) = repeated_arm(&exp) {
+        bail!(
+            "{}: \"{name}\" names two arms (methods, variants and ablations share one folder per name)",
+            args.config.display()
+        );
     }
     if exp.seeds.is_empty() {
         bail!("{}: give at least one seed", args.config.display());
@@ -340,7 +369,8 @@ mod tests {
             let text = std::fs::read_to_string(dir.join(&exp.config)).unwrap();
             let base = TrainConfig::from_toml(&text, &exp.set).unwrap();
             let all = cells(&exp, &base, Path::new("out"));
-            let variants = exp.methods.len() + exp.ablations.len();
+            assert_eq!(repeated_arm(&exp), None, "{}", path.display());
+            let variants = exp.methods.len() + exp.ablations.len() + exp.variants.len();
             assert_eq!(
                 all.len(),
                 variants * exp.seeds.len() * exp.pairs.len().max(1)

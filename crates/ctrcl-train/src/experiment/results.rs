@@ -218,6 +218,12 @@ pub(super) fn results_markdown(
         }
     };
     md.push_str("## Methods\n\n");
+    for (name, sets) in &exp.variants {
+        let _ = writeln!(md, "- `{name}`: `{}`", sets.join("`, `"));
+    }
+    if !exp.variants.is_empty() {
+        md.push('\n');
+    }
     table(&mut md, false);
     if !exp.ablations.is_empty() {
         md.push_str("\n## CTRCL ablations\n\n");
@@ -228,6 +234,7 @@ pub(super) fn results_markdown(
         table(&mut md, true);
     }
     paired_section(&mut md, finished, metrics);
+    paired_classes_section(&mut md, finished, metrics, class_names);
     md.push_str("\n## Runs\n\n");
     for c in cells {
         let _ = writeln!(md, "- `{}`", c.dir.display());
@@ -240,37 +247,113 @@ fn mean_dice(metrics: &Value, role: Role) -> Option<f64> {
     metrics[role.name()]["transunet"]["mean"]["dice"].as_f64()
 }
 
-/// Every variant's mean Dice minus `independent`'s on the same pair and seed (same initial
-/// weights and batches), per student: the per-seed differences, their mean with its 95%
-/// confidence interval, and whether that interval excludes zero. Absent without `independent`.
-fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value]) {
-    let runs: Vec<(&Cell, &Value)> = finished.iter().zip(metrics).collect();
-    let baseline = |pair: &[String; 2], seed: u64| {
-        runs.iter()
-            .find(|(c, _)| &c.pair == pair && c.variant == "independent" && c.seed == seed)
-            .map(|(_, m)| *m)
-    };
+/// Dice of class `class` (1-based) for `role` in one run's metrics.
+fn class_dice(metrics: &Value, role: Role, class: usize) -> Option<f64> {
+    metrics[role.name()]["transunet"]["per_class"][class.to_string()]["dice"].as_f64()
+}
+
+/// The variants (all but `independent`) of the finished runs, in order of appearance.
+fn compared_groups<'a>(runs: &[(&'a Cell, &Value)]) -> Vec<(&'a [String; 2], &'a str)> {
     let mut groups: Vec<(&[String; 2], &str)> = Vec::new();
-    for (c, _) in &runs {
+    for (c, _) in runs {
         if c.variant != "independent"
             && !groups.iter().any(|(p, v)| *p == &c.pair && *v == c.variant)
         {
             groups.push((&c.pair, &c.variant));
         }
     }
+    groups
+}
+
+/// `score(variant's run) − score(independent's run)` over the seeds where both exist.
+fn paired_diffs(
+    runs: &[(&Cell, &Value)],
+    pair: &[String; 2],
+    variant: &str,
+    score: impl Fn(&Value) -> Option<f64>,
+) -> Vec<f64> {
+    let baseline = |seed: u64| {
+        runs.iter()
+            .find(|(c, _)| &c.pair == pair && c.variant == "independent" && c.seed == seed)
+            .map(|(_, m)| *m)
+    };
+    runs.iter()
+        .filter(|(c, _)| &c.pair == pair && c.variant == variant)
+        .filter_map(|(c, m)| Some(score(m)? - score(baseline(c.seed)?)?))
+        .collect()
+}
+
+/// The per-class view of the paired comparison: which structures a method gains or loses on
+/// (a mean Dice can hide a small class learned or lost). One cell per class: mean Δ ± the 95%
+/// half-width, bold when the interval excludes zero. Absent without `independent`.
+fn paired_classes_section(
+    md: &mut String,
+    finished: &[Cell],
+    metrics: &[Value],
+    class_names: &[String],
+) {
+    let runs: Vec<(&Cell, &Value)> = finished.iter().zip(metrics).collect();
     let mut rows = String::new();
-    for (pair, variant) in groups {
+    for (pair, variant) in compared_groups(&runs) {
         for role in Role::BOTH {
-            let mut diffs = Vec::new();
-            for (c, m) in runs
-                .iter()
-                .filter(|(c, _)| &c.pair == pair && c.variant == variant)
-            {
-                let base = baseline(pair, c.seed).and_then(|b| mean_dice(b, role));
-                if let (Some(v), Some(b)) = (mean_dice(m, role), base) {
-                    diffs.push(v - b);
-                }
+            let mut cells = Vec::new();
+            let mut seeds = 0;
+            for class in 1..=class_names.len() {
+                let diffs = paired_diffs(&runs, pair, variant, |m| class_dice(m, role, class));
+                seeds = seeds.max(diffs.len());
+                cells.push(if diffs.is_empty() {
+                    "—".to_string()
+                } else {
+                    let (mean, half) = paired_ci(&diffs);
+                    if half.is_nan() {
+                        format!("{mean:+.3}")
+                    } else if mean - half > 0.0 || mean + half < 0.0 {
+                        format!("**{mean:+.3} ± {half:.3}**")
+                    } else {
+                        format!("{mean:+.3} ± {half:.3}")
+                    }
+                });
             }
+            if seeds == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                rows,
+                "| {}+{} | {variant} | {} ({}) | {seeds} | {} |",
+                pair[0],
+                pair[1],
+                role.name(),
+                pair[role as usize],
+                cells.join(" | ")
+            );
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    md.push_str(
+        "\n### Per class\n\nTest Dice of each class minus `independent`'s with the same seed, \
+         per student: mean ± the half-width of its 95% confidence interval; **bold** when the \
+         interval excludes zero.\n\n| pair | method | student | seeds |",
+    );
+    for c in class_names {
+        let _ = write!(md, " {c} |");
+    }
+    md.push_str("\n|---|---|---|---|");
+    md.push_str(&"---|".repeat(class_names.len()));
+    md.push('\n');
+    md.push_str(&rows);
+}
+
+/// Every variant's mean Dice minus `independent`'s on the same pair and seed (same initial
+/// weights and batches), per student: the per-seed differences, their mean with its 95%
+/// confidence interval, and whether that interval excludes zero. Absent without `independent`.
+fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value]) {
+    let runs: Vec<(&Cell, &Value)> = finished.iter().zip(metrics).collect();
+    let mut rows = String::new();
+    for (pair, variant) in compared_groups(&runs) {
+        for role in Role::BOTH {
+            let diffs = paired_diffs(&runs, pair, variant, |m| mean_dice(m, role));
             if diffs.is_empty() {
                 continue;
             }
@@ -416,6 +499,76 @@ mod tests {
         assert!(row.contains("+0.0100, +0.0200, +0.0300"), "{row}");
         assert!(row.contains("**+0.0200 ± 0.0248**"), "{row}");
         assert!(row.contains("within noise"), "{row}");
+    }
+
+    /// A `variants` arm (any method, its own overrides) is a row of the methods table and is
+    /// paired against `independent`, per class too: class `b` gains 0.1/0.2/0.3 over three
+    /// seeds (mean 0.2, s 0.1, half-width 4.303·0.1/√3 = 0.248: within noise), class `a`
+    /// exactly 0.05 each time (half-width 0: beyond noise, bold).
+    #[test]
+    fn variants_are_compared_class_by_class() {
+        let exp: ExperimentFile = toml::from_str(
+            "name = \"t\"\nconfig = \"c.toml\"\nmethods = [\"independent\"]\nseeds = [0, 1, 2]\n\
+             [variants]\nfg = [\"method=independent\", \"data.foreground_oversample=0.5\"]\n",
+        )
+        .unwrap();
+        assert_eq!(super::super::repeated_arm(&exp), None);
+        let base = TrainConfig::default();
+        let all = cells(&exp, &base, Path::new("out"));
+        assert_eq!(all.len(), 6);
+        let fg = all.iter().find(|c| c.variant == "fg").unwrap();
+        assert!(!fg.is_ablation);
+        assert!(fg
+            .overrides
+            .contains(&"data.foreground_oversample=0.5".to_string()));
+        let run = |a: f64, b: f64| {
+            let student = serde_json::json!({"transunet": {
+                "mean": {"dice": (a + b) / 2.0, "jaccard": 0.5, "hd95": 1.0},
+                "per_class": {"1": {"dice": a}, "2": {"dice": b}}}});
+            serde_json::json!({"classes": {"1": "a", "2": "b"}, "cnn": student, "transformer": student})
+        };
+        let metrics: Vec<Value> = all
+            .iter()
+            .map(|c| {
+                let s = c.seed as f64;
+                match c.variant.as_str() {
+                    "independent" => run(0.5, 0.1),
+                    _ => run(0.55, 0.2 + 0.1 * s),
+                }
+            })
+            .collect();
+        let names = class_names_of(&metrics[0]);
+        let md = results_markdown(
+            &exp,
+            &options(),
+            "b",
+            &all,
+            &metrics,
+            &names,
+            &base,
+            "c",
+            1.0,
+        );
+        assert!(
+            md.contains("- `fg`: `method=independent`, `data.foreground_oversample=0.5`"),
+            "{md}"
+        );
+        let per_class = &md[md.find("### Per class").unwrap_or_else(|| panic!("{md}"))..];
+        assert!(per_class.contains("| seeds | a | b |"), "{md}");
+        let row = per_class
+            .lines()
+            .find(|l| l.starts_with("| unet+swin-unet | fg | cnn (unet) | 3 |"))
+            .unwrap_or_else(|| panic!("{md}"));
+        assert!(
+            row.contains("| **+0.050 ± 0.000** | +0.200 ± 0.248 |"),
+            "{row}"
+        );
+
+        let twice: ExperimentFile = toml::from_str(
+            "name = \"t\"\nconfig = \"c.toml\"\nmethods = [\"dml\"]\n[variants]\ndml = []\n",
+        )
+        .unwrap();
+        assert_eq!(super::super::repeated_arm(&twice), Some("dml"));
     }
 
     #[test]
