@@ -108,9 +108,11 @@ fn cells(exp: &ExperimentFile, base: &TrainConfig, out: &Path) -> Vec<Cell> {
         variants.push((name.clone(), true, o));
     }
     let mut out_cells = Vec::new();
+    // Seed by seed, every arm within a seed: a matrix stopped part-way (hours of CPU runs, or a
+    // short GPU slot) holds complete seeds, each pairing every arm with `independent`.
     for pair in &pairs {
-        for (variant, is_ablation, sets) in &variants {
-            for &seed in &exp.seeds {
+        for &seed in &exp.seeds {
+            for (variant, is_ablation, sets) in &variants {
                 let mut overrides = exp.set.clone();
                 overrides.extend(sets.iter().cloned());
                 overrides.push(format!("students.cnn={}", pair[0]));

@@ -413,8 +413,6 @@ mod tests {
         }
     }
 
-    /// With 3 of 4 runs finished the table says so, averages what exists, and marks the row
-    /// that holds one seed of two; the finished matrix carries no such marks.
     /// A rewritten table keeps the people's `## Notes` (and only that section), before the runs.
     #[test]
     fn rewriting_a_results_file_keeps_its_notes() {
@@ -429,6 +427,8 @@ mod tests {
         assert_eq!(with_notes(new, "# t\nno notes\n"), new);
     }
 
+    /// With 3 of 4 runs finished the table says so, averages what exists, and marks the row
+    /// that holds one seed of two; the finished matrix carries no such marks.
     #[test]
     fn partial_tables_are_marked_and_average_the_finished_runs() {
         let exp: ExperimentFile = toml::from_str(
@@ -450,8 +450,19 @@ mod tests {
                 .unwrap_or_else(|| panic!("{md}"))
                 .to_string()
         };
-        assert!(row("independent").contains("**0.7000 ± 0.1414**"), "{md}");
-        assert!(row("ctrcl (1 of 2 seeds)").contains("**0.7000**"), "{md}");
+        // Seed-major order: independent 0.6 and 0.7 (seeds 0, 1), ctrcl 0.8 (seed 0).
+        let order: Vec<(&str, u64)> = all.iter().map(|c| (c.variant.as_str(), c.seed)).collect();
+        assert_eq!(
+            order,
+            [
+                ("independent", 0),
+                ("ctrcl", 0),
+                ("independent", 1),
+                ("ctrcl", 1)
+            ]
+        );
+        assert!(row("independent").contains("**0.6500 ± 0.0707**"), "{md}");
+        assert!(row("ctrcl (1 of 2 seeds)").contains("**0.8000**"), "{md}");
         let full = [run(0.6), run(0.8), run(0.7), run(0.9)];
         let md = results_markdown(&exp, &args, "b", &all, &full, &names, &base, "c", 1.0);
         assert!(!md.contains("Partial") && !md.contains("seeds)"), "{md}");
