@@ -145,7 +145,7 @@ enum Command {
     },
     /// Metrics of predicted label maps against references (Dice, Jaccard, HD95, ASD), per case.
     Evaluate(evaluate::Args),
-    /// Run a matrix of trainings (methods, ablations × pairs × seeds) and write the results table.
+    /// Run a matrix of trainings (methods, variants, ablations × pairs × seeds) and write the results table.
     Experiment(experiment::Args),
     /// Time training steps and inference of the students and the pair (synthetic batches).
     Bench(bench::Args),
