@@ -94,25 +94,25 @@ fn cells(exp: &ExperimentFile, base: &TrainConfig, out: &Path) -> Vec<Cell> {
     } else {
         exp.pairs.clone()
     };
-    let mut variants: Vec<(String, bool, Vec<String>)> = exp
+    let mut arms: Vec<(String, bool, Vec<String>)> = exp
         .methods
         .iter()
         .map(|m| (m.clone(), false, vec![format!("method={m}")]))
         .collect();
     for (name, sets) in &exp.variants {
-        variants.push((name.clone(), false, sets.clone()));
+        arms.push((name.clone(), false, sets.clone()));
     }
     for (name, sets) in &exp.ablations {
         let mut o = vec!["method=ctrcl".to_string()];
         o.extend(sets.iter().cloned());
-        variants.push((name.clone(), true, o));
+        arms.push((name.clone(), true, o));
     }
     let mut out_cells = Vec::new();
     // Seed by seed, every arm within a seed: a matrix stopped part-way (hours of CPU runs, or a
     // short GPU slot) holds complete seeds, each pairing every arm with `independent`.
     for pair in &pairs {
         for &seed in &exp.seeds {
-            for (variant, is_ablation, sets) in &variants {
+            for (variant, is_ablation, sets) in &arms {
                 let mut overrides = exp.set.clone();
                 overrides.extend(sets.iter().cloned());
                 overrides.push(format!("students.cnn={}", pair[0]));

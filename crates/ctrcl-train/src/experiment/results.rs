@@ -382,7 +382,8 @@ fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value]) {
     }
     md.push_str(
         "\n## Paired against independent\n\nTest mean Dice of each method minus `independent`'s \
-         with the same seed (the same initial weights and batches), per student: mean ± the \
+         with the same seed (the same initial weights, and the same batches unless the arm changes \
+         the sampling), per student: mean ± the \
          half-width of its 95% confidence interval (Student's t, n − 1 degrees of freedom). \
          Beyond noise when the interval excludes zero.\n\n\
          | pair | method | student | seeds | per seed | mean Δ ± 95% CI | verdict |\n\
