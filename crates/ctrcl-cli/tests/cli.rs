@@ -1888,6 +1888,44 @@ fn real_ct_sources_read_with_their_documented_geometry_and_train() {
     let nii = inspect_json(&chest.join("labelsTr/ctchest.nii.gz"));
     assert_eq!(nii["shape"], serde_json::json!([128, 128, 34]));
     assert_eq!(nii["orientation"], "RAS");
+    // A run logs how many of the 21 training slices (z 0–11, 25–33) hold each structure; numpy on
+    // the prepared labels: ribs in z 1–33, cervical spine z 26–33, thoracic z 11–27, lumbar
+    // z 0–12, right lung z 7–33, left lung z 6–33, tissue everywhere.
+    let chest_run = tmp.path().join("chest-run");
+    ok(&train_args(
+        &config_path(),
+        chest_run.to_str().unwrap(),
+        &tiny_settings(&chest),
+    ));
+    let log = std::fs::read_to_string(chest_run.join("log.jsonl")).unwrap();
+    let classes: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "classes")
+        .unwrap_or_else(|| panic!("no classes event: {log}"));
+    assert_eq!(classes["training_slices"], 21);
+    let slices: Vec<(String, u64)> = classes["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["slices"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("ribs", 20),
+        ("cervical vertebral column", 8),
+        ("thoracic vertebral column", 4),
+        ("lumbar vertebral column", 12),
+        ("right lung", 14),
+        ("left lung", 15),
+        ("tissue", 21),
+    ]
+    .map(|(n, k)| (n.to_string(), k));
+    assert_eq!(slices, want);
 
     // lits117 prepared and trained for a few steps with the CT window; the test table has the
     // two foreground classes.

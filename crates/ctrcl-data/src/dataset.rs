@@ -155,6 +155,15 @@ impl DatasetSplit {
     }
 }
 
+/// How much of a split one class covers: the slices holding it and its voxels. A class in few
+/// slices is what foreground oversampling (`crate::loader`) shows more often; one in many slices
+/// but few voxels is small, not slice-rare.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClassPresence {
+    pub slices: usize,
+    pub voxels: u64,
+}
+
 /// An opened dataset: its cases (images normalised) and how they split.
 pub struct Dataset {
     pub root: PathBuf,
@@ -234,6 +243,29 @@ impl Dataset {
             }));
         }
         out
+    }
+
+    /// How much of split `which` each class covers (index = label, background included), over
+    /// its native slices, and how many slices there are.
+    pub fn class_presence(&self, which: Split) -> (usize, Vec<ClassPresence>) {
+        let mut presence = vec![ClassPresence::default(); self.num_classes()];
+        let mut slices = 0;
+        for (ci, zs) in self.parts(which) {
+            let case = &self.cases[ci];
+            let n = case.image.dims[0] * case.image.dims[1];
+            for z in zs {
+                slices += 1;
+                let mut here = vec![false; presence.len()];
+                for &l in &case.label[z * n..(z + 1) * n] {
+                    presence[l as usize].voxels += 1;
+                    here[l as usize] = true;
+                }
+                for (p, _) in presence.iter_mut().zip(here).filter(|(_, h)| *h) {
+                    p.slices += 1;
+                }
+            }
+        }
+        (slices, presence)
     }
 
     /// Slices of a split resampled to the training size.

@@ -12,7 +12,7 @@ use crate::inference::{dice_on_samples, DiceScores};
 use crate::kernels;
 use crate::role::Role;
 use crate::run_dir::{self, lock_run, prepare_run_dir, write_split_lists, RunInfo};
-use crate::run_log::{truncate_log, RunLog};
+use crate::run_log::{class_presence_event, class_presence_line, truncate_log, RunLog};
 use crate::step::{check_precision, StepRates};
 use crate::student::{
     build_student, import_pretrained, materialize_params, recorder, save_module, StudentOptimizer,
@@ -74,10 +74,12 @@ pub fn train<B: AutodiffBackend>(
     cfg.validate()?;
     let dataset = Dataset::open(&cfg.data.dataset, cfg.data.open_options())
         .with_context(|| format!("opening dataset {}", cfg.data.dataset.display()))?;
+    let presence = class_presence_event(&dataset);
     if progress {
         for note in &dataset.notes {
             eprintln!("data: {note}");
         }
+        eprintln!("data: {}", class_presence_line(&presence));
     }
     // The input layer follows the data (3 channels for RGB datasets); recorded with the run.
     let mut with_channels = cfg.clone();
@@ -126,6 +128,7 @@ pub fn train<B: AutodiffBackend>(
         class_names: dataset.class_names.clone(),
     };
     log.line(json!({"event": "start", "backend": backend, "method": cfg.method.name(), "image_size": size, "iterations": cfg.schedule.iterations, "batch_size": cfg.data.batch_size, "accumulate": cfg.optim.accumulate, "precision": cfg.precision.name(), "devices": cfg.parallel.devices, "nodes": cfg.parallel.nodes, "node_rank": cfg.parallel.node_rank, "seed": cfg.seed}))?;
+    log.line(presence)?;
     if let Some((estimate, available)) = memory {
         log.line(json!({"event": "memory", "estimated_bytes": estimate.bytes, "available_bytes": available,
             "calibration_batch": estimate.calibration_batch,

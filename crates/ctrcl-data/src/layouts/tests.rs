@@ -88,6 +88,27 @@ fn acdc_reads_gzip_h5_slices_and_volumes_by_its_lists() {
     );
 }
 
+/// The training split's class presence: its 6 one-slice cases, each class's voxels summed from
+/// numpy's per-case label counts (expected.json), every class in every slice there.
+#[test]
+fn class_presence_counts_the_split_slices_and_voxels() {
+    let (dir, all) = fixtures();
+    let ds = Dataset::open(&dir.join("acdc"), Normalize::None).unwrap();
+    let (slices, presence) = ds.class_presence(Split::Train);
+    assert_eq!(slices, 6);
+    let mut voxels = [0u64; 4];
+    for id in ds.split_ids(Split::Train) {
+        for (v, c) in voxels.iter_mut().zip(&all["acdc"][id].label_counts) {
+            *v += *c as u64;
+        }
+    }
+    assert_eq!(voxels, [515, 35, 74, 96]);
+    let got: Vec<(usize, u64)> = presence.iter().map(|p| (p.slices, p.voxels)).collect();
+    assert_eq!(got, voxels.map(|v| (6, v)));
+    // The test volume: 4 slices of one case.
+    assert_eq!(ds.class_presence(Split::Test).0, 4);
+}
+
 /// Kvasir-SEG: RGB images (3 channels), JPEG masks thresholded at 128, list-file split.
 /// Decoded JPEG values may differ from PIL/libjpeg's by a grey level or two, so the image sum
 /// is compared to 0.5 % and the mask counts to 3 % + 2 pixels.
