@@ -108,6 +108,10 @@ pub fn finished(run: &Path) -> bool {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {
     pub ctrcl_version: String,
+    /// The git commit the binary was built from (`build.rs`; "unknown" outside a checkout, empty
+    /// in runs older than this field).
+    #[serde(default)]
+    pub commit: String,
     pub backend: String,
     pub method: String,
     pub dataset: PathBuf,

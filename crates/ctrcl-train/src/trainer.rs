@@ -104,6 +104,7 @@ pub fn train<B: AutodiffBackend>(
     let size = cfg.data.image_size;
     let info = RunInfo {
         ctrcl_version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: env!("CTRCL_GIT_COMMIT").to_string(),
         backend: backend.to_string(),
         method: cfg.method.name().to_string(),
         dataset: std::fs::canonicalize(&cfg.data.dataset)

@@ -246,16 +246,6 @@ fn progress_line(i: usize, total: usize, cell: &Cell, trained_seconds: &[f64]) -
     line
 }
 
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Runs the experiment of `args.config` (continuing the finished cells of an earlier
 /// invocation), rewriting the results Markdown after every cell; progress goes to stderr.
 pub fn run_experiment<B: AutodiffBackend>(
@@ -318,7 +308,7 @@ pub fn run_experiment<B: AutodiffBackend>(
     }
     eprintln!("{} runs in {}", all.len(), out.display());
     let started = std::time::Instant::now();
-    let commit = git_commit();
+    let commit = env!("CTRCL_GIT_COMMIT");
     let mut metrics = Vec::with_capacity(all.len());
     let mut markdown = String::new();
     let mut trained_seconds = Vec::new();
@@ -340,7 +330,7 @@ pub fn run_experiment<B: AutodiffBackend>(
             &metrics,
             &class_names_of(&metrics[0]),
             &base,
-            &commit,
+            commit,
             started.elapsed().as_secs_f64(),
         );
         write_results(&results, &markdown)?;
