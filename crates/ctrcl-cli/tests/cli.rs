@@ -1338,33 +1338,49 @@ fn resunet_and_segformer_train_together_with_ctrcl() {
     );
 }
 
-#[test]
-fn experiment_runs_the_matrix_resumably_and_tables_mean_and_std() {
-    let dir = tempfile::tempdir().unwrap();
-    let sets: Vec<String> = tiny_settings(prepared())
+/// An experiment file `NAME.toml` in `dir` over the tiny settings on the prepared ICBM152 (plus
+/// `extra` overrides), with `body` (methods, seeds, ablations, variants…); returns the
+/// `ctrcl experiment` arguments writing runs to `dir/runs` and the table to `dir/NAME.md`.
+fn tiny_experiment(dir: &Path, name: &str, extra: &[&str], body: &str) -> Vec<String> {
+    let mut sets: Vec<String> = tiny_settings(prepared())
         .into_iter()
         .map(|s| format!("{s:?}"))
         .collect();
-    let exp = dir.path().join("tiny.toml");
+    sets.extend(extra.iter().map(|s| format!("{s:?}")));
+    let exp = dir.join(format!("{name}.toml"));
     std::fs::write(
         &exp,
         format!(
-            "name = \"tiny\"\nconfig = {:?}\nmethods = [\"independent\", \"ctrcl\"]\nseeds = [0, 1]\nset = [{}]\n\n[ablations]\nno-cfcl = [\"cfcl.enabled=false\"]\n",
+            "name = {name:?}\nconfig = {:?}\nset = [{}]\n{body}",
             config_path(),
             sets.join(", ")
         ),
     )
     .unwrap();
+    let path = |p: PathBuf| p.to_str().unwrap().to_string();
+    vec![
+        "experiment".into(),
+        "--config".into(),
+        path(exp),
+        "--out".into(),
+        path(dir.join("runs")),
+        "--results".into(),
+        path(dir.join(format!("{name}.md"))),
+    ]
+}
+
+#[test]
+fn experiment_runs_the_matrix_resumably_and_tables_mean_and_std() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = tiny_experiment(
+        dir.path(),
+        "tiny",
+        &[],
+        "methods = [\"independent\", \"ctrcl\"]\nseeds = [0, 1]\n\n[ablations]\nno-cfcl = [\"cfcl.enabled=false\"]\n",
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exp = dir.path().join("tiny.toml");
     let (out, results) = (dir.path().join("runs"), dir.path().join("tiny.md"));
-    let args = [
-        "experiment",
-        "--config",
-        exp.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--results",
-        results.to_str().unwrap(),
-    ];
     ok(&args);
     let md = std::fs::read_to_string(&results).unwrap();
     // The ctrcl cnn row: mean ± sample std of the two seeds' test mean Dice.
@@ -1423,32 +1439,15 @@ fn experiment_variants_run_on_a_split_file_named_by_data_split() {
         r#"{"case": "icbm152", "axis": "z", "train": [[20, 60]], "val": [[75, 78]], "test": [[95, 100]]}"#,
     )
     .unwrap();
-    let mut sets: Vec<String> = tiny_settings(prepared())
-        .into_iter()
-        .map(|s| format!("{s:?}"))
-        .collect();
-    sets.push("\"data.split=splits/narrow.json\"".into());
-    let exp = dir.path().join("fg.toml");
-    std::fs::write(
-        &exp,
-        format!(
-            "name = \"fg\"\nconfig = {:?}\nmethods = [\"independent\"]\nseeds = [0]\nset = [{}]\n\n\
-             [variants]\nfg50 = [\"method=independent\", \"data.foreground_oversample=0.5\"]\n",
-            config_path(),
-            sets.join(", ")
-        ),
-    )
-    .unwrap();
+    let args = tiny_experiment(
+        dir.path(),
+        "fg",
+        &["data.split=splits/narrow.json"],
+        "methods = [\"independent\"]\nseeds = [0]\n\n\
+         [variants]\nfg50 = [\"method=independent\", \"data.foreground_oversample=0.5\"]\n",
+    );
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let (out, results) = (dir.path().join("runs"), dir.path().join("fg.md"));
-    ok(&[
-        "experiment",
-        "--config",
-        exp.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--results",
-        results.to_str().unwrap(),
-    ]);
     let split = std::fs::canonicalize(dir.path().join("splits/narrow.json")).unwrap();
     for (arm, fg) in [("independent", 0.0), ("fg50", 0.5)] {
         let cell = out.join(format!("unet+swin-unet/{arm}/seed0"));
