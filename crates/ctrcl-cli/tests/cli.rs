@@ -1403,6 +1403,15 @@ fn experiment_runs_the_matrix_resumably_and_tables_mean_and_std() {
         "{md}"
     );
     assert!(md.matches("seed").count() >= 6, "{md}");
+    // The paired comparison is also drawn, beside the table and linked from it: ctrcl and the
+    // ablation, two students each, two seeds per row.
+    let svg = std::fs::read_to_string(dir.path().join("tiny-paired.svg")).unwrap();
+    assert!(md.contains("](tiny-paired.svg)"), "{md}");
+    assert!(
+        svg.contains("ctrcl · cnn (unet)") && svg.contains("no-cfcl · transformer (swin-unet)"),
+        "{svg}"
+    );
+    assert_eq!(svg.matches(r#"class="seed""#).count(), 8, "{svg}");
     // Rerunning reuses every finished cell and writes the same table.
     let again = ctrcl(&args);
     assert!(again.status.success());

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 mod results;
-use results::{class_names_of, results_markdown, write_results};
+use results::{class_names_of, paired_plot, plot_path, results_markdown, write_results};
 
 /// Where an experiment is read from and written to.
 #[derive(Debug, Clone)]
@@ -248,6 +248,13 @@ fn progress_line(i: usize, total: usize, cell: &Cell, trained_seconds: &[f64]) -
 
 /// Runs the experiment of `args.config` (continuing the finished cells of an earlier
 /// invocation), rewriting the results Markdown after every cell; progress goes to stderr.
+/// Where the results Markdown goes: `--results`, else docs/results/NAME.md.
+fn results_path(exp: &ExperimentFile, args: &ExperimentOptions) -> PathBuf {
+    args.results
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("docs/results").join(format!("{}.md", exp.name)))
+}
+
 pub fn run_experiment<B: AutodiffBackend>(
     args: &ExperimentOptions,
     engine: &Engine<B>,
@@ -282,10 +289,7 @@ pub fn run_experiment<B: AutodiffBackend>(
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/experiments").join(&exp.name));
-    let results = args
-        .results
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("docs/results").join(format!("{}.md", exp.name)));
+    let results = results_path(&exp, args);
     let dataset = match &exp.prepare {
         Some(source) => {
             let dir = out.join("data").join(source);
@@ -334,6 +338,9 @@ pub fn run_experiment<B: AutodiffBackend>(
             started.elapsed().as_secs_f64(),
         );
         write_results(&results, &markdown)?;
+        if let Some(svg) = paired_plot(&exp.name, &all[..metrics.len()], &metrics) {
+            ctrcl_data::error::write_atomic(&plot_path(&results), svg.as_bytes())?;
+        }
     }
     Ok(ExperimentOutcome { markdown, results })
 }

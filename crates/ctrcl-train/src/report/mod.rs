@@ -2,6 +2,7 @@
 //! test metrics, each run's configuration, training curves (SVG) and overlay images (PNG) of test
 //! slices with the reference and predicted contours.
 
+pub mod forest;
 pub mod overlay;
 pub mod plot;
 

@@ -53,7 +53,7 @@ pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
         .collect()
 }
 
-fn label(v: f64) -> String {
+pub(crate) fn label(v: f64) -> String {
     if v == 0.0 {
         return "0".into();
     }
@@ -68,10 +68,48 @@ fn label(v: f64) -> String {
     }
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// The opening of a standalone SVG `width` × `height`: the element, a white background and
+/// `title` centred at `title_x`.
+pub(crate) fn svg_start(width: f64, height: f64, title_x: f64, title: &str) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{title_x:.1}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        escape(title)
+    );
+    svg
+}
+
+/// Vertical grid lines at round values of `[x0, x1]` across a plot area from `top` down `ph`
+/// pixels, each labelled below it; `px` maps a value to its pixel column.
+pub(crate) fn x_grid(
+    svg: &mut String,
+    (x0, x1): (f64, f64),
+    px: impl Fn(f64) -> f64,
+    top: f64,
+    ph: f64,
+) {
+    for t in ticks(x0, x1, 6) {
+        let x = px(t);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#e5e5e5"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            top + ph,
+            top + ph + 16.0,
+            label(t)
+        );
+    }
 }
 
 /// An SVG line plot of `series` with axes, ticks, labels and a legend. `log_y` plots log10 of
@@ -121,29 +159,8 @@ pub fn line_plot(
     let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
     let py = |y: f64| TOP + (1.0 - (y - y0) / (y1 - y0)) * ph;
 
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" viewBox="0 0 {width} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        LEFT + pw / 2.0,
-        escape(title)
-    );
-    // Grid and tick labels.
-    for t in ticks(x0, x1, 6) {
-        let x = px(t);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#e5e5e5"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            TOP + ph,
-            TOP + ph + 16.0,
-            label(t)
-        );
-    }
+    let mut svg = svg_start(width, HEIGHT, LEFT + pw / 2.0, title);
+    x_grid(&mut svg, (x0, x1), px, TOP, ph);
     let y_ticks = if log_y {
         log_ticks(y0, y1)
     } else {

@@ -5,6 +5,7 @@
 
 use super::{Cell, ExperimentFile, ExperimentOptions};
 use crate::config::TrainConfig;
+use crate::report::forest::{forest_plot, ForestRow};
 use crate::role::Role;
 use anyhow::Result;
 use serde_json::Value;
@@ -256,7 +257,9 @@ pub(super) fn results_markdown(
         md.push('\n');
         table(&mut md, true);
     }
-    paired_section(&mut md, finished, metrics);
+    let plot = plot_path(&super::results_path(exp, args));
+    let plot_name = plot.file_name().map(|f| f.to_string_lossy().into_owned());
+    paired_section(&mut md, finished, metrics, plot_name.as_deref());
     paired_classes_section(&mut md, finished, metrics, class_names);
     md.push_str("\n## Runs\n\n");
     for c in cells {
@@ -368,12 +371,22 @@ fn paired_classes_section(
     md.push_str(&rows);
 }
 
-/// Every variant's mean Dice minus `independent`'s on the same pair and seed (same initial
-/// weights and batches), per student: the per-seed differences, their mean with its 95%
-/// confidence interval, and whether that interval excludes zero. Absent without `independent`.
-fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value]) {
+/// One arm's paired comparison with `independent` for one student: the per-seed differences of
+/// test mean Dice and their mean with the 95% half-width.
+pub(super) struct PairedRow<'a> {
+    pub pair: &'a [String; 2],
+    pub variant: &'a str,
+    pub role: Role,
+    pub diffs: Vec<f64>,
+    pub mean: f64,
+    pub half: f64,
+}
+
+/// Every variant's mean Dice minus `independent`'s on the same pair and seed, per student, in
+/// the order the arms first finished (students CNN first). Empty without `independent`.
+pub(super) fn paired_rows<'a>(finished: &'a [Cell], metrics: &[Value]) -> Vec<PairedRow<'a>> {
     let runs: Vec<(&Cell, &Value)> = finished.iter().zip(metrics).collect();
-    let mut rows = String::new();
+    let mut rows = Vec::new();
     for (pair, variant) in compared_groups(&runs) {
         for role in Role::BOTH {
             let diffs = paired_diffs(&runs, pair, variant, |m| mean_dice(m, role));
@@ -381,24 +394,87 @@ fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value]) {
                 continue;
             }
             let (mean, half) = paired_ci(&diffs);
-            let per_seed: Vec<String> = diffs.iter().map(|d| format!("{d:+.4}")).collect();
-            let interval = if half.is_nan() {
-                format!("{mean:+.4}")
-            } else {
-                format!("{mean:+.4} ± {half:.4}")
-            };
-            let _ = writeln!(
-                rows,
-                "| {}+{} | {variant} | {} ({}) | {} | {} | **{interval}** | {} |",
-                pair[0],
-                pair[1],
-                role.name(),
-                pair[role as usize],
-                diffs.len(),
-                per_seed.join(", "),
-                verdict(mean, half)
-            );
+            rows.push(PairedRow {
+                pair,
+                variant,
+                role,
+                diffs,
+                mean,
+                half,
+            });
         }
+    }
+    rows
+}
+
+/// The paired comparison as a forest plot (SVG): one row per arm and student, its seeds as dots
+/// and its mean on the 95% interval, against zero. `None` when there is nothing to compare.
+pub(super) fn paired_plot(name: &str, finished: &[Cell], metrics: &[Value]) -> Option<String> {
+    let rows = paired_rows(finished, metrics);
+    if rows.is_empty() {
+        return None;
+    }
+    let several_pairs = rows.iter().any(|r| r.pair != rows[0].pair);
+    let forest: Vec<ForestRow> = rows
+        .iter()
+        .map(|r| ForestRow {
+            label: format!(
+                "{}{} · {} ({})",
+                if several_pairs {
+                    format!("{}+{} ", r.pair[0], r.pair[1])
+                } else {
+                    String::new()
+                },
+                r.variant,
+                r.role.name(),
+                r.pair[r.role as usize]
+            ),
+            colour: r.role as usize,
+            diffs: r.diffs.clone(),
+            mean: r.mean,
+            half: r.half,
+        })
+        .collect();
+    Some(forest_plot(
+        &format!("{name}: paired against independent"),
+        "test mean Dice − independent's, same seed (dots: seeds; square and bar: mean, 95% CI)",
+        &forest,
+    ))
+}
+
+/// The plot's file beside the results Markdown: `NAME.md` → `NAME-paired.svg`.
+pub(super) fn plot_path(results: &Path) -> std::path::PathBuf {
+    let stem = results
+        .file_stem()
+        .map_or_else(|| "results".into(), |s| s.to_string_lossy().into_owned());
+    results.with_file_name(format!("{stem}-paired.svg"))
+}
+
+/// Every variant's mean Dice minus `independent`'s on the same pair and seed (same initial
+/// weights and batches), per student: the per-seed differences, their mean with its 95%
+/// confidence interval, and whether that interval excludes zero, with the forest plot `plot`
+/// (a file name beside the Markdown) when given. Absent without `independent`.
+fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value], plot: Option<&str>) {
+    let mut rows = String::new();
+    for r in paired_rows(finished, metrics) {
+        let per_seed: Vec<String> = r.diffs.iter().map(|d| format!("{d:+.4}")).collect();
+        let interval = if r.half.is_nan() {
+            format!("{:+.4}", r.mean)
+        } else {
+            format!("{:+.4} ± {:.4}", r.mean, r.half)
+        };
+        let _ = writeln!(
+            rows,
+            "| {}+{} | {} | {} ({}) | {} | {} | **{interval}** | {} |",
+            r.pair[0],
+            r.pair[1],
+            r.variant,
+            r.role.name(),
+            r.pair[r.role as usize],
+            r.diffs.len(),
+            per_seed.join(", "),
+            verdict(r.mean, r.half)
+        );
     }
     if rows.is_empty() {
         return;
@@ -413,6 +489,12 @@ fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value]) {
          |---|---|---|---|---|---|---|\n",
     );
     md.push_str(&rows);
+    if let Some(file) = plot {
+        let _ = writeln!(
+            md,
+            "\n![paired differences, per seed and with 95% intervals]({file})"
+        );
+    }
 }
 
 #[cfg(test)]

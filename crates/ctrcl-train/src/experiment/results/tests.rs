@@ -117,6 +117,34 @@ fn paired_differences_and_their_interval() {
     assert!(row.contains("+0.0100, +0.0200, +0.0300"), "{row}");
     assert!(row.contains("**+0.0200 ± 0.0248**"), "{row}");
     assert!(row.contains("within noise"), "{row}");
+
+    // The same comparison as a forest plot beside the Markdown, linked from it: one row per
+    // student with the table's seeds, mean and interval.
+    assert_eq!(
+        plot_path(Path::new("docs/results/t.md")),
+        Path::new("docs/results/t-paired.svg")
+    );
+    assert!(md.contains("](t-paired.svg)"), "{md}");
+    let rows = paired_rows(&all, &metrics);
+    assert_eq!(rows.len(), 2);
+    for (r, role) in rows.iter().zip(Role::BOTH) {
+        assert_eq!((r.variant, r.role), ("ctrcl", role));
+        assert_eq!(r.diffs.len(), 3);
+        assert!((r.mean - 0.02).abs() < 1e-12 && (r.half - 0.024843).abs() < 1e-6);
+    }
+    let svg = paired_plot("t", &all, &metrics).unwrap();
+    assert!(svg.contains("ctrcl · cnn (unet)") && svg.contains("ctrcl · transformer (swin-unet)"));
+    assert_eq!(svg.matches(r#"class="seed""#).count(), 6);
+    assert_eq!(svg.matches("+0.020 ± 0.025").count(), 2, "{svg}");
+    // Without independent there is nothing to pair: no plot and no link.
+    let lone: ExperimentFile =
+        toml::from_str("name = \"t\"\nconfig = \"c.toml\"\nmethods = [\"ctrcl\"]\nseeds = [0]\n")
+            .unwrap();
+    let one = cells(&lone, &base, Path::new("out"));
+    let m = [run(0.7)];
+    assert!(paired_plot("t", &one, &m).is_none());
+    let md = results_markdown(&lone, &args, "b", &one, &m, &names, &base, "c", 1.0);
+    assert!(!md.contains("-paired.svg"), "{md}");
 }
 
 /// A `variants` arm (any method, its own overrides) is a row of the methods table and is
