@@ -1473,15 +1473,24 @@ fn experiment_variants_run_on_a_split_file_named_by_data_split() {
     }
     let md = std::fs::read_to_string(&results).unwrap();
     assert!(md.contains("- `fg50`: `method=independent`"), "{md}");
-    // Each run records the commit that trained it; the table counts them.
+    // Each run records the commit and the machine that trained it; the table counts them.
     let info: Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("unet+swin-unet/fg50/seed0/run.json")).unwrap(),
     )
     .unwrap();
     let commit = info["commit"].as_str().unwrap();
-    assert!(!commit.is_empty());
+    let (backend, machine) = (
+        info["backend"].as_str().unwrap(),
+        info["machine"].as_str().unwrap(),
+    );
     assert!(
-        md.contains(&format!("runs trained at {commit} (2 runs)")),
+        !commit.is_empty() && machine.contains("logical CPUs"),
+        "{info}"
+    );
+    assert!(
+        md.contains(&format!(
+            "Runs trained at {commit} (2 runs), on {backend} on {machine} (2 runs)."
+        )),
         "{md}"
     );
     assert!(

@@ -112,6 +112,24 @@ pub fn machine_peak_gflops() -> Option<(f64, String)> {
     ))
 }
 
+/// The host in a few stable words, "2 logical CPUs, AMD EPYC" (no clock: /proc/cpuinfo's MHz
+/// moves between readings), for run.json; the architecture where /proc/cpuinfo is unreadable.
+pub fn host_description() -> String {
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return std::env::consts::ARCH.to_string();
+    };
+    let cpus = info.lines().filter(|l| l.starts_with("processor")).count();
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or_else(
+            || std::env::consts::ARCH.to_string(),
+            |v| v.trim().to_string(),
+        );
+    format!("{cpus} logical CPUs, {model}")
+}
+
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -113,6 +113,10 @@ pub struct RunInfo {
     #[serde(default)]
     pub commit: String,
     pub backend: String,
+    /// The host that trained it (`bench::host_description`; empty in runs older than this
+    /// field): with `backend`, which machine produced a table's runs.
+    #[serde(default)]
+    pub machine: String,
     pub method: String,
     pub dataset: PathBuf,
     pub class_names: Vec<String>,

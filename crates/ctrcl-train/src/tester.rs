@@ -166,8 +166,14 @@ pub fn test_run<B: Backend>(
         "metric": "per class and case on the split's stacked slices at native resolution with the header's spacing, then the mean over cases; mean_dice/per_class_dice: Dice in TransUNet's convention; transunet/strict: Dice, Jaccard, HD95 (medpy, pooled) and ASD (mm) in each convention, null where undefined",
         "classes": classes,
         "method": info.method,
-        // The commit that trained the run (its run.json), for tables filled over many sittings.
+        // The commit and the machine that trained the run (its run.json), for tables filled
+        // over many sittings, perhaps on several machines.
         "trained_at": info.commit,
+        "trained_on": if info.machine.is_empty() {
+            String::new()
+        } else {
+            format!("{} on {}", info.backend, info.machine)
+        },
         "upsample": upsample,
         "layout": dataset.layout,
     });

@@ -106,6 +106,7 @@ pub fn train<B: AutodiffBackend>(
         ctrcl_version: env!("CARGO_PKG_VERSION").to_string(),
         commit: env!("CTRCL_GIT_COMMIT").to_string(),
         backend: backend.to_string(),
+        machine: crate::bench::host_description(),
         method: cfg.method.name().to_string(),
         dataset: std::fs::canonicalize(&cfg.data.dataset)
             .unwrap_or_else(|_| cfg.data.dataset.clone()),

@@ -107,19 +107,17 @@ pub(super) fn class_names_of(metrics: &Value) -> Vec<String> {
     }
 }
 
-/// The commits the finished runs were trained at (their test metrics' `trained_at`, from
-/// run.json; a resumed run keeps the commit that started it), with how many runs each: a table
-/// filled over several sittings may mix them.
-fn trained_at(metrics: &[Value]) -> String {
+/// How many finished runs carry each value of `key` in their test metrics (from run.json; a
+/// resumed run keeps what started it), "X (n runs), Y (m runs)" in first-seen order, `missing`
+/// naming runs older than the key: a table filled over several sittings may mix commits
+/// (`trained_at`) and machines (`trained_on`).
+fn tally(metrics: &[Value], key: &str, missing: &str) -> String {
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for m in metrics {
-        let commit = m["trained_at"]
-            .as_str()
-            .filter(|c| !c.is_empty())
-            .unwrap_or("a commit not recorded");
-        match counts.iter_mut().find(|(c, _)| *c == commit) {
+        let value = m[key].as_str().filter(|c| !c.is_empty()).unwrap_or(missing);
+        match counts.iter_mut().find(|(c, _)| *c == value) {
             Some((_, n)) => *n += 1,
-            None => counts.push((commit, 1)),
+            None => counts.push((value, 1)),
         }
     }
     let parts: Vec<String> = counts
@@ -158,12 +156,13 @@ pub(super) fn results_markdown(
     }
     let _ = writeln!(
         md,
-        "```\nctrcl experiment --config {}\n```\nThis invocation's binary: commit {}; runs trained at {}; {}; backend {}; {} runs in {:.0} min (finished cells are \
+        "```\nctrcl experiment --config {}\n```\nRuns trained at {}, on {}. This invocation: commit {}, {}, backend {}; {} runs in {:.0} min (finished cells are \
          reused, so this is the time of the last invocation). Config `{}` with {}; seeds {:?}; {} iterations of batch \
          {} at {}×{}. Test split, TransUNet convention (Dice, Jaccard, HD95 in mm), mean ± sample std over seeds.\n",
         args.config.display(),
+        tally(metrics, "trained_at", "a commit not recorded"),
+        tally(metrics, "trained_on", "a machine not recorded"),
         commit,
-        trained_at(metrics),
         machine,
         backend,
         cells.len(),

@@ -218,17 +218,23 @@ fn variants_are_compared_class_by_class() {
 }
 
 #[test]
-fn the_commits_runs_were_trained_at_are_counted() {
-    let at = |c: &str| serde_json::json!({ "trained_at": c });
+fn the_commits_and_machines_runs_were_trained_on_are_counted() {
+    let at = |c: &str, m: &str| serde_json::json!({ "trained_at": c, "trained_on": m });
     let metrics = [
-        at("abc1234"),
-        at("abc1234"),
+        at("abc1234", "flex CPU on 2 logical CPUs, AMD EPYC"),
+        at("abc1234", "cuda on 16 logical CPUs, Intel Xeon"),
         serde_json::json!({}),
-        at("def5678"),
+        at("def5678", "flex CPU on 2 logical CPUs, AMD EPYC"),
+        at("def5678", ""),
     ];
     assert_eq!(
-        trained_at(&metrics),
-        "abc1234 (2 runs), a commit not recorded (1 run), def5678 (1 run)"
+        tally(&metrics, "trained_at", "a commit not recorded"),
+        "abc1234 (2 runs), a commit not recorded (1 run), def5678 (2 runs)"
+    );
+    assert_eq!(
+        tally(&metrics, "trained_on", "a machine not recorded"),
+        "flex CPU on 2 logical CPUs, AMD EPYC (2 runs), cuda on 16 logical CPUs, Intel Xeon (1 run), \
+         a machine not recorded (2 runs)"
     );
 }
 
