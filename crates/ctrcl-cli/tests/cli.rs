@@ -1487,6 +1487,29 @@ fn experiment_variants_run_on_a_split_file_named_by_data_split() {
         !commit.is_empty() && machine.contains("logical CPUs"),
         "{info}"
     );
+    // The commit is this checkout's HEAD, marked when the sources differ from it (build.rs).
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let head = git(&["rev-parse", "--short=7", "HEAD"]);
+    if !head.is_empty() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let sources =
+            ["crates", "third_party", "Cargo.toml", "Cargo.lock"].map(|p| format!("{root}/{p}"));
+        let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+        status.extend(sources.iter().map(String::as_str));
+        let dirty = if git(&status).is_empty() {
+            ""
+        } else {
+            "-dirty"
+        };
+        assert_eq!(commit, format!("{head}{dirty}"));
+    }
     assert!(
         md.contains(&format!(
             "Runs trained at {commit} (2 runs), on {backend} on {machine} (2 runs)."
