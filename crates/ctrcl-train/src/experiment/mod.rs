@@ -246,8 +246,6 @@ fn progress_line(i: usize, total: usize, cell: &Cell, trained_seconds: &[f64]) -
     line
 }
 
-/// Runs the experiment of `args.config` (continuing the finished cells of an earlier
-/// invocation), rewriting the results Markdown after every cell; progress goes to stderr.
 /// Where the results Markdown goes: `--results`, else docs/results/NAME.md.
 fn results_path(exp: &ExperimentFile, args: &ExperimentOptions) -> PathBuf {
     args.results
@@ -255,6 +253,9 @@ fn results_path(exp: &ExperimentFile, args: &ExperimentOptions) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("docs/results").join(format!("{}.md", exp.name)))
 }
 
+/// Runs the experiment of `args.config` (continuing the finished cells of an earlier
+/// invocation), rewriting the results Markdown (and its forest plot) after every cell; progress
+/// goes to stderr.
 pub fn run_experiment<B: AutodiffBackend>(
     args: &ExperimentOptions,
     engine: &Engine<B>,
