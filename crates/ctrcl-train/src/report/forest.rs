@@ -18,10 +18,16 @@ pub struct ForestRow {
     pub half: f64,
 }
 
+/// Whether the interval `mean ± half` excludes zero (false without an interval, `half` NaN):
+/// the one test of "beyond noise" behind the plots and the experiment tables.
+pub fn excludes_zero(mean: f64, half: f64) -> bool {
+    !half.is_nan() && (mean - half > 0.0 || mean + half < 0.0)
+}
+
 impl ForestRow {
     /// Whether the interval excludes zero.
     pub fn beyond_noise(&self) -> bool {
-        !self.half.is_nan() && (self.mean - self.half > 0.0 || self.mean + self.half < 0.0)
+        excludes_zero(self.mean, self.half)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::{Cell, ExperimentFile, ExperimentOptions};
 use crate::config::TrainConfig;
-use crate::report::forest::{forest_plot, ForestRow};
+use crate::report::forest::{excludes_zero, forest_plot, ForestRow};
 use crate::role::Role;
 use anyhow::Result;
 use serde_json::Value;
@@ -49,12 +49,12 @@ pub fn paired_ci(diffs: &[f64]) -> (f64, f64) {
 fn verdict(mean: f64, half: f64) -> &'static str {
     if half.is_nan() {
         "one seed: no interval"
-    } else if mean - half > 0.0 {
-        "**better, beyond noise**"
-    } else if mean + half < 0.0 {
-        "**worse, beyond noise**"
-    } else {
+    } else if !excludes_zero(mean, half) {
         "within noise"
+    } else if mean > 0.0 {
+        "**better, beyond noise**"
+    } else {
+        "**worse, beyond noise**"
     }
 }
 
@@ -332,7 +332,7 @@ fn paired_classes_section(
                     let (mean, half) = paired_ci(&diffs);
                     if half.is_nan() {
                         format!("{mean:+.3}")
-                    } else if mean - half > 0.0 || mean + half < 0.0 {
+                    } else if excludes_zero(mean, half) {
                         format!("**{mean:+.3} ± {half:.3}**")
                     } else {
                         format!("{mean:+.3} ± {half:.3}")
