@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 mod results;
-use results::{class_names_of, paired_plot, plot_path, results_markdown, write_results};
+use results::{
+    class_names_of, human_duration, paired_plot, plot_path, results_markdown, write_results, Timing,
+};
 
 /// Where an experiment is read from and written to.
 #[derive(Debug, Clone)]
@@ -173,15 +175,14 @@ fn set_aside_unresumable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs (or continues) one cell; returns its test metrics and whether it trained (false: its
-/// finished run was reused).
+/// Runs (or continues) one cell, or reuses it when finished; returns its test metrics.
 fn run_cell<B: AutodiffBackend>(
     engine: &Engine<B>,
     cell: &Cell,
     base_text: &str,
     base_dir: &Path,
     dataset: Option<&Path>,
-) -> Result<(Value, bool)> {
+) -> Result<Value> {
     let metrics_path = run_dir::metrics(&cell.dir, "test-test.json");
     let read = || -> Result<Value> {
         serde_json::from_str(&std::fs::read_to_string(&metrics_path)?)
@@ -194,7 +195,7 @@ fn run_cell<B: AutodiffBackend>(
             && run_dir::finished(&cell.dir)
         {
             eprintln!("done already: {}", cell.dir.display());
-            return Ok((v, false));
+            return Ok(v);
         }
     }
     if run_dir::state(&run_dir::last(&cell.dir)).exists() {
@@ -219,31 +220,33 @@ fn run_cell<B: AutodiffBackend>(
         engine.train(&cfg, &cell.dir)?;
     }
     engine.test(&cell.dir, &Role::BOTH, Split::Test, None)?;
-    Ok((read()?, true))
+    read()
 }
 
-/// The progress line before a cell: its place in the matrix and, once this invocation has
-/// trained a run, the time the rest would take at the mean of the runs trained so far (an upper
-/// bound where later cells are already finished and only reused).
-fn progress_line(i: usize, total: usize, cell: &Cell, trained_seconds: &[f64]) -> String {
+/// The progress line before a cell: its place in the matrix and, once a run has finished (in
+/// this invocation or an earlier one), the time the rest would take at the mean of the finished
+/// runs' training times from their logs (an upper bound where later cells are already finished
+/// and only reused).
+fn progress_line(i: usize, total: usize, cell: &Cell, run_seconds: &[f64]) -> String {
     let mut line = format!("[{}/{}] {} seed {}", i + 1, total, cell.variant, cell.seed);
-    if !trained_seconds.is_empty() {
-        let per_run = trained_seconds.iter().sum::<f64>() / trained_seconds.len() as f64;
+    if !run_seconds.is_empty() {
+        let per_run = run_seconds.iter().sum::<f64>() / run_seconds.len() as f64;
         let left = per_run * (total - i) as f64;
-        let human = |s: f64| {
-            if s >= 5400.0 {
-                format!("{:.1} h", s / 3600.0)
-            } else {
-                format!("{:.0} min", (s / 60.0).ceil())
-            }
-        };
         line.push_str(&format!(
-            " — at most about {} left ({} a trained run)",
-            human(left),
-            human(per_run)
+            " — at most about {} left ({} a run)",
+            human_duration(left),
+            human_duration(per_run)
         ));
     }
     line
+}
+
+/// The training time of a finished run, from its log (resumed segments summed); `None` when the
+/// log is missing, unreadable or holds no end event.
+fn run_seconds(dir: &Path) -> Option<f64> {
+    crate::report::TrainingLog::read(&run_dir::log(dir))
+        .ok()?
+        .seconds
 }
 
 /// Where the results Markdown goes: `--results`, else docs/results/NAME.md.
@@ -316,15 +319,18 @@ pub fn run_experiment<B: AutodiffBackend>(
     let commit = env!("CTRCL_GIT_COMMIT");
     let mut metrics = Vec::with_capacity(all.len());
     let mut markdown = String::new();
-    let mut trained_seconds = Vec::new();
+    let mut runs_s: Vec<Option<f64>> = Vec::with_capacity(all.len());
     for (i, cell) in all.iter().enumerate() {
-        eprintln!("{}", progress_line(i, all.len(), cell, &trained_seconds));
-        let cell_started = std::time::Instant::now();
-        let (cell_metrics, trained) = run_cell(engine, cell, &base_text, here, dataset.as_deref())?;
-        if trained {
-            trained_seconds.push(cell_started.elapsed().as_secs_f64());
-        }
-        metrics.push(cell_metrics);
+        let known: Vec<f64> = runs_s.iter().flatten().copied().collect();
+        eprintln!("{}", progress_line(i, all.len(), cell, &known));
+        metrics.push(run_cell(
+            engine,
+            cell,
+            &base_text,
+            here,
+            dataset.as_deref(),
+        )?);
+        runs_s.push(run_seconds(&cell.dir));
         // The table after every cell: hours of runs are readable (and committable, marked
         // partial) before the matrix ends; the last one is the result.
         markdown = results_markdown(
@@ -336,7 +342,10 @@ pub fn run_experiment<B: AutodiffBackend>(
             &class_names_of(&metrics[0]),
             &base,
             commit,
-            started.elapsed().as_secs_f64(),
+            &Timing {
+                invocation_s: started.elapsed().as_secs_f64(),
+                runs_s: &runs_s,
+            },
         );
         write_results(&results, &markdown)?;
         if let Some(svg) = paired_plot(&exp.name, &all[..metrics.len()], &metrics) {
@@ -377,8 +386,8 @@ mod tests {
         assert!(cell.exists());
     }
 
-    /// The progress line says nothing of time before a run trained, then extrapolates the mean
-    /// of the trained runs over the cells left (this one included): two runs of 20 and 40 min,
+    /// The progress line says nothing of time before a run finished, then extrapolates the mean
+    /// of the finished runs over the cells left (this one included): two runs of 20 and 40 min,
     /// 18 cells left → 9.0 h.
     #[test]
     fn progress_lines_extrapolate_the_trained_runs() {
@@ -388,11 +397,11 @@ mod tests {
         assert_eq!(progress_line(0, 20, &all[0], &[]), "[1/20] dml seed 0");
         assert_eq!(
             progress_line(2, 20, &all[1], &[1200.0, 2400.0]),
-            "[3/20] dml seed 1 — at most about 9.0 h left (30 min a trained run)"
+            "[3/20] dml seed 1 — at most about 9.0 h left (30 min a run)"
         );
         assert_eq!(
             progress_line(18, 20, &all[2], &[600.0]),
-            "[19/20] dml seed 2 — at most about 20 min left (10 min a trained run)"
+            "[19/20] dml seed 2 — at most about 20 min left (10 min a run)"
         );
     }
 

@@ -127,6 +127,45 @@ fn tally(metrics: &[Value], key: &str, missing: &str) -> String {
     parts.join(", ")
 }
 
+/// How long the matrix took: this invocation's wall clock, and each finished run's training
+/// time from its log (aligned with the metrics; `None` where a log has no end event).
+pub(super) struct Timing<'a> {
+    pub invocation_s: f64,
+    pub runs_s: &'a [Option<f64>],
+}
+
+/// Seconds as people read them: minutes (rounded up) below an hour and a half, hours above.
+pub(super) fn human_duration(s: f64) -> String {
+    if s >= 5400.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else {
+        format!("{:.0} min", (s / 60.0).ceil())
+    }
+}
+
+/// "the N finished runs trained for T in all by their logs (M a run)", naming runs whose log
+/// has no end event; a re-invocation that only reuses finished runs keeps the true cost.
+fn training_time(runs_s: &[Option<f64>]) -> String {
+    let known: Vec<f64> = runs_s.iter().flatten().copied().collect();
+    if known.is_empty() {
+        return "no finished run's log holds its training time".to_string();
+    }
+    let total: f64 = known.iter().sum();
+    let mut text = format!(
+        "the {} finished run{} trained for {} in all by their logs ({} a run",
+        known.len(),
+        if known.len() == 1 { "" } else { "s" },
+        human_duration(total),
+        human_duration(total / known.len() as f64)
+    );
+    let missing = runs_s.len() - known.len();
+    if missing > 0 {
+        let _ = write!(text, "; {missing} more without a time in their log");
+    }
+    text.push(')');
+    text
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn results_markdown(
     exp: &ExperimentFile,
@@ -137,7 +176,7 @@ pub(super) fn results_markdown(
     class_names: &[String],
     base: &TrainConfig,
     commit: &str,
-    seconds: f64,
+    timing: &Timing,
 ) -> String {
     let machine = crate::bench::machine_peak_gflops()
         .map(|(_, m)| m)
@@ -156,8 +195,7 @@ pub(super) fn results_markdown(
     }
     let _ = writeln!(
         md,
-        "```\nctrcl experiment --config {}\n```\nRuns trained at {}, on {}. This invocation: commit {}, {}, backend {}; {} runs in {:.0} min (finished cells are \
-         reused, so this is the time of the last invocation). Config `{}` with {}; seeds {:?}; {} iterations of batch \
+        "```\nctrcl experiment --config {}\n```\nRuns trained at {}, on {}. This invocation: commit {}, {}, backend {}, {}. {} runs: {}. Config `{}` with {}; seeds {:?}; {} iterations of batch \
          {} at {}×{}. Test split, TransUNet convention (Dice, Jaccard, HD95 in mm), mean ± sample std over seeds.\n",
         args.config.display(),
         tally(metrics, "trained_at", "a commit not recorded"),
@@ -165,8 +203,9 @@ pub(super) fn results_markdown(
         commit,
         machine,
         backend,
+        human_duration(timing.invocation_s),
         cells.len(),
-        seconds / 60.0,
+        training_time(timing.runs_s),
         exp.config.display(),
         if exp.set.is_empty() { "no overrides".to_string() } else { format!("`{}`", exp.set.join("`, `")) },
         exp.seeds,

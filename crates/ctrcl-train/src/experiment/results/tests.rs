@@ -12,6 +12,12 @@ fn metrics_of(cnn: f64, transformer: f64) -> Value {
     serde_json::json!({"classes": {"1": "a"}, "cnn": student(cnn), "transformer": student(transformer)})
 }
 
+/// Timing of a table whose runs' logs hold no times (the tests of the numbers).
+const NO_TIMES: Timing = Timing {
+    invocation_s: 1.0,
+    runs_s: &[],
+};
+
 fn options() -> ExperimentOptions {
     ExperimentOptions {
         config: "t.toml".into(),
@@ -49,7 +55,9 @@ fn partial_tables_are_marked_and_average_the_finished_runs() {
     let run = |dice: f64| metrics_of(dice, dice);
     let metrics = [run(0.6), run(0.8), run(0.7)];
     let names = class_names_of(&metrics[0]);
-    let md = results_markdown(&exp, &args, "b", &all, &metrics, &names, &base, "c", 1.0);
+    let md = results_markdown(
+        &exp, &args, "b", &all, &metrics, &names, &base, "c", &NO_TIMES,
+    );
     assert!(md.contains("**Partial: 3 of 4 runs finished**"), "{md}");
     let row = |variant: &str| {
         md.lines()
@@ -71,7 +79,7 @@ fn partial_tables_are_marked_and_average_the_finished_runs() {
     assert!(row("independent").contains("**0.6500 ± 0.0707**"), "{md}");
     assert!(row("ctrcl (1 of 2 seeds)").contains("**0.8000**"), "{md}");
     let full = [run(0.6), run(0.8), run(0.7), run(0.9)];
-    let md = results_markdown(&exp, &args, "b", &all, &full, &names, &base, "c", 1.0);
+    let md = results_markdown(&exp, &args, "b", &all, &full, &names, &base, "c", &NO_TIMES);
     assert!(!md.contains("Partial") && !md.contains("seeds)"), "{md}");
 }
 
@@ -109,7 +117,9 @@ fn paired_differences_and_their_interval() {
     };
     let metrics: Vec<Value> = order.iter().map(|(v, s)| run(dice(v, *s))).collect();
     let names = class_names_of(&metrics[0]);
-    let md = results_markdown(&exp, &args, "b", &all, &metrics, &names, &base, "c", 1.0);
+    let md = results_markdown(
+        &exp, &args, "b", &all, &metrics, &names, &base, "c", &NO_TIMES,
+    );
     let row = md
         .lines()
         .find(|l| l.starts_with("| unet+swin-unet | ctrcl | cnn (unet) | 3 |"))
@@ -143,7 +153,7 @@ fn paired_differences_and_their_interval() {
     let one = cells(&lone, &base, Path::new("out"));
     let m = [run(0.7)];
     assert!(paired_plot("t", &one, &m).is_none());
-    let md = results_markdown(&lone, &args, "b", &one, &m, &names, &base, "c", 1.0);
+    let md = results_markdown(&lone, &args, "b", &one, &m, &names, &base, "c", &NO_TIMES);
     assert!(!md.contains("-paired.svg"), "{md}");
 }
 
@@ -193,7 +203,7 @@ fn variants_are_compared_class_by_class() {
         &names,
         &base,
         "c",
-        1.0,
+        &NO_TIMES,
     );
     assert!(
         md.contains("- `fg`: `method=independent`, `data.foreground_oversample=0.5`"),
@@ -249,4 +259,48 @@ fn mean_and_sample_std() {
     assert!(mean_std(&[0.5]).1.is_nan());
     assert_eq!(cell_text(&[0.70, 0.74, 0.72], 3), "0.720 ± 0.020");
     assert_eq!(cell_text(&[0.5], 2), "0.50");
+}
+
+/// The header's cost is the sum of the runs' own training times (a re-invocation that only
+/// reuses finished runs takes minutes, the matrix took hours): 2400 + 3000 s = 90 min = 1.5 h,
+/// 45 min a run; a run whose log has no end event is counted apart.
+#[test]
+fn the_header_sums_the_runs_training_times() {
+    assert_eq!(
+        training_time(&[Some(2400.0), None, Some(3000.0)]),
+        "the 2 finished runs trained for 1.5 h in all by their logs (45 min a run; 1 more without a time in their log)"
+    );
+    assert_eq!(
+        training_time(&[Some(61.0)]),
+        "the 1 finished run trained for 2 min in all by their logs (2 min a run)"
+    );
+    assert_eq!(
+        training_time(&[None]),
+        "no finished run's log holds its training time"
+    );
+    let exp: ExperimentFile =
+        toml::from_str("name = \"t\"\nconfig = \"c.toml\"\nmethods = [\"dml\"]\nseeds = [0, 1]\n")
+            .unwrap();
+    let base = TrainConfig::default();
+    let all = cells(&exp, &base, Path::new("out"));
+    let metrics = [metrics_of(0.5, 0.5), metrics_of(0.6, 0.6)];
+    let timing = Timing {
+        invocation_s: 30.0,
+        runs_s: &[Some(1800.0), Some(3600.0)],
+    };
+    let md = results_markdown(
+        &exp,
+        &options(),
+        "b",
+        &all,
+        &metrics,
+        &class_names_of(&metrics[0]),
+        &base,
+        "c",
+        &timing,
+    );
+    assert!(
+        md.contains(", backend b, 1 min. 2 runs: the 2 finished runs trained for 1.5 h in all by their logs (45 min a run)"),
+        "{md}"
+    );
 }
