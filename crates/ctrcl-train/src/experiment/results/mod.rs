@@ -496,14 +496,18 @@ fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value], plot: O
     let mut rows = String::new();
     for r in paired_rows(finished, metrics) {
         let per_seed: Vec<String> = r.diffs.iter().map(|d| format!("{d:+.4}")).collect();
-        let interval = if r.half.is_nan() {
+        let mut interval = if r.half.is_nan() {
             format!("{:+.4}", r.mean)
         } else {
             format!("{:+.4} ± {:.4}", r.mean, r.half)
         };
+        // Bold means beyond noise, as in the per-class table and the plot's filled squares.
+        if excludes_zero(r.mean, r.half) {
+            interval = format!("**{interval}**");
+        }
         let _ = writeln!(
             rows,
-            "| {}+{} | {} | {} ({}) | {} | {} | **{interval}** | {} |",
+            "| {}+{} | {} | {} ({}) | {} | {} | {interval} | {} |",
             r.pair[0],
             r.pair[1],
             r.variant,
@@ -522,7 +526,7 @@ fn paired_section(md: &mut String, finished: &[Cell], metrics: &[Value], plot: O
          with the same seed (the same initial weights, and the same batches unless the arm changes \
          the sampling), per student: mean ± the \
          half-width of its 95% confidence interval (Student's t, n − 1 degrees of freedom). \
-         Beyond noise when the interval excludes zero.\n\n\
+         Beyond noise (and bold) when the interval excludes zero.\n\n\
          | pair | method | student | seeds | per seed | mean Δ ± 95% CI | verdict |\n\
          |---|---|---|---|---|---|---|\n",
     );

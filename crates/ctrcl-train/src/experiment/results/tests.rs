@@ -125,8 +125,23 @@ fn paired_differences_and_their_interval() {
         .find(|l| l.starts_with("| unet+swin-unet | ctrcl | cnn (unet) | 3 |"))
         .unwrap_or_else(|| panic!("{md}"));
     assert!(row.contains("+0.0100, +0.0200, +0.0300"), "{row}");
-    assert!(row.contains("**+0.0200 ± 0.0248**"), "{row}");
-    assert!(row.contains("within noise"), "{row}");
+    assert!(row.contains("| +0.0200 ± 0.0248 | within noise |"), "{row}");
+    // Bold marks an interval that excludes zero (as in the per-class table): +0.02 every seed.
+    let steady: Vec<Value> = order
+        .iter()
+        .map(|(v, s)| run(0.70 + 0.05 * *s as f64 + if *v == "ctrcl" { 0.02 } else { 0.0 }))
+        .collect();
+    let md_steady = results_markdown(
+        &exp, &args, "b", &all, &steady, &names, &base, "c", &NO_TIMES,
+    );
+    let steady_row = md_steady
+        .lines()
+        .find(|l| l.starts_with("| unet+swin-unet | ctrcl | cnn (unet) | 3 |"))
+        .unwrap_or_else(|| panic!("{md_steady}"));
+    assert!(
+        steady_row.contains("| **+0.0200 ± 0.0000** | **better, beyond noise** |"),
+        "{steady_row}"
+    );
 
     // The same comparison as a forest plot beside the Markdown, linked from it: one row per
     // student with the table's seeds, mean and interval.
