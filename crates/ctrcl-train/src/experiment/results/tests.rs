@@ -117,13 +117,19 @@ fn paired_differences_and_their_interval() {
     };
     let metrics: Vec<Value> = order.iter().map(|(v, s)| run(dice(v, *s))).collect();
     let names = class_names_of(&metrics[0]);
-    let md = results_markdown(
-        &exp, &args, "b", &all, &metrics, &names, &base, "c", &NO_TIMES,
-    );
-    let row = md
-        .lines()
-        .find(|l| l.starts_with("| unet+swin-unet | ctrcl | cnn (unet) | 3 |"))
-        .unwrap_or_else(|| panic!("{md}"));
+    // The table of these metrics, and its row of ctrcl's U-Net.
+    let ctrcl_row = |metrics: &[Value]| {
+        let md = results_markdown(
+            &exp, &args, "b", &all, metrics, &names, &base, "c", &NO_TIMES,
+        );
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| unet+swin-unet | ctrcl | cnn (unet) | 3 |"))
+            .unwrap_or_else(|| panic!("{md}"))
+            .to_string();
+        (md, row)
+    };
+    let (md, row) = ctrcl_row(&metrics);
     assert!(row.contains("+0.0100, +0.0200, +0.0300"), "{row}");
     assert!(row.contains("| +0.0200 ± 0.0248 | within noise |"), "{row}");
     // Bold marks an interval that excludes zero (as in the per-class table): +0.02 every seed.
@@ -131,13 +137,7 @@ fn paired_differences_and_their_interval() {
         .iter()
         .map(|(v, s)| run(0.70 + 0.05 * *s as f64 + if *v == "ctrcl" { 0.02 } else { 0.0 }))
         .collect();
-    let md_steady = results_markdown(
-        &exp, &args, "b", &all, &steady, &names, &base, "c", &NO_TIMES,
-    );
-    let steady_row = md_steady
-        .lines()
-        .find(|l| l.starts_with("| unet+swin-unet | ctrcl | cnn (unet) | 3 |"))
-        .unwrap_or_else(|| panic!("{md_steady}"));
+    let (_, steady_row) = ctrcl_row(&steady);
     assert!(
         steady_row.contains("| **+0.0200 ± 0.0000** | **better, beyond noise** |"),
         "{steady_row}"
